@@ -1,0 +1,3 @@
+from petlab.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,112 @@
+"""The disclosure policy: everything an MPC run may reveal, and to whom.
+
+This is the one place a reviewer reads to know what leaves secret-shared form. Party
+code reveals only through :func:`reveal`, which refuses anything not declared here and
+records every decryption with its receiver in a :class:`DisclosureLedger`.
+
+>>> [d.item for d in declared_disclosures(reveal_weights=True, track_loss=False)]
+['test_scores', 'final_weights']
+>>> describe(item="test_scores").receiver
+<Party.GATEWAY: 'gateway'>
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from petlab.parties import LABEL_PARTY, Party
+
+__all__ = [
+    "Disclosure",
+    "DisclosureError",
+    "DisclosureLedger",
+    "DISCLOSURES",
+    "declared_disclosures",
+    "describe",
+    "reveal",
+]
+
+
+class DisclosureError(RuntimeError):
+    """An attempt to reveal something the policy does not declare."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Disclosure:
+    item: str
+    receiver: Party
+    what: str  # what exactly is revealed
+    why: str  # why the receiver needs it
+    switch: str | None = None  # MPCConfig flag that enables it (None: always)
+
+
+DISCLOSURES: tuple[Disclosure, ...] = (
+    Disclosure(
+        item="test_scores",
+        receiver=LABEL_PARTY,
+        what="predicted engagement probability of each test customer (n_test floats)",
+        why="the label holder computes AUC, accuracy and log-loss on its own test labels",
+    ),
+    Disclosure(
+        item="train_loss",
+        receiver=LABEL_PARTY,
+        what="mean training cross-entropy after each epoch (one float per epoch)",
+        why="monitor convergence; compare with the plaintext model's loss curve",
+        switch="track_loss",
+    ),
+    Disclosure(
+        item="final_weights",
+        receiver=LABEL_PARTY,
+        what="all trained model parameters, including those on the wallet's features",
+        why="compare MPC and plaintext weight by weight; deploy the model",
+        switch="reveal_weights",
+    ),
+)
+
+
+def declared_disclosures(*, reveal_weights: bool, track_loss: bool) -> list[Disclosure]:
+    """The disclosures in force for a run with these switches."""
+    switches = {"reveal_weights": reveal_weights, "track_loss": track_loss, None: True}
+    return [d for d in DISCLOSURES if switches[d.switch]]
+
+
+def describe(*, item: str) -> Disclosure:
+    for d in DISCLOSURES:
+        if d.item == item:
+            return d
+    raise DisclosureError(f"{item!r} is not a declared disclosure")
+
+
+@dataclasses.dataclass
+class DisclosureLedger:
+    """Every decryption a party took part in, with item, receiver and element count."""
+
+    allowed: tuple[str, ...]
+    entries: list = dataclasses.field(default_factory=list)
+
+    def record(self, *, item: str, receiver: Party, numel: int) -> None:
+        self.entries.append({"item": item, "receiver": str(receiver), "numel": int(numel)})
+
+    def summary(self) -> dict:
+        out: dict = {}
+        for e in self.entries:
+            key = f"{e['item']}->{e['receiver']}"
+            slot = out.setdefault(key, {"count": 0, "numel": 0})
+            slot["count"] += 1
+            slot["numel"] += e["numel"]
+        return out
+
+
+def reveal(x_enc, *, item: str, ledger: DisclosureLedger, me: Party):
+    """Decrypt ``x_enc`` to the receiver the policy names for ``item``.
+
+    Every party calls this (decryption is joint); only the receiver gets the value,
+    the others get ``None``. Undeclared or switched-off items raise
+    :class:`DisclosureError` before anything is sent.
+    """
+    if item not in ledger.allowed:
+        raise DisclosureError(f"run tried to reveal {item!r}, which this run does not declare")
+    receiver = describe(item=item).receiver
+    value = x_enc.get_plain_text(dst=receiver.rank)
+    ledger.record(item=item, receiver=receiver, numel=x_enc.nelement())
+    return value if me == receiver else None

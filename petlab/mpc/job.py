@@ -1,0 +1,58 @@
+"""The job a party process runs: the shared configuration, where to meet, where to write,
+and each party's own table. Written by the launcher as JSON; a party reads the shared
+part and its own table entry only.
+
+>>> from petlab.config import poc_config
+>>> job = Job(config=poc_config(rows=1000), address="127.0.0.1", port=29500,
+...           out_dir="runs/x/mpc", tables={})
+>>> Job.from_dict(job.to_dict()) == job
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+from petlab.config import PocConfig
+
+__all__ = ["Job"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    config: PocConfig
+    address: str  # rendezvous host (rank 0's address)
+    port: int  # rendezvous TCP port
+    out_dir: str  # each role writes <out_dir>/<role>/
+    tables: dict  # party -> {"path", "id_column", "label_column"}
+
+    def shared_dict(self) -> dict:
+        """The part every party must agree on (compared by digest at start-up)."""
+        return {"config": self.config.to_dict(), "address": self.address, "port": self.port}
+
+    def to_dict(self) -> dict:
+        return {**self.shared_dict(), "out_dir": self.out_dir, "tables": self.tables}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Job":
+        return cls(
+            config=PocConfig.from_dict(d["config"]),
+            address=d["address"],
+            port=int(d["port"]),
+            out_dir=d["out_dir"],
+            tables=d["tables"],
+        )
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Job":
+        return cls.from_dict(json.loads(Path(path).read_text()))

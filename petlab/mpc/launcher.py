@@ -1,0 +1,143 @@
+"""Start every role of an MPC run as its own OS process on this machine and wait.
+
+Each process is a fresh Python interpreter (``python -m petlab party ...``), so
+nothing built in this process reaches a party: a party loads its own table itself. A
+party that fails stops the run: the others are terminated and the error names the
+failing role with the end of its log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from petlab.config import PocConfig
+from petlab.mpc.job import Job
+from petlab.parties import DEALER, Party
+
+__all__ = ["MPCRunError", "MPCRun", "run_mpc", "free_port"]
+
+
+class MPCRunError(RuntimeError):
+    """A party process failed or the run timed out."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MPCRun:
+    """What the party processes wrote, as read back from their records."""
+
+    out_dir: Path
+    records: dict  # role -> result.json contents
+    wall_seconds: float  # launch to last exit, process start-up included
+
+
+def free_port(address: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(text[-lines:])
+
+
+def roles_for(config: PocConfig) -> list[str]:
+    roles = [str(p) for p in Party]
+    if config.mpc.provider == "TTP":
+        roles.append(DEALER)
+    return roles
+
+
+def run_mpc(
+    *,
+    config: PocConfig,
+    tables: dict,
+    out_dir: str | os.PathLike,
+    progress: bool = True,
+    address: str = "127.0.0.1",
+) -> MPCRun:
+    """Run the parties (and the dealer under TTP) locally and collect their records.
+
+    Args:
+        config: the validated run configuration.
+        tables: party name -> {"path", "id_column", "label_column"}.
+        out_dir: folder for the job file and each role's record and log.
+        progress: show a progress bar over epochs (tqdm).
+        address: loopback address to rendezvous on.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    job = Job(config=config, address=address, port=free_port(address), out_dir=str(out), tables=tables)
+    job_path = job.save(out / "job.json")
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    # each party uses config.mpc.threads_per_party torch threads; stop BLAS from oversubscribing
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = str(config.mpc.threads_per_party)
+    procs: dict[str, subprocess.Popen] = {}
+    logs: dict[str, Path] = {}
+    t0 = time.perf_counter()
+    bar = None
+    try:
+        for role in roles_for(config):
+            (out / role).mkdir(exist_ok=True)
+            logs[role] = out / role / "party.log"
+            with open(logs[role], "w") as fh:
+                procs[role] = subprocess.Popen(
+                    [sys.executable, "-m", "petlab", "party", "--role", role, "--job", str(job_path)],
+                    stdout=fh, stderr=subprocess.STDOUT, env=env,
+                )
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=config.train.epochs, desc=f"MPC {config.train.model} ({config.mpc.provider})",
+                       unit="epoch")
+        progress_path = out / str(Party.GATEWAY) / "progress.json"
+        deadline = t0 + config.mpc.timeout_s
+        while True:
+            codes = {role: p.poll() for role, p in procs.items()}
+            failed = [r for r, c in codes.items() if c not in (None, 0)]
+            if failed:
+                role = failed[0]
+                raise MPCRunError(
+                    f"{role} process exited with code {codes[role]}; its log ({logs[role]}) ends:\n"
+                    + _tail(logs[role])
+                )
+            if all(c == 0 for c in codes.values()):
+                break
+            if time.perf_counter() > deadline:
+                raise MPCRunError(f"MPC run exceeded timeout_s={config.mpc.timeout_s:g}; parties stopped")
+            if bar is not None and progress_path.exists():
+                try:
+                    done = json.loads(progress_path.read_text())["epoch"]
+                    bar.update(done - bar.n)
+                except (ValueError, KeyError, OSError):
+                    pass  # written atomically, but tolerate a race at start-up
+            time.sleep(0.2)
+        if bar is not None:
+            bar.update(config.train.epochs - bar.n)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.terminate()
+        for p in procs.values():
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - t0
+    records = {role: json.loads((out / role / "result.json").read_text()) for role in procs}
+    return MPCRun(out_dir=out, records=records, wall_seconds=wall)

@@ -1,0 +1,282 @@
+"""What one party process does in an MPC run.
+
+A party process is started with a *job* (a JSON file, see :mod:`petlab.mpc.job`) and
+its role. A data party loads only its own table, prepares its own features locally,
+joins the other parties over torch.distributed (gloo), secret-shares its own columns
+(``src=`` itself; the label holder also shares the labels), trains, and takes part in
+the declared reveals (:mod:`petlab.mpc.disclosure`). The dealer role (TTP provider)
+only serves Beaver triples. Each role writes its own record to ``<out>/<role>/``.
+
+The same function runs for the embedded proof of concept (all roles as local
+processes) and, later, on separate hosts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from petlab.config import PocConfig
+from petlab.crypten_compat import import_crypten
+from petlab.data.features import prepare_party_features
+from petlab.data.tables import file_sha256
+from petlab.models import ModelSpec, bce_loss, forward, gradients, init_params, sgd_step
+from petlab.mpc import disclosure
+from petlab.mpc.devices import resolve_device, stage_cuda_communication
+from petlab.mpc.job import Job
+from petlab.parties import DEALER, LABEL_PARTY, Party
+
+__all__ = ["run_party", "minibatches"]
+
+log = logging.getLogger("petlab.party")
+
+
+def minibatches(*, n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """Row indices of each minibatch of one epoch, from public values only.
+
+    Every backend and every party derives the same order.
+
+    >>> [b.tolist() for b in minibatches(n=5, batch_size=2, seed=0, epoch=0)]
+    [[4, 2], [1, 0], [3]]
+    """
+    order = np.random.default_rng([seed, 1000 + epoch]).permutation(n)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+class _Meter:
+    """Wall time and CrypTen communication counters of named phases of this party."""
+
+    def __init__(self, comm):
+        self.comm = comm
+        self.phases: dict[str, dict] = {}
+
+    def phase(self, name):
+        meter = self
+
+        class _Ctx:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+                self.c0 = dict(meter.comm.get().get_communication_stats())
+
+            def __exit__(self, *exc):
+                c1 = meter.comm.get().get_communication_stats()
+                slot = meter.phases.setdefault(name, {"seconds": 0.0, "bytes": 0, "rounds": 0})
+                slot["seconds"] += time.perf_counter() - self.t0
+                slot["bytes"] += int(c1["bytes"] - self.c0["bytes"])
+                slot["rounds"] += int(c1["rounds"] - self.c0["rounds"])
+                return False
+
+        return _Ctx()
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _configure_crypten(crypten, cfg: PocConfig) -> None:
+    crypten.cfg.mpc.provider = cfg.mpc.provider
+    crypten.cfg.communicator.verbose = True  # count bytes and rounds
+
+
+def _set_rendezvous_env(job: Job, rank: int) -> None:
+    os.environ.update(
+        {
+            "RENDEZVOUS": f"tcp://{job.address}:{job.port}",
+            "MASTER_ADDR": job.address,
+            "MASTER_PORT": str(job.port),
+            "WORLD_SIZE": str(len(Party)),  # data parties only; the dealer is the extra rank
+            "RANK": str(rank),
+            "DISTRIBUTED_BACKEND": "gloo",
+        }
+    )
+
+
+def run_party(*, job: Job, role: str) -> None:
+    """Run ``role`` ("gateway", "wallet" or "dealer") of ``job`` to the end.
+
+    Raises on any failure; the caller turns that into a non-zero exit.
+    """
+    cfg = job.config
+    out = Path(job.out_dir) / role
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.mpc.threads_per_party)
+    crypten = import_crypten()
+    _configure_crypten(crypten, cfg)
+
+    if role == DEALER:
+        if cfg.mpc.provider != "TTP":
+            raise ValueError("the dealer role only exists under the TTP provider")
+        _set_rendezvous_env(job, rank=len(Party))
+        from crypten.mpc.provider.ttp_provider import TTPServer
+
+        t0 = time.perf_counter()
+        TTPServer()  # serves triples until party 0 says "terminate"
+        _write_json(out / "result.json", {"role": role, "seconds": time.perf_counter() - t0})
+        return
+
+    me = Party.parse(role)
+    device = resolve_device(cfg.mpc.device)
+    _run_data_party(crypten=crypten, job=job, me=me, device=device, out=out)
+
+
+def _public_meta(job: Job, me: Party, feats, table_digest: str) -> dict:
+    shared = json.dumps(job.shared_dict(), sort_keys=True).encode()
+    return {
+        "party": str(me),
+        "n_train": int(feats.X_train.shape[0]),
+        "n_test": int(feats.X_test.shape[0]),
+        "n_features": int(feats.n_features),
+        "id_digest": feats.id_digest,
+        "config_digest": hashlib.sha256(shared).hexdigest(),
+        "table_sha256": table_digest,
+    }
+
+
+def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
+    import crypten.communicator as comm
+
+    cfg = job.config
+    source = job.tables[str(me)]  # this party's own table, and nothing else
+    table_path = Path(source["path"])
+    import pandas as pd
+
+    table = pd.read_csv(table_path, dtype={source["id_column"]: str})
+    holds_label = me == LABEL_PARTY
+    feats = prepare_party_features(
+        table=table,
+        id_column=source["id_column"],
+        label_column=source.get("label_column") if holds_label else None,
+        test_fraction=cfg.data.test_fraction,
+        seed=cfg.data.seed,
+    )
+    del table
+    my_meta = _public_meta(job, me, feats, file_sha256(table_path))
+
+    _set_rendezvous_env(job, rank=me.rank)
+    if device.type == "cuda":
+        from crypten.communicator.distributed_communicator import DistributedCommunicator
+
+        stage_cuda_communication(DistributedCommunicator)
+    t_start = time.perf_counter()
+    crypten.init()
+    meter = _Meter(comm)
+    progress_path = out / "progress.json"
+    try:
+        # -- public metadata: shapes and digests, nothing about any customer --------
+        with meter.phase("handshake"):
+            metas = {str(p): comm.get().broadcast_obj(my_meta if p == me else None, p.rank) for p in Party}
+        _check_peers(metas)
+        n_train, n_test = my_meta["n_train"], my_meta["n_test"]
+
+        # -- secret sharing: each party shares its own columns ----------------------
+        def share(own: np.ndarray | None, party: Party, shape) -> "crypten.CrypTensor":
+            data = torch.from_numpy(own) if party == me else torch.zeros(shape)
+            return crypten.cryptensor(data.to(device), src=party.rank, device=device)
+
+        with meter.phase("share_inputs"):
+            X_train_parts, X_test_parts = [], []
+            for party in Party:  # gateway's columns first, then the wallet's
+                d = metas[str(party)]["n_features"]
+                X_train_parts.append(share(feats.X_train if party == me else None, party, (n_train, d)))
+                X_test_parts.append(share(feats.X_test if party == me else None, party, (n_test, d)))
+            X_train_enc = crypten.cat(X_train_parts, dim=1)
+            X_test_enc = crypten.cat(X_test_parts, dim=1)
+            y_own = feats.y_train[:, None] if holds_label else None
+            y_train_enc = share(y_own, LABEL_PARTY, (n_train, 1))
+
+        spec = ModelSpec(
+            kind=cfg.train.model,
+            n_features=sum(metas[str(p)]["n_features"] for p in Party),
+            hidden=cfg.train.hidden,
+        )
+        # initial weights are public (shared seed); encrypted from the label holder
+        params = {
+            name: crypten.cryptensor(value.to(device), src=LABEL_PARTY.rank, device=device)
+            for name, value in init_params(spec=spec, seed=cfg.train.seed).items()
+        }
+        ledger = disclosure.DisclosureLedger(
+            allowed=tuple(
+                d.item
+                for d in disclosure.declared_disclosures(
+                    reveal_weights=cfg.mpc.reveal_weights, track_loss=cfg.mpc.track_loss
+                )
+            )
+        )
+        losses = []
+        for epoch in range(cfg.train.epochs):
+            with meter.phase("train"):
+                for idx in minibatches(n=n_train, batch_size=cfg.train.batch_size,
+                                       seed=cfg.train.seed, epoch=epoch):
+                    index = torch.from_numpy(idx).to(device)
+                    Xb, yb = X_train_enc[index], y_train_enc[index]
+                    probs, cache = forward(spec=spec, params=params, X=Xb)
+                    grads = gradients(spec=spec, params=params, X=Xb, y=yb, probs=probs, cache=cache)
+                    params = sgd_step(params=params, grads=grads, lr=cfg.train.lr, batch_size=len(idx))
+            if cfg.mpc.track_loss:
+                with meter.phase("loss_monitor"):
+                    probs, _ = forward(spec=spec, params=params, X=X_train_enc)
+                    loss = disclosure.reveal(bce_loss(probs=probs, y=y_train_enc), item="train_loss",
+                                             ledger=ledger, me=me)
+                    if loss is not None:
+                        losses.append(float(loss))
+            if me == LABEL_PARTY:
+                _write_json(progress_path, {"epoch": epoch + 1, "epochs": cfg.train.epochs,
+                                            "elapsed_s": time.perf_counter() - t_start})
+
+        with meter.phase("reveal"):
+            probs_test, _ = forward(spec=spec, params=params, X=X_test_enc)
+            scores = disclosure.reveal(probs_test, item="test_scores", ledger=ledger, me=me)
+            weights = {}
+            if cfg.mpc.reveal_weights:
+                for name in spec.param_names:
+                    value = disclosure.reveal(params[name], item="final_weights", ledger=ledger, me=me)
+                    if value is not None:
+                        weights[name] = value.cpu().numpy()
+        total = comm.get().get_communication_stats()
+    finally:
+        crypten.uninit()
+
+    record = {
+        "role": str(me),
+        "rank": me.rank,
+        "device": str(device),
+        "provider": cfg.mpc.provider,
+        "meta": my_meta,
+        "peers": metas,
+        "phases": meter.phases,
+        "comm_total": {"bytes": int(total["bytes"]), "rounds": int(total["rounds"])},
+        "seconds_total": time.perf_counter() - t_start,
+        "disclosures": ledger.entries,
+        "disclosure_summary": ledger.summary(),
+        "feature_names": list(feats.feature_names),
+    }
+    if me == LABEL_PARTY:
+        record["train_loss"] = losses
+        np.save(out / "test_scores.npy", scores.cpu().numpy().ravel())
+        np.save(out / "y_test.npy", feats.y_test)
+        if weights:
+            np.savez(out / "weights.npz", **weights)
+    _write_json(out / "result.json", record)
+
+
+def _check_peers(metas: dict) -> None:
+    first = next(iter(metas.values()))
+    for name, meta in metas.items():
+        if meta["config_digest"] != first["config_digest"]:
+            raise RuntimeError(f"party {name} runs with a different configuration")
+        if meta["id_digest"] != first["id_digest"]:
+            raise RuntimeError(
+                f"party {name} holds a different set of customer ids: the rows cannot be "
+                "aligned by id order (private set intersection is needed)"
+            )
+        if (meta["n_train"], meta["n_test"]) != (first["n_train"], first["n_test"]):
+            raise RuntimeError(f"party {name} has a different number of rows")

@@ -1,0 +1,1 @@
+"""Plaintext training (pooled reference and single-party baselines)."""
