@@ -50,7 +50,7 @@ class ConfigError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     source: str = "synthetic"  # where party tables come from ("synthetic")
-    rows: int = 20_000  # customers generated (both parties hold all of them)
+    rows: int = 10_000  # customers generated (both parties hold all of them)
     seed: int = 0  # seed of the generator and of the train/test split
     test_fraction: float = 0.2  # share of aligned rows held out for the metrics
     root: str = "data/parties"  # each party's tables live in <root>/<party>/
@@ -64,6 +64,7 @@ class TrainConfig:
     batch_size: int = 1024 # rows per SGD step (same minibatch order in every backend)
     lr: float = 0.5  # SGD learning rate on the mean loss
     seed: int = 0  # seed of the initial weights and of the minibatch order
+    monitor_rows: int = 2048  # training rows (fixed sample) on which the per-epoch loss is measured
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +163,7 @@ def validate(cfg: PocConfig) -> None:
             f"{d.test_fraction}: need at least {need}"
         )
     for name, value in (("epochs", t.epochs), ("batch_size", t.batch_size), ("hidden", t.hidden),
+                        ("monitor_rows", t.monitor_rows),
                         ("threads_per_party", m.threads_per_party)):
         if int(value) != value or value < 1:
             raise ConfigError(f"{name} must be a positive integer, got {value}")

@@ -105,6 +105,7 @@ def run_mpc(
                        unit="epoch")
         progress_path = out / str(Party.GATEWAY) / "progress.json"
         deadline = t0 + config.mpc.timeout_s
+        training_started = False
         while True:
             codes = {role: p.poll() for role, p in procs.items()}
             failed = [r for r, c in codes.items() if c not in (None, 0)]
@@ -121,6 +122,9 @@ def run_mpc(
             if bar is not None and progress_path.exists():
                 try:
                     done = json.loads(progress_path.read_text())["epoch"]
+                    if not training_started:  # time the bar from the first step, not start-up
+                        bar.reset(total=config.train.epochs)
+                        training_started = True
                     bar.update(done - bar.n)
                 except (ValueError, KeyError, OSError):
                     pass  # written atomically, but tolerate a race at start-up

@@ -33,9 +33,19 @@ from petlab.mpc.devices import resolve_device, stage_cuda_communication
 from petlab.mpc.job import Job
 from petlab.parties import DEALER, LABEL_PARTY, Party
 
-__all__ = ["run_party", "minibatches"]
+__all__ = ["run_party", "minibatches", "monitor_indices"]
 
 log = logging.getLogger("petlab.party")
+
+
+def monitor_indices(*, n: int, rows: int, seed: int) -> np.ndarray:
+    """The fixed sample of training rows on which the per-epoch loss is measured.
+
+    >>> monitor_indices(n=10, rows=3, seed=0).tolist()
+    [0, 5, 8]
+    """
+    order = np.random.default_rng([seed, 99]).permutation(n)
+    return np.sort(order[: min(rows, n)])
 
 
 def minibatches(*, n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
@@ -212,6 +222,13 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
             )
         )
         losses = []
+        if me == LABEL_PARTY:
+            _write_json(progress_path, {"epoch": 0, "epochs": cfg.train.epochs,
+                                        "elapsed_s": time.perf_counter() - t_start})
+        monitor = torch.from_numpy(
+            monitor_indices(n=n_train, rows=cfg.train.monitor_rows, seed=cfg.train.seed)
+        ).to(device)
+        X_monitor_enc, y_monitor_enc = X_train_enc[monitor], y_train_enc[monitor]
         for epoch in range(cfg.train.epochs):
             with meter.phase("train"):
                 for idx in minibatches(n=n_train, batch_size=cfg.train.batch_size,
@@ -223,8 +240,8 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
                     params = sgd_step(params=params, grads=grads, lr=cfg.train.lr, batch_size=len(idx))
             if cfg.mpc.track_loss:
                 with meter.phase("loss_monitor"):
-                    probs, _ = forward(spec=spec, params=params, X=X_train_enc)
-                    loss = disclosure.reveal(bce_loss(probs=probs, y=y_train_enc), item="train_loss",
+                    probs, _ = forward(spec=spec, params=params, X=X_monitor_enc)
+                    loss = disclosure.reveal(bce_loss(probs=probs, y=y_monitor_enc), item="train_loss",
                                              ledger=ledger, me=me)
                     if loss is not None:
                         losses.append(float(loss))

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from petlab.models import ModelSpec, bce_loss, forward, gradients, init_params, sgd_step
-from petlab.mpc.party import minibatches
+from petlab.mpc.party import minibatches, monitor_indices
 
 __all__ = ["PlaintextFit", "train_plaintext"]
 
@@ -45,18 +45,21 @@ def train_plaintext(
     seed: int,
     hidden: int = 16,
     track_loss: bool = True,
+    monitor_rows: int = 2048,
 ) -> PlaintextFit:
     """Train one model in plaintext on one process (torch, float32).
 
     Args:
         X_train, y_train, X_test: encoded features (columns in party order) and 0/1 labels.
         model: "logreg" or "mlp"; epochs, batch_size, lr, seed, hidden: as in TrainConfig.
-        track_loss: compute the training loss after each epoch (not timed).
+        track_loss: compute the training loss after each epoch (not timed), on the same
+            fixed sample of ``monitor_rows`` training rows as the MPC run.
     """
     spec = ModelSpec(kind=model, n_features=X_train.shape[1], hidden=hidden)
     Xt, yt = torch.from_numpy(np.ascontiguousarray(X_train)), torch.from_numpy(np.asarray(y_train, np.float32))[:, None]
     params = init_params(spec=spec, seed=seed)
     losses, seconds = [], 0.0
+    monitor = torch.from_numpy(monitor_indices(n=len(Xt), rows=monitor_rows, seed=seed))
     with torch.no_grad():
         for epoch in range(epochs):
             t0 = time.perf_counter()
@@ -68,8 +71,8 @@ def train_plaintext(
                 params = sgd_step(params=params, grads=grads, lr=lr, batch_size=len(idx))
             seconds += time.perf_counter() - t0
             if track_loss:
-                probs, _ = forward(spec=spec, params=params, X=Xt)
-                losses.append(float(bce_loss(probs=probs, y=yt)))
+                probs, _ = forward(spec=spec, params=params, X=Xt[monitor])
+                losses.append(float(bce_loss(probs=probs, y=yt[monitor])))
         scores, _ = forward(spec=spec, params=params, X=torch.from_numpy(np.ascontiguousarray(X_test)))
     return PlaintextFit(
         weights={k: v.numpy().copy() for k, v in params.items()},

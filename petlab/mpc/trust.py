@@ -1,0 +1,75 @@
+"""The security model of a run, stated plainly for every report.
+
+>>> sm = security_model(provider="TFP")
+>>> sm.trusted
+'gateway'
+>>> security_model(provider="TTP").dealer
+'dealer (separate process)'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from petlab.parties import Party
+
+__all__ = ["SecurityModel", "security_model", "CHANNEL_NOTE", "REFERENCE_NOTE"]
+
+CHANNEL_NOTE = (
+    "Parties talk over torch.distributed (gloo) on TCP, which is not encrypted or "
+    "authenticated. Shares are safe to observe only if nobody sees both parties' shares; "
+    "a deployment adds a VPN or TLS tunnel between the organisations."
+)
+
+REFERENCE_NOTE = (
+    "The plaintext reference models (pooled, gateway only, wallet only) are trained by "
+    "the research harness, which reads both parties' tables on this machine. They exist "
+    "only in this simulation, to measure what MPC costs and what collaboration gains; "
+    "the wallet-only model is a counterfactual, since the labels are at the gateway."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SecurityModel:
+    provider: str
+    dealer: str  # who generates the Beaver triples
+    trusted: str  # who must be trusted not to misuse them
+    adversary: str
+    statement: str
+
+
+def security_model(*, provider: str) -> SecurityModel:
+    """What a run under ``provider`` protects, and whom it asks you to trust."""
+    party0 = str(Party.from_rank(0))
+    adversary = (
+        "semi-honest (honest-but-curious), non-colluding parties; CrypTen has no active "
+        "security, so a party that deviates from the protocol can corrupt results undetected"
+    )
+    if provider == "TFP":
+        return SecurityModel(
+            provider="TFP",
+            dealer=f"{party0} (rank 0, a data party)",
+            trusted=party0,
+            adversary=adversary,
+            statement=(
+                f"Trusted first party: the {party0} generates every Beaver triple in plaintext "
+                f"and deals the other party its shares. It can therefore unmask every value the "
+                f"other party opens during multiplications and reconstruct that party's "
+                f"secret-shared inputs. The other party must trust the {party0} not to do so: "
+                f"this provider protects the {party0}'s data from the wallet, not the reverse."
+            ),
+        )
+    if provider == "TTP":
+        return SecurityModel(
+            provider="TTP",
+            dealer="dealer (separate process)",
+            trusted="dealer",
+            adversary=adversary,
+            statement=(
+                "Trusted third party: a separate dealer process generates the Beaver triples and "
+                "receives no data shares. Neither data party can unmask the other's values, "
+                "provided the dealer colludes with neither; in a deployment an organisation "
+                "independent of both parties must run it (here it runs on the same machine)."
+            ),
+        )
+    raise ValueError(f"unknown provider {provider!r}")

@@ -1,0 +1,257 @@
+"""The proof of concept, step by step: party tables, MPC training, plaintext reference
+models, and the run record (metrics, figures, report).
+
+Notebooks call the steps one by one to narrate them; :func:`run_poc` chains them for
+the command line. Both write the same run folder.
+
+>>> import tempfile
+>>> from petlab.config import poc_config
+>>> cfg = poc_config(rows=300, root=tempfile.mkdtemp())
+>>> tables = prepare_tables(config=cfg)
+>>> sorted(tables), tables["gateway"]["label_column"], tables["wallet"]["label_column"]
+(['gateway', 'wallet'], 'engaged', None)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from petlab.config import PocConfig
+from petlab.data.features import prepare_party_features
+from petlab.data.synthetic import ID_COLUMN, LABEL_COLUMN, make_engagement_tables
+from petlab.data.tables import file_sha256, party_table_path, read_party_table, write_party_table
+from petlab.metrics import binary_metrics
+from petlab.mpc.launcher import MPCRun, run_mpc
+from petlab.parties import LABEL_PARTY, Party
+from petlab.runs import Run, create_run, environment_record
+from petlab.train.plaintext import PlaintextFit, train_plaintext
+
+__all__ = [
+    "MODEL_NAMES",
+    "PocResult",
+    "prepare_tables",
+    "train_mpc",
+    "train_references",
+    "write_record",
+    "run_poc",
+]
+
+log = logging.getLogger("petlab.pipeline")
+
+#: The four models every run compares, in report order.
+MODEL_NAMES = ("mpc", "plaintext", "gateway_only", "wallet_only")
+
+
+def _dataset_name(config: PocConfig) -> str:
+    return f"engagement_n{config.data.rows}_seed{config.data.seed}"
+
+
+def prepare_tables(*, config: PocConfig) -> dict:
+    """Write each party's synthetic table to its own location (once) and describe them.
+
+    Returns:
+        party -> {"path", "id_column", "label_column", "sha256"}; a party process is
+        handed its own entry only.
+    """
+    name = _dataset_name(config)
+    root = Path(config.data.root)
+    paths = {str(p): party_table_path(root=root, party=p, name=name) for p in Party}
+    if not all(path.is_file() for path in paths.values()):
+        tables = make_engagement_tables(rows=config.data.rows, seed=config.data.seed)
+        for party, table in tables.items():
+            paths[party] = write_party_table(table, root=root, party=party, name=name)
+    return {
+        party: {
+            "path": str(path.resolve()),
+            "id_column": ID_COLUMN,
+            "label_column": LABEL_COLUMN if party == str(LABEL_PARTY) else None,
+            "sha256": file_sha256(path),
+        }
+        for party, path in paths.items()
+    }
+
+
+def train_mpc(*, config: PocConfig, tables: dict, run: Run, progress: bool = True) -> MPCRun:
+    """Train jointly with CrypTen, each party in its own process; records go to
+    ``<run>/parties/<role>/``."""
+    return run_mpc(config=config, tables=tables, out_dir=run.file("parties"), progress=progress)
+
+
+def _party_features(config: PocConfig, tables: dict, party: Party):
+    entry = tables[str(party)]
+    table = read_party_table(root=Path(entry["path"]).parent.parent, party=party,
+                             name=Path(entry["path"]).stem)
+    return prepare_party_features(
+        table=table,
+        id_column=entry["id_column"],
+        label_column=entry["label_column"],
+        test_fraction=config.data.test_fraction,
+        seed=config.data.seed,
+    )
+
+
+def train_references(*, config: PocConfig, tables: dict) -> dict[str, PlaintextFit]:
+    """Plaintext models: pooled (same features, order and settings as MPC), gateway
+    only and wallet only (a counterfactual: the labels are at the gateway).
+
+    This is the research harness: it reads both parties' tables, which only a
+    simulation may do (see :data:`petlab.mpc.trust.REFERENCE_NOTE`).
+    """
+    feats = {p: _party_features(config, tables, p) for p in Party}
+    label = feats[LABEL_PARTY]
+    t = config.train
+    common = dict(model=t.model, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, seed=t.seed,
+                  hidden=t.hidden, monitor_rows=t.monitor_rows)
+    inputs = {
+        "plaintext": ([feats[p].X_train for p in Party], [feats[p].X_test for p in Party]),
+        "gateway_only": ([feats[Party.GATEWAY].X_train], [feats[Party.GATEWAY].X_test]),
+        "wallet_only": ([feats[Party.WALLET].X_train], [feats[Party.WALLET].X_test]),
+    }
+    fits = {}
+    for name, (train_blocks, test_blocks) in inputs.items():
+        fits[name] = train_plaintext(
+            X_train=np.hstack(train_blocks), y_train=label.y_train, X_test=np.hstack(test_blocks),
+            **common,
+        )
+    return fits
+
+
+@dataclasses.dataclass(frozen=True)
+class PocResult:
+    """What a proof-of-concept run produced (all of it is also in the run folder)."""
+
+    run: Run
+    metrics: dict
+    curves: dict  # train loss per epoch, per backend
+    scores: dict  # model -> test scores
+    y_test: np.ndarray
+
+    @property
+    def summary(self):
+        """The four models side by side, as a DataFrame."""
+        import pandas as pd
+
+        m = self.metrics
+        rows = []
+        for name in MODEL_NAMES:
+            rows.append({"model": name, "auc": m["auc"][name], "accuracy": m["accuracy"][name],
+                         "log_loss": m["log_loss"][name]})
+        return pd.DataFrame(rows).set_index("model")
+
+
+def _flatten_weights(weights: dict, names: tuple[str, ...]) -> np.ndarray:
+    return np.concatenate([np.asarray(weights[n], dtype=np.float64).ravel() for n in names])
+
+
+def write_record(*, config: PocConfig, tables: dict, mpc: MPCRun, references: dict, run: Run,
+                 figures: bool = True) -> PocResult:
+    """Assemble ``metrics.json``, curves, scores, figures and the HTML report."""
+    from petlab.models import ModelSpec
+
+    gateway = mpc.records[str(LABEL_PARTY)]
+    party_dir = Path(mpc.out_dir) / str(LABEL_PARTY)
+    y_test = np.load(party_dir / "y_test.npy")
+    scores = {"mpc": np.load(party_dir / "test_scores.npy")}
+    scores.update({name: fit.test_scores for name, fit in references.items()})
+    per_model = {name: binary_metrics(y_true=y_test, scores=s) for name, s in scores.items()}
+
+    spec = ModelSpec(kind=config.train.model, n_features=sum(
+        gateway["peers"][str(p)]["n_features"] for p in Party), hidden=config.train.hidden)
+    max_diff = None
+    if (party_dir / "weights.npz").is_file():
+        mpc_w = dict(np.load(party_dir / "weights.npz"))
+        max_diff = float(np.max(np.abs(
+            _flatten_weights(mpc_w, spec.param_names)
+            - _flatten_weights(references["plaintext"].weights, spec.param_names))))
+
+    def phase(record, name, key):
+        return record["phases"].get(name, {}).get(key, 0)
+
+    comm, comm_by_phase = {}, {}
+    for party in Party:
+        record = mpc.records[str(party)]
+        comm[str(party)] = {
+            "bytes": int(phase(record, "share_inputs", "bytes") + phase(record, "train", "bytes")
+                         + phase(record, "reveal", "bytes")),
+            "rounds": int(phase(record, "share_inputs", "rounds") + phase(record, "train", "rounds")
+                          + phase(record, "reveal", "rounds")),
+        }
+        comm_by_phase[str(party)] = record["phases"]
+    mpc_train_s = phase(gateway, "share_inputs", "seconds") + phase(gateway, "train", "seconds")
+    metrics = {
+        "auc": {n: per_model[n].auc for n in MODEL_NAMES},
+        "accuracy": {n: per_model[n].accuracy for n in MODEL_NAMES},
+        "log_loss": {n: per_model[n].log_loss for n in MODEL_NAMES},
+        "max_abs_weight_diff": max_diff,
+        "seconds": {
+            "mpc_train": mpc_train_s,
+            "plaintext_train": references["plaintext"].train_seconds,
+            "mpc_reveal": phase(gateway, "reveal", "seconds"),
+            "mpc_loss_monitor": phase(gateway, "loss_monitor", "seconds"),
+            "mpc_wall_incl_startup": mpc.wall_seconds,
+        },
+        "comm": comm,
+        "comm_by_phase": comm_by_phase,
+        "n_train": gateway["meta"]["n_train"],
+        "n_test": gateway["meta"]["n_test"],
+        "n_features": {str(p): gateway["peers"][str(p)]["n_features"] for p in Party},
+        "model": config.train.model,
+        "provider": config.mpc.provider,
+        "device": gateway["device"],
+        "disclosures": {str(p): mpc.records[str(p)]["disclosure_summary"] for p in Party},
+        "collaboration_gain_auc": per_model["plaintext"].auc - max(
+            per_model["gateway_only"].auc, per_model["wallet_only"].auc),
+        "mpc_vs_plaintext_auc": per_model["mpc"].auc - per_model["plaintext"].auc,
+    }
+    curves = {"train_loss": {"mpc": gateway.get("train_loss", []),
+                             "plaintext": references["plaintext"].train_loss}}
+    run.write_json("metrics.json", metrics)
+    run.write_json("curves.json", curves)
+    np.savez(run.file("test_scores.npz"), y_test=y_test, **scores)
+    result = PocResult(run=run, metrics=metrics, curves=curves, scores=scores, y_test=y_test)
+    if figures:
+        from petlab import plots, report
+
+        plots.save_poc_figures(result=result, folder=run.file("figures"))
+        report.write_report(run=run, config=config, tables=tables)
+    return result
+
+
+def start_run(*, config: PocConfig, tables: dict | None = None, run: Run | None = None,
+              runs_root: str = "runs", out: str | None = None) -> Run:
+    """Create (or take) the run folder and write parameters and environment."""
+    if run is None:
+        run = create_run(root=runs_root, label=f"{config.train.model}-{config.mpc.provider}", path=out)
+    run.write_json("params.json", {"config": config.to_dict(), "tables": tables})
+    run.write_json("environment.json", environment_record(device=config.mpc.device, seed=config.data.seed))
+    return run
+
+
+def run_poc(*, config: PocConfig, run: Run | None = None, runs_root: str = "runs",
+            out: str | None = None, progress: bool = True) -> PocResult:
+    """The whole proof of concept: tables, MPC, references, record. Marks the run
+    ``complete`` (if this call created it) or ``failed``.
+
+    Args:
+        config: a validated configuration (see :func:`petlab.config.poc_config`).
+        run: an existing run to write into (e.g. made by the notebook runner).
+        runs_root: where to create a new run folder when ``run`` and ``out`` are None.
+        out: exact folder for the new run (must not exist or be empty).
+        progress: show progress bars.
+    """
+    run = start_run(config=config, run=run, runs_root=runs_root, out=out)
+    try:
+        tables = prepare_tables(config=config)
+        run.write_json("params.json", {"config": config.to_dict(), "tables": tables})
+        mpc = train_mpc(config=config, tables=tables, run=run, progress=progress)
+        references = train_references(config=config, tables=tables)
+        result = write_record(config=config, tables=tables, mpc=mpc, references=references, run=run)
+    except BaseException as err:
+        run.mark_failed(f"{type(err).__name__}: {err}".splitlines()[0])
+        raise
+    run.finish()
+    return result

@@ -1,0 +1,122 @@
+"""Seaborn figures of a run: loss per epoch, ROC curves, and what MPC costs.
+
+Each ``plot_*`` function returns a matplotlib Figure (notebooks show it);
+:func:`save_poc_figures` writes them all as PNG into a run folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["plot_loss", "plot_roc", "plot_cost", "save_poc_figures", "MODEL_LABELS"]
+
+MODEL_LABELS = {
+    "mpc": "MPC (joint, CrypTen)",
+    "plaintext": "plaintext (pooled)",
+    "gateway_only": "gateway only",
+    "wallet_only": "wallet only (counterfactual)",
+}
+
+
+def _plt():
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("agg",) and not _in_notebook():
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook")
+    return plt, sns
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+
+        return get_ipython() is not None
+    except ImportError:
+        return False
+
+
+def plot_loss(*, curves: dict):
+    """Training cross-entropy per epoch, plaintext vs MPC (same monitoring rows)."""
+    plt, sns = _plt()
+    rows = [
+        {"epoch": i + 1, "loss": v, "backend": MODEL_LABELS[name]}
+        for name, values in curves["train_loss"].items()
+        for i, v in enumerate(values)
+    ]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if rows:
+        sns.lineplot(data=pd.DataFrame(rows), x="epoch", y="loss", hue="backend", style="backend",
+                     markers=True, dashes=False, ax=ax)
+    ax.set_title("Training loss per epoch")
+    ax.set_ylabel("binary cross-entropy")
+    fig.tight_layout()
+    return fig
+
+
+def plot_roc(*, scores: dict, y_test: np.ndarray, auc: dict):
+    """ROC curves of the four models on the test customers."""
+    from petlab.metrics import roc_points
+
+    plt, sns = _plt()
+    rows = []
+    for name, s in scores.items():
+        fpr, tpr = roc_points(y_true=y_test, scores=s)
+        label = f"{MODEL_LABELS.get(name, name)}  AUC {auc[name]:.3f}"
+        rows += [{"false positive rate": a, "true positive rate": b, "model": label} for a, b in zip(fpr, tpr)]
+    fig, ax = plt.subplots(figsize=(6, 5))
+    sns.lineplot(data=pd.DataFrame(rows), x="false positive rate", y="true positive rate",
+                 hue="model", estimator=None, sort=False, ax=ax)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set_title("ROC on the test customers")
+    fig.tight_layout()
+    return fig
+
+
+def plot_cost(*, metrics: dict):
+    """What MPC costs: training time against plaintext, and bytes and rounds per party."""
+    plt, sns = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    secs = pd.DataFrame({
+        "backend": ["plaintext", "MPC"],
+        "seconds": [metrics["seconds"]["plaintext_train"], metrics["seconds"]["mpc_train"]],
+    })
+    sns.barplot(data=secs, x="backend", y="seconds", hue="backend", ax=axes[0], legend=False)
+    axes[0].set_yscale("log")
+    ratio = secs["seconds"][1] / max(secs["seconds"][0], 1e-9)
+    axes[0].set_title(f"training time (MPC {ratio:,.0f}x)")
+    comm = pd.DataFrame([{"party": p, "MB sent+received": v["bytes"] / 1e6, "rounds": v["rounds"]}
+                         for p, v in metrics["comm"].items()])
+    sns.barplot(data=comm, x="party", y="MB sent+received", hue="party", ax=axes[1], legend=False)
+    axes[1].set_title("MPC communication per party")
+    sns.barplot(data=comm, x="party", y="rounds", hue="party", ax=axes[2], legend=False)
+    axes[2].set_title("MPC communication rounds")
+    fig.suptitle(f"{metrics['model']}, {metrics['provider']}, {metrics['device']}, n_train={metrics['n_train']}")
+    fig.tight_layout()
+    return fig
+
+
+def save_poc_figures(*, result, folder) -> dict[str, Path]:
+    """Write loss.png, roc.png and cost.png for a :class:`petlab.pipeline.PocResult`."""
+    plt, _ = _plt()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    figures = {
+        "loss": plot_loss(curves=result.curves),
+        "roc": plot_roc(scores=result.scores, y_test=result.y_test, auc=result.metrics["auc"]),
+        "cost": plot_cost(metrics=result.metrics),
+    }
+    paths = {}
+    for name, fig in figures.items():
+        paths[name] = folder / f"{name}.png"
+        tmp = folder / f".{name}.tmp.png"
+        fig.savefig(tmp, dpi=110)
+        tmp.replace(paths[name])
+        plt.close(fig)
+    return paths
