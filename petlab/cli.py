@@ -1,4 +1,12 @@
-"""The ``petlab`` command line. ``petlab --help`` lists the commands."""
+"""The ``petlab`` command line.
+
+  petlab poc        run the proof of concept without Jupyter (writes a run folder)
+  petlab notebooks  run the notebooks with papermill into one run folder
+  petlab bench      measure MPC against plaintext and rewrite BENCHMARKS.md
+  petlab party      one role of an MPC job (started by the launcher)
+
+Bad arguments end with a one-line error and exit status 2, before any work starts.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +14,147 @@ import argparse
 import logging
 import sys
 
-__all__ = ["main"]
+from petlab.config import DataConfig, MPCConfig, TrainConfig
+
+__all__ = ["main", "build_parser"]
+
+_D, _T, _M = DataConfig(), TrainConfig(), MPCConfig()
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--rows", type=int, help=f"customers to generate (default {_D.rows})")
+    g.add_argument("--seed", type=int, help=f"seed of data, split, initial weights and batches (default {_D.seed})")
+    g.add_argument("--test-fraction", type=float, help=f"share of rows held out (default {_D.test_fraction})")
+    g.add_argument("--data-root", dest="root", help=f"where party tables live (default {_D.root})")
+    g = p.add_argument_group("training")
+    g.add_argument("--model", help=f"logreg or mlp (default {_T.model})")
+    g.add_argument("--epochs", type=int, help=f"default {_T.epochs}")
+    g.add_argument("--batch-size", type=int, help=f"default {_T.batch_size}")
+    g.add_argument("--lr", type=float, help=f"SGD learning rate (default {_T.lr})")
+    g.add_argument("--hidden", type=int, help=f"MLP hidden width (default {_T.hidden})")
+    g = p.add_argument_group("MPC")
+    g.add_argument("--provider", help=f"TTP (separate dealer) or TFP (gateway deals triples) (default {_M.provider})")
+    g.add_argument("--device", help=f"cpu, cuda or cuda:N (default {_M.device})")
+    g.add_argument("--no-reveal-weights", dest="reveal_weights", action="store_false", default=None,
+                   help="do not reveal the final weights to the label holder")
+    g.add_argument("--no-track-loss", dest="track_loss", action="store_false", default=None,
+                   help="do not reveal the per-epoch training loss")
+    g.add_argument("--threads-per-party", type=int, help=f"torch threads per party (default {_M.threads_per_party})")
+    g.add_argument("--timeout", dest="timeout_s", type=float, help=f"seconds before the MPC run is stopped (default {_M.timeout_s:g})")
+    g = p.add_argument_group("output")
+    g.add_argument("--params", help="JSON or YAML file of parameters (flags override it)")
+    g.add_argument("--out", help="new run folder (must not exist or be empty)")
+    g.add_argument("--runs-root", default="runs", help="where new run folders are made when --out is not given (default runs)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+_CONFIG_KEYS = ("rows", "seed", "test_fraction", "root", "model", "epochs", "batch_size", "lr", "hidden",
+                "provider", "device", "reveal_weights", "track_loss", "threads_per_party", "timeout_s")
+
+
+def _config_from_args(args):
+    from petlab.config import load_params_file, poc_config
+
+    overrides = load_params_file(args.params) if args.params else {}
+    overrides.update({k: getattr(args, k) for k in _CONFIG_KEYS if getattr(args, k, None) is not None})
+    return poc_config(**overrides)
+
+
+def _check_out(args) -> None:
+    from pathlib import Path
+
+    from petlab.config import ConfigError
+
+    if args.out:
+        out = Path(args.out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise ConfigError(f"--out {out} exists already; runs are never overwritten")
+
+
+def _print_summary(result) -> None:
+    m = result.metrics
+    print(f"\nrun folder: {result.run.path}  (status: {result.run.status()})")
+    print(f"report:     {result.run.file('report.html')}")
+    print(f"metrics:    {result.run.file('metrics.json')}\n")
+    print(result.summary.round(4).to_string())
+    print(f"\nmodel={m['model']} provider={m['provider']} device={m['device']} "
+          f"n_train={m['n_train']} n_test={m['n_test']}")
+    print(f"collaboration gain (AUC, pooled - best single side): {m['collaboration_gain_auc']:+.4f}")
+    print(f"MPC - plaintext AUC: {m['mpc_vs_plaintext_auc']:+.4f}; "
+          f"max |weight difference|: {m['max_abs_weight_diff']}")
+    s = m["seconds"]
+    print(f"training time: plaintext {s['plaintext_train']:.3f} s, MPC {s['mpc_train']:.1f} s "
+          f"({s['mpc_train'] / max(s['plaintext_train'], 1e-12):,.0f}x)")
+    for party, c in m["comm"].items():
+        print(f"communication {party}: {c['bytes'] / 1e6:,.1f} MB, {c['rounds']:,} rounds")
+
+
+def _poc(args) -> int:
+    from petlab.pipeline import run_poc
+
+    config = _config_from_args(args)
+    _check_out(args)
+    result = run_poc(config=config, runs_root=args.runs_root, out=args.out, progress=not args.quiet)
+    _print_summary(result)
+    return 0
+
+
+def _notebooks(args) -> int:
+    from petlab.notebooks import run_notebooks
+
+    config = _config_from_args(args)  # validates before any notebook starts
+    _check_out(args)
+    result = run_notebooks(config=config, runs_root=args.runs_root, out=args.out, progress=not args.quiet)
+    _print_summary(result)
+    return 0
+
+
+def _bench(args) -> int:
+    from petlab.bench import run_benchmarks
+
+    run_benchmarks(sizes=args.sizes, providers=args.providers, models=args.models, epochs=args.epochs,
+                   output=args.output, data_root=args.data_root)
+    return 0
 
 
 def _party(args) -> int:
     from petlab.mpc.job import Job
     from petlab.mpc.party import run_party
 
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.role} %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s {args.role} %(levelname)s %(message)s")
     job = Job.load(args.job)
     run_party(job=job, role=args.role)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="petlab", description=__doc__)
+    parser = argparse.ArgumentParser(prog="petlab", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    poc = sub.add_parser("poc", help="run the proof of concept without Jupyter",
+                         description="Generate the party tables, train jointly with CrypTen (each "
+                         "party in its own process), train the plaintext references, and write a "
+                         "run folder with metrics.json, figures and report.html.")
+    _add_run_options(poc)
+    poc.set_defaults(func=_poc)
+
+    nb = sub.add_parser("notebooks", help="run the notebooks with papermill into one run folder",
+                        description="Execute notebooks/*.ipynb in order with papermill; the "
+                        "executed copies land in <run>/notebooks/.")
+    _add_run_options(nb)
+    nb.set_defaults(func=_notebooks)
+
+    bench = sub.add_parser("bench", help="measure MPC vs plaintext and rewrite BENCHMARKS.md")
+    bench.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000], help="rows (default 10000 100000)")
+    bench.add_argument("--providers", nargs="+", default=["TFP", "TTP"], help="default TFP TTP")
+    bench.add_argument("--models", nargs="+", default=["logreg"], help="default logreg")
+    bench.add_argument("--epochs", type=int, default=1, help="epochs per configuration (default 1)")
+    bench.add_argument("--output", default="BENCHMARKS.md", help="file to rewrite (default BENCHMARKS.md)")
+    bench.add_argument("--data-root", default="data/parties", help="party tables (default data/parties)")
+    bench.set_defaults(func=_bench)
+
     party = sub.add_parser("party", help="run one role of an MPC job (started by the launcher)")
     party.add_argument("--role", required=True, choices=["gateway", "wallet", "dealer"])
     party.add_argument("--job", required=True, help="job file written by the launcher")
@@ -30,6 +163,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from petlab.config import ConfigError
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"petlab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("petlab: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - one clear line, details in the run folder
+        if args.command == "party":
+            raise
+        from petlab.mpc.launcher import MPCRunError
+
+        if isinstance(err, MPCRunError):
+            print(f"petlab {args.command}: MPC run failed: {err}", file=sys.stderr)
+        else:
+            print(f"petlab {args.command}: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["plot_loss", "plot_roc", "plot_cost", "save_poc_figures", "MODEL_LABELS"]
+__all__ = ["plot_loss", "plot_roc", "plot_cost", "plot_party_data", "save_figure", "save_poc_figures",
+           "MODEL_LABELS"]
 
 MODEL_LABELS = {
     "mpc": "MPC (joint, CrypTen)",
@@ -102,6 +103,16 @@ def plot_cost(*, metrics: dict):
     return fig
 
 
+def save_figure(fig, path) -> Path:
+    """Write ``fig`` as PNG to ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(path)
+    return path
+
+
 def save_poc_figures(*, result, folder) -> dict[str, Path]:
     """Write loss.png, roc.png and cost.png for a :class:`petlab.pipeline.PocResult`."""
     plt, _ = _plt()
@@ -114,9 +125,24 @@ def save_poc_figures(*, result, folder) -> dict[str, Path]:
     }
     paths = {}
     for name, fig in figures.items():
-        paths[name] = folder / f"{name}.png"
-        tmp = folder / f".{name}.tmp.png"
-        fig.savefig(tmp, dpi=110)
-        tmp.replace(paths[name])
+        paths[name] = save_figure(fig, folder / f"{name}.png")
         plt.close(fig)
     return paths
+
+
+def plot_party_data(*, gateway, wallet, label_column: str = "engaged"):
+    """A first look at each party's own table (each panel uses one party's data only)."""
+    plt, sns = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    rate = gateway.groupby("home_market")[label_column].mean().sort_values().reset_index()
+    sns.barplot(data=rate, x="home_market", y=label_column, hue="home_market", ax=axes[0], legend=False)
+    axes[0].set_title("gateway: engagement rate by home market")
+    sns.histplot(data=gateway.assign(**{label_column: gateway[label_column].map({0: "no", 1: "yes"})}),
+                 x="spend_foreign_90d_usd", hue=label_column, log_scale=True, element="step",
+                 stat="density", common_norm=False, ax=axes[1])
+    axes[1].set_title("gateway: foreign spend (90 d, USD), by engagement")
+    sns.countplot(data=wallet, x="account_tier", hue="age_band", ax=axes[2],
+                  order=["basic", "silver", "gold"])
+    axes[2].set_title("wallet: account tier and age band")
+    fig.tight_layout()
+    return fig
