@@ -142,7 +142,7 @@ def plot_party_data(*, gateway, wallet, label_column: str = "engaged"):
                  stat="density", common_norm=False, ax=axes[1])
     axes[1].set_title("gateway: foreign spend (90 d, USD), by engagement")
     sns.countplot(data=wallet, x="account_tier", hue="age_band", ax=axes[2],
-                  order=["basic", "silver", "gold"])
+                  order=["basic", "silver", "gold"], hue_order=["18-24", "25-34", "35-44", "45-54", "55+"])
     axes[2].set_title("wallet: account tier and age band")
     fig.tight_layout()
     return fig

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from petlab.config import PocConfig
-from petlab.crypten_compat import import_crypten
+from petlab.crypten_compat import applied_fixes, import_crypten
 from petlab.data.features import prepare_party_features
 from petlab.data.tables import file_sha256
 from petlab.models import ModelSpec, bce_loss, forward, gradients, init_params, sgd_step
@@ -130,7 +130,8 @@ def run_party(*, job: Job, role: str) -> None:
 
         t0 = time.perf_counter()
         TTPServer()  # serves triples until party 0 says "terminate"
-        _write_json(out / "result.json", {"role": role, "seconds": time.perf_counter() - t0})
+        _write_json(out / "result.json", {"role": role, "seconds": time.perf_counter() - t0,
+                                          "compat_fixes": applied_fixes(), "pid": os.getpid()})
         return
 
     me = Party.parse(role)
@@ -275,6 +276,8 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
         "disclosures": ledger.entries,
         "disclosure_summary": ledger.summary(),
         "feature_names": list(feats.feature_names),
+        "compat_fixes": applied_fixes(),
+        "pid": os.getpid(),
     }
     if me == LABEL_PARTY:
         record["train_loss"] = losses

@@ -1,0 +1,114 @@
+"""Two parties in their own processes train with CrypTen and match plaintext.
+
+These start real party processes (and the dealer under TTP) on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from petlab.mpc.launcher import MPCRunError
+from petlab.pipeline import MODEL_NAMES, prepare_tables, run_poc
+
+pytestmark = pytest.mark.mpc
+
+METRIC_KEYS = {"auc", "accuracy", "log_loss", "max_abs_weight_diff", "seconds", "comm", "n_train",
+               "n_test", "model", "provider", "device"}
+
+
+def _check_record(result, config):
+    m = json.loads((result.run.path / "metrics.json").read_text())
+    assert METRIC_KEYS <= set(m)
+    for key in ("auc", "accuracy", "log_loss"):
+        assert set(m[key]) == set(MODEL_NAMES)
+    assert set(m["seconds"]) >= {"mpc_train", "plaintext_train"}
+    for party in ("gateway", "wallet"):
+        assert m["comm"][party]["bytes"] > 0 and m["comm"][party]["rounds"] > 0
+    assert m["provider"] == config.mpc.provider and m["model"] == config.train.model
+    assert result.run.status() == "complete"
+    for name in ("params.json", "environment.json", "report.html", "figures/roc.png",
+                 "figures/loss.png", "figures/cost.png"):
+        assert (result.run.path / name).is_file(), name
+    env = json.loads((result.run.path / "environment.json").read_text())
+    assert env["crypten"] == "0.4.1" and env["seed"] == config.data.seed
+    report = (result.run.path / "report.html").read_text()
+    assert f"Provider {config.mpc.provider}" in report and "Must be trusted" in report
+    return m
+
+
+def _check_isolation(result, tables):
+    """Each party process ran with the compat fixes, read only its own table, and only
+    the label holder received the revealed outputs."""
+    parties = result.run.path / "parties"
+    job = json.loads((parties / "job.json").read_text())
+    for party in ("gateway", "wallet"):
+        record = json.loads((parties / party / "result.json").read_text())
+        assert record["compat_fixes"]["onnx_registration_alias"]
+        assert record["meta"]["table_sha256"] == tables[party]["sha256"]
+        assert record["pid"] != json.loads((parties / _other(party) / "result.json").read_text())["pid"]
+        assert all(e["receiver"] == "gateway" for e in record["disclosures"])
+    assert not (parties / "wallet" / "test_scores.npy").exists()
+    assert not (parties / "wallet" / "weights.npz").exists()
+    assert set(job["tables"]) == {"gateway", "wallet"}
+
+
+def _other(party):
+    return "wallet" if party == "gateway" else "gateway"
+
+
+@pytest.mark.parametrize("provider", ["TTP", "TFP"])
+def test_logreg_mpc_matches_plaintext(small_config, tmp_path, provider):
+    config = small_config(provider=provider)
+    result = run_poc(config=config, runs_root=str(tmp_path / "runs"), progress=False)
+    m = _check_record(result, config)
+    assert abs(m["auc"]["mpc"] - m["auc"]["plaintext"]) < 0.005
+    assert m["max_abs_weight_diff"] < 0.02
+    assert m["auc"]["plaintext"] > max(m["auc"]["gateway_only"], m["auc"]["wallet_only"])
+    losses = result.curves["train_loss"]
+    assert len(losses["mpc"]) == config.train.epochs
+    assert np.allclose(losses["mpc"], losses["plaintext"], atol=0.01)
+    _check_isolation(result, json.loads((result.run.path / "params.json").read_text())["tables"])
+    if provider == "TTP":
+        assert (result.run.path / "parties" / "dealer" / "result.json").is_file()
+        assert result.metrics["disclosures"]["gateway"].keys() == {
+            "test_scores->gateway", "train_loss->gateway", "final_weights->gateway"}
+
+
+def test_mlp_mpc_trains_and_beats_chance(small_config, tmp_path):
+    config = small_config(model="mlp", provider="TFP", reveal_weights=False, track_loss=False)
+    result = run_poc(config=config, runs_root=str(tmp_path / "runs"), progress=False)
+    m = result.metrics
+    assert m["auc"]["mpc"] > 0.7
+    assert abs(m["auc"]["mpc"] - m["auc"]["plaintext"]) < 0.02
+    assert m["max_abs_weight_diff"] is None  # weights were not revealed
+    assert set(m["disclosures"]["gateway"]) == {"test_scores->gateway"}
+
+
+def test_mismatched_ids_fail_cleanly_and_mark_the_run_failed(small_config, tmp_path):
+    config = small_config(provider="TFP")
+    tables = prepare_tables(config=config)
+    wallet = pd.read_csv(tables["wallet"]["path"])
+    wallet.iloc[1:].to_csv(tables["wallet"]["path"], index=False)  # the wallet lost a customer
+    with pytest.raises(MPCRunError, match="different set of customer ids"):
+        run_poc(config=config, runs_root=str(tmp_path / "runs"), progress=False)
+    (run_dir,) = list((tmp_path / "runs").iterdir())
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "failed" and "MPCRunError" in status["error"]
+    assert not (run_dir / "metrics.json").exists()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none here)")
+def test_cuda_mpc_matches_cpu(small_config, tmp_path):
+    cpu = run_poc(config=small_config(provider="TFP"), runs_root=str(tmp_path / "cpu"), progress=False)
+    gpu = run_poc(config=small_config(provider="TFP", device="cuda"), runs_root=str(tmp_path / "gpu"),
+                  progress=False)
+    assert gpu.metrics["device"].startswith("cuda")
+    assert abs(gpu.metrics["auc"]["mpc"] - cpu.metrics["auc"]["mpc"]) < 0.005
+    assert gpu.metrics["max_abs_weight_diff"] < 0.02
