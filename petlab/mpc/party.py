@@ -54,7 +54,7 @@ def minibatches(*, n: int, batch_size: int, seed: int, epoch: int) -> list[np.nd
     Every backend and every party derives the same order.
 
     >>> [b.tolist() for b in minibatches(n=5, batch_size=2, seed=0, epoch=0)]
-    [[4, 2], [1, 0], [3]]
+    [[2, 1], [0, 4], [3]]
     """
     order = np.random.default_rng([seed, 1000 + epoch]).permutation(n)
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
@@ -278,6 +278,7 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
         "feature_names": list(feats.feature_names),
         "compat_fixes": applied_fixes(),
         "pid": os.getpid(),
+        "peak_rss_mb": _peak_rss_mb(),
     }
     if me == LABEL_PARTY:
         record["train_loss"] = losses
@@ -286,6 +287,13 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
         if weights:
             np.savez(out / "weights.npz", **weights)
     _write_json(out / "result.json", record)
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _check_peers(metas: dict) -> None:
