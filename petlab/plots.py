@@ -66,14 +66,15 @@ def plot_roc(*, scores: dict, y_test: np.ndarray, auc: dict):
     from petlab.metrics import roc_points
 
     plt, sns = _plt()
-    rows = []
+    rows, dashes = [], {}
     for name, s in scores.items():
         fpr, tpr = roc_points(y_true=y_test, scores=s)
         label = f"{MODEL_LABELS.get(name, name)}  AUC {auc[name]:.3f}"
+        dashes[label] = (4, 2) if name == "mpc" else ""  # MPC dashed: it lies on the plaintext curve
         rows += [{"false positive rate": a, "true positive rate": b, "model": label} for a, b in zip(fpr, tpr)]
     fig, ax = plt.subplots(figsize=(6, 5))
     sns.lineplot(data=pd.DataFrame(rows), x="false positive rate", y="true positive rate",
-                 hue="model", estimator=None, sort=False, ax=ax)
+                 hue="model", style="model", dashes=dashes, estimator=None, sort=False, ax=ax)
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     ax.set_title("ROC on the test customers")
     fig.tight_layout()

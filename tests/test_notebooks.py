@@ -60,3 +60,18 @@ def test_notebooks_run_with_papermill_and_record_the_run(tmp_path):
     assert {c["features"] for c in checks} == {"joint", "gateway only", "wallet only"}
     assert (run / "figures" / "party_data.png").is_file()
     assert "notebooks/02_joint_training_mpc.ipynb" in (run / "report.html").read_text()
+
+
+@pytest.mark.notebooks
+def test_data_notebook_alone_starts_and_finishes_its_own_run(tmp_path):
+    """As in JupyterLab: no RUN_DIR, so the notebook makes its own run and finishes it."""
+    import papermill as pm
+
+    pm.execute_notebook(str(notebook_dir() / NOTEBOOKS[0]), str(tmp_path / "out.ipynb"),
+                        parameters={"ROWS": 600, "DATA_ROOT": str(tmp_path / "data"),
+                                    "RUNS_ROOT": str(tmp_path / "runs")},
+                        progress_bar=False, kernel_name="python3")
+    (run,) = list((tmp_path / "runs").iterdir())
+    assert json.loads((run / "status.json").read_text())["status"] == "complete"
+    assert (run / "data_check.json").is_file() and (run / "params.json").is_file()
+    assert (tmp_path / "data" / "gateway" / "engagement_n600_seed0.csv").is_file()
