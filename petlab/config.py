@@ -73,6 +73,8 @@ class MPCConfig:
     device: str = "cpu"  # "cpu" or "cuda" / "cuda:N" (each party computes there)
     reveal_weights: bool = True  # reveal the final weights to the label holder
     track_loss: bool = True  # reveal the training loss per epoch (a scalar) to the label holder
+    audit_words: bool = False  # keep every ring element each party receives (small audit runs)
+    audit_party0_view: bool = False  # record party 0's view of the first feature-matrix Beaver triple
     threads_per_party: int = 1  # torch threads in each party process
     timeout_s: float = 3600.0  # a party run that takes longer is stopped and reported
 

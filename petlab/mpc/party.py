@@ -72,6 +72,9 @@ class _Meter:
 
         class _Ctx:
             def __enter__(self):
+                from petlab.audit.transcript import set_phase
+
+                set_phase(name)
                 self.t0 = time.perf_counter()
                 self.c0 = dict(meter.comm.get().get_communication_stats())
 
@@ -81,6 +84,9 @@ class _Meter:
                 slot["seconds"] += time.perf_counter() - self.t0
                 slot["bytes"] += int(c1["bytes"] - self.c0["bytes"])
                 slot["rounds"] += int(c1["rounds"] - self.c0["rounds"])
+                from petlab.audit.transcript import set_phase
+
+                set_phase("other")
                 return False
 
         return _Ctx()
@@ -173,10 +179,23 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
     my_meta = _public_meta(job, me, feats, file_sha256(table_path))
 
     _set_rendezvous_env(job, rank=me.rank)
-    if device.type == "cuda":
-        from crypten.communicator.distributed_communicator import DistributedCommunicator
+    from crypten.communicator.distributed_communicator import DistributedCommunicator
 
+    if device.type == "cuda":
         stage_cuda_communication(DistributedCommunicator)
+    from petlab.audit import transcript as transcript_mod
+
+    transcript = transcript_mod.install(DistributedCommunicator, keep_words=cfg.mpc.audit_words)
+    party0_view = None
+    total_features = [0]  # known after the handshake
+    if cfg.mpc.audit_party0_view and me.rank == 0:
+        from petlab.audit import party0_view as view_mod
+
+        first_batch = min(cfg.train.batch_size, my_meta["n_train"])
+        party0_view = view_mod.install(view=view_mod.Party0View(
+            provider=cfg.mpc.provider,
+            x_shape_filter=lambda size: len(size) == 2 and size[0] == first_batch
+            and size[1] == total_features[0]))
     t_start = time.perf_counter()
     crypten.init()
     meter = _Meter(comm)
@@ -186,6 +205,7 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
         with meter.phase("handshake"):
             metas = {str(p): comm.get().broadcast_obj(my_meta if p == me else None, p.rank) for p in Party}
         _check_peers(metas)
+        total_features[0] = sum(m["n_features"] for m in metas.values())
         n_train, n_test = my_meta["n_train"], my_meta["n_test"]
 
         # -- secret sharing: each party shares its own columns ----------------------
@@ -280,6 +300,10 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
         "pid": os.getpid(),
         "peak_rss_mb": _peak_rss_mb(),
     }
+    transcript.save(out / "audit")
+    record["transcript_summary"] = transcript.summary()
+    if party0_view is not None:
+        np.savez(out / "audit" / "party0_view.npz", **party0_view.arrays())
     if me == LABEL_PARTY:
         record["train_loss"] = losses
         np.save(out / "test_scores.npy", scores.cpu().numpy().ravel())

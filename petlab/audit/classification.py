@@ -1,0 +1,77 @@
+"""The per-party data-classification table, in the regulator's terms.
+
+For each item a party holds or receives: whether it is the party's own personal data,
+another party's data in protected form, a revealed output, or public metadata, and what
+could be inferred from it. The table depends on the provider (who deals the triples)
+and on which outputs the run reveals.
+
+>>> rows = classification_table(provider="TFP", reveal_weights=True, track_loss=True)
+>>> [r["classification"] for r in rows if r["party"] == "gateway" and r["item"].startswith("shares")][0]
+'another party’s data, NOT protected from this party (it dealt the masks)'
+"""
+
+from __future__ import annotations
+
+__all__ = ["classification_table", "OWN", "PROTECTED", "REVEALED", "PUBLIC"]
+
+OWN = "own personal data"
+PROTECTED = "another party’s data in protected form"
+REVEALED = "revealed output"
+PUBLIC = "public metadata"
+
+
+def classification_table(*, provider: str, reveal_weights: bool, track_loss: bool) -> list[dict]:
+    """Rows of {party, item, classification, inference} for a run's settings."""
+    rows = []
+
+    def add(party, item, classification, inference):
+        rows.append({"party": party, "item": item, "classification": classification,
+                     "inference": inference})
+
+    for party, own in (("gateway", "payment behaviour and engagement labels of its customers"),
+                       ("wallet", "app behaviour, preferences and coarse demographics of its customers")):
+        add(party, f"its own table ({own})", OWN,
+            "everything: the party is the controller of this data and processes it locally")
+    for party, other in (("gateway", "wallet"), ("wallet", "gateway")):
+        item = (f"shares received from the {other}: its shares of masked openings (Beaver ε, δ), "
+                f"comparison circuits and of the revealed outputs")
+        if provider == "TFP" and party == "gateway":
+            add(party, item, "another party’s data, NOT protected from this party (it dealt the masks)",
+                "with its own triples it can undo every mask and reconstruct the wallet's features "
+                "(the audit demonstrates this): for the gateway these shares are effectively the "
+                "wallet's personal data")
+        else:
+            add(party, item, PROTECTED,
+                "nothing about any customer: each word is uniform over Z/2^64 and independent of the "
+                "data (tested), and unmasking needs the other party's share or the dealer's triples")
+    if provider == "TFP":
+        add("gateway", "Beaver triples: generated in plaintext by the gateway", "own randomness (key material)",
+            "no data by themselves, but they are the keys that unmask the wallet's openings")
+        add("wallet", "its shares of the gateway's triples (from a shared seed, no communication)",
+            "randomness", "nothing: uniformly random")
+    else:
+        add("gateway", "its shares of triples (from the dealer's seed; products requested from the dealer)",
+            "randomness", "nothing: uniformly random, and the gateway never learns the masks")
+        add("wallet", "its shares of triples (from the dealer's seed)", "randomness",
+            "nothing: uniformly random")
+        add("dealer", "every triple in plaintext; sizes of the requested operations", "randomness and public metadata",
+            "no customer data (it receives no data shares), but it could unmask openings if it "
+            "colluded with a party: it must be independent of both")
+    add("gateway", "test scores (one probability per test customer)", REVEALED,
+        "personal data for the gateway: a score about each of its identified customers, computed "
+        "from both parties' features, so it carries some information about the wallet's features "
+        "(e.g. which test customers are active app users). Not a share.")
+    if reveal_weights:
+        add("gateway", "final model weights, including those on the wallet's features", REVEALED,
+            "not data about any one customer, but they show how the wallet's features relate to "
+            "engagement; with the scores they allow estimating a customer's wallet-side score "
+            "contribution. Not shares.")
+    if track_loss:
+        add("gateway", "training loss per epoch (one number per epoch)", REVEALED,
+            "an aggregate over thousands of customers: negligible")
+    add("gateway", "metrics (AUC, accuracy, log-loss)", REVEALED,
+        "aggregates computed from its own labels and the revealed scores")
+    for party in ("gateway", "wallet"):
+        add(party, "handshake: row and feature counts, digests of the configuration and of the id set",
+            PUBLIC, "the number of shared customers and features; equality of the customer sets")
+    return rows
