@@ -147,6 +147,16 @@ def _flatten_weights(weights: dict, names: tuple[str, ...]) -> np.ndarray:
     return np.concatenate([np.asarray(weights[n], dtype=np.float64).ravel() for n in names])
 
 
+def _by_operation(summary: list[dict]) -> dict:
+    """Transcript summary (phase, op, call) folded into op -> messages and bytes received."""
+    out: dict = {}
+    for row in summary:
+        slot = out.setdefault(row["op"], {"messages": 0, "bytes": 0})
+        slot["messages"] += row["messages"]
+        slot["bytes"] += row["bytes"]
+    return out
+
+
 def write_record(*, config: PocConfig, tables: dict, mpc: MPCRun, references: dict, run: Run,
                  figures: bool = True) -> PocResult:
     """Assemble ``metrics.json``, curves, scores, figures and the HTML report."""
@@ -203,6 +213,8 @@ def write_record(*, config: PocConfig, tables: dict, mpc: MPCRun, references: di
         "provider": config.mpc.provider,
         "device": gateway["device"],
         "disclosures": {str(p): mpc.records[str(p)]["disclosure_summary"] for p in Party},
+        "received_by_operation": {str(p): _by_operation(mpc.records[str(p)].get("transcript_summary", []))
+                                  for p in Party},
         "collaboration_gain_auc": per_model["plaintext"].auc - max(
             per_model["gateway_only"].auc, per_model["wallet_only"].auc),
         "mpc_vs_plaintext_auc": per_model["mpc"].auc - per_model["plaintext"].auc,

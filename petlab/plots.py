@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["plot_loss", "plot_roc", "plot_cost", "plot_party_data", "save_figure", "save_poc_figures",
+__all__ = ["plot_loss", "plot_roc", "plot_cost", "plot_party_data", "plot_received_words", "plot_reconstruction",
+           "save_figure", "save_poc_figures",
            "MODEL_LABELS"]
 
 MODEL_LABELS = {
@@ -145,5 +146,55 @@ def plot_party_data(*, gateway, wallet, label_column: str = "engaged"):
     sns.countplot(data=wallet, x="account_tier", hue="age_band", ax=axes[2],
                   order=["basic", "silver", "gold"], hue_order=["18-24", "25-34", "35-44", "45-54", "55+"])
     axes[2].set_title("wallet: account tier and age band")
+    fig.tight_layout()
+    return fig
+
+
+def plot_received_words(*, words: dict):
+    """Distribution of received words (mapped to [0, 1)) and their bit balance, per party.
+
+    Args:
+        words: label -> array of received ring elements.
+    """
+    from petlab.audit.checks import as_unit_interval
+
+    plt, sns = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    rows, bits = [], []
+    for label, w in words.items():
+        sample = w if w.size <= 200_000 else w[np.random.default_rng(0).choice(w.size, 200_000, replace=False)]
+        rows.append(pd.DataFrame({"word / 2^64": as_unit_interval(sample), "received by": label}))
+        u = w.astype(np.int64).view(np.uint64)
+        bits += [{"bit": i, "share of ones": float(((u >> np.uint64(i)) & np.uint64(1)).mean()),
+                  "received by": label} for i in range(64)]
+    sns.histplot(data=pd.concat(rows), x="word / 2^64", hue="received by", bins=50, stat="density",
+                 common_norm=False, element="step", ax=axes[0])
+    axes[0].axhline(1.0, color="grey", linestyle=":")
+    axes[0].set_title("received ring elements: uniform is flat at 1")
+    sns.lineplot(data=pd.DataFrame(bits), x="bit", y="share of ones", hue="received by", ax=axes[1])
+    axes[1].axhline(0.5, color="grey", linestyle=":")
+    axes[1].set_ylim(0.45, 0.55)
+    axes[1].set_title("bit balance per bit position")
+    fig.tight_layout()
+    return fig
+
+
+def plot_reconstruction(*, pairs: dict):
+    """Party 0's reconstruction of the wallet's features against the truth, per provider.
+
+    Args:
+        pairs: provider -> (reconstructed, truth) arrays of the same shape.
+    """
+    plt, sns = _plt()
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5.5 * len(pairs), 4.2), squeeze=False)
+    for ax, (provider, (hat, truth)) in zip(axes[0], pairs.items()):
+        hat, truth = np.asarray(hat).ravel(), np.asarray(truth).ravel()
+        shown = np.clip(hat, -10, 10)
+        sns.scatterplot(x=truth, y=shown, s=8, alpha=0.4, ax=ax, edgecolor=None)
+        ax.set_xlabel("wallet's true (encoded) feature value")
+        ax.set_ylabel("party 0's reconstruction (clipped to ±10)")
+        ok = np.mean(np.abs(hat - truth) <= 2.0 ** -15)
+        ax.set_title(f"{provider}: {ok:.0%} of values recovered")
+    fig.suptitle("Can the gateway (party 0) undo the masks on the wallet's features?")
     fig.tight_layout()
     return fig

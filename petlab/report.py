@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from petlab.config import PocConfig
+from petlab.audit.classification import classification_table
 from petlab.mpc.disclosure import declared_disclosures
 from petlab.mpc.trust import CHANNEL_NOTE, REFERENCE_NOTE, security_model
 from petlab.plots import MODEL_LABELS
@@ -56,6 +57,31 @@ def _img(path: Path, alt: str) -> str:
         return f"<p>(figure {alt} missing)</p>"
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _audit_section(run_dir: Path) -> str:
+    path = run_dir / "audit" / "audit.json"
+    if not path.is_file():
+        return ("<p>No privacy audit in this run folder (run notebook 03 or "
+                "<code>petlab.audit.run.run_audit</code>).</p>")
+    audit = json.loads(path.read_text())
+    verdict = '<b class="ok">passed</b>' if audit["passed"] else '<b class="bad">FAILED</b>'
+    parts = [f"<h2>Privacy audit: {verdict}</h2>",
+             "<p>Small audit runs under both providers kept every ring element each party received. "
+             "Thresholds and their justification are in <code>petlab/audit/checks.py</code>.</p>"]
+    rows = [[c["provider"], c["party"], c["name"], "pass" if c["passed"] else "FAIL",
+             f"{c['statistic']:.4g}", c["threshold"], c["detail"]] for c in audit["checks"]]
+    parts.append(_table(["provider", "party", "check", "result", "statistic", "threshold", "detail"], rows, left=3))
+    rows = [[p, v["expected"], f"{v['recovered_fraction']:.1%}", f"{v['correlation']:+.4f}",
+             "yes" if v["as_expected"] else "NO"] for p, v in audit["reconstruction"].items()]
+    parts.append("<p>Trust model demonstrated: acting as party 0 (the gateway) with only its own view "
+                 "(its knowledge of the Beaver masks plus the opened values it received), the audit "
+                 "tries to reconstruct the wallet's features of the first minibatch:</p>")
+    parts.append(_table(["provider", "expected", "wallet values recovered", "correlation with truth",
+                         "as the security model says"], rows))
+    parts.append(_img(run_dir / "audit" / "figures" / "reconstruction.png", "reconstruction"))
+    parts.append(_img(run_dir / "audit" / "figures" / "received_words.png", "received words"))
+    return "\n".join(parts)
 
 
 def render_report(*, run_dir: Path) -> str:
@@ -104,6 +130,24 @@ def render_report(*, run_dir: Path) -> str:
             rows.append([party, key, v["count"], v["numel"]])
     parts.append("<p>Decryptions each party took part in during this run (item → receiver):</p>")
     parts.append(_table(["party", "item → receiver", "decryptions", "values"], rows, left=2))
+
+    parts.append("<p>What each party received over the wire, by the operation that sent it "
+                 "(every message, from the party's own transcript):</p>")
+    rows = []
+    for party, ops in metrics.get("received_by_operation", {}).items():
+        for op, v in sorted(ops.items(), key=lambda kv: -kv[1]["bytes"]):
+            rows.append([party, op, f"{v['messages']:,}", f"{v['bytes']:,}"])
+    parts.append(_table(["party", "operation", "messages", "bytes"], rows, left=2))
+
+    parts.append("<h2>Data classification, in the regulator's terms</h2>")
+    parts.append("<p>For each item a party holds or receives in this run: whether it is the "
+                 "party's own personal data, another party's data in protected form, a revealed "
+                 "output or public metadata, and what could be inferred from it.</p>")
+    rows = [[r["party"], r["item"], r["classification"], r["inference"]] for r in classification_table(
+        provider=metrics["provider"], reveal_weights=config.mpc.reveal_weights,
+        track_loss=config.mpc.track_loss)]
+    parts.append(_table(["party", "item", "classification", "what could be inferred"], rows, left=4))
+    parts.append(_audit_section(run_dir))
 
     parts.append("<h2>What MPC costs</h2>")
     s = metrics["seconds"]

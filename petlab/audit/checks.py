@@ -11,6 +11,8 @@ uniformly random ring element, so it is uniform over Z/2^64 and independent of t
 * **Bit balance.** For each of the 64 bit positions the share of ones is Binomial(N, 1/2);
   with 64 positions, |z| > 6 anywhere has probability below 64 * 2e-9 ~ 1.3e-7 under
   uniformity, so ``max |z| <= 6`` passes.
+* **Distribution.** Words mapped to [0, 1) must pass a Kolmogorov-Smirnov test against
+  uniform at p >= 1e-6 (bit balance alone misses sign-extended small numbers).
 * **Byte chi-square.** The 8N bytes fall in 256 bins uniformly; the run fails if the
   chi-square p-value is below 1e-6 (a false alarm in one run in a million).
 * **1-bit shares.** Where the protocol sends 1-bit XOR shares (see
@@ -35,6 +37,7 @@ __all__ = [
     "bit_balance",
     "byte_chi_square",
     "single_bit_balance",
+    "ks_uniform",
     "correlation_with_secret",
     "as_unit_interval",
 ]
@@ -91,6 +94,25 @@ def bit_balance(*, words: np.ndarray, label: str) -> CheckResult:
         name=f"bit balance of {label}", passed=n > 0 and worst <= 6.0, statistic=worst,
         threshold="max |z| <= 6 over 64 bit positions",
         detail=f"{n:,} words; share of ones per bit in [{ones.min() / max(n, 1):.4f}, {ones.max() / max(n, 1):.4f}]",
+    )
+
+
+def ks_uniform(*, words: np.ndarray, label: str) -> CheckResult:
+    """Kolmogorov-Smirnov test of the words, mapped to [0, 1), against uniform.
+
+    Complements the bit balance: sign-extended small values (e.g. unmasked fixed-point
+    numbers of both signs) have balanced bits but pile up near 0 and 1.
+    """
+    from scipy.stats import kstest
+
+    x = as_unit_interval(words)
+    if x.size > 1_000_000:  # the test's power is ample; keep it fast
+        x = x[np.random.default_rng(0).choice(x.size, 1_000_000, replace=False)]
+    stat, p = kstest(x, "uniform")
+    return CheckResult(
+        name=f"distribution of {label}", passed=bool(p >= 1e-6), statistic=float(p),
+        threshold="Kolmogorov-Smirnov p-value >= 1e-6",
+        detail=f"{x.size:,} words, D={stat:.5f}",
     )
 
 

@@ -22,7 +22,22 @@ from petlab.mpc.disclosure import declared_disclosures
 from petlab.mpc.party import minibatches
 from petlab.parties import Party
 
-__all__ = ["AuditResult", "run_audit", "declared_reveals_only", "received_words"]
+__all__ = ["AuditResult", "AuditFailed", "run_audit", "require_passed", "declared_reveals_only",
+           "received_words"]
+
+
+class AuditFailed(AssertionError):
+    """A privacy check failed, or the trust demonstration contradicted the security model."""
+
+
+def require_passed(result: "AuditResult") -> None:
+    """Raise :class:`AuditFailed` naming every failed check (so a batch run fails)."""
+    failed = [f"{c['provider']}/{c['party']}: {c['name']} ({c['detail']})" for c in result.checks
+              if not c["passed"]]
+    failed += [f"{p}: reconstruction expected to {v['expected'].rstrip('s')}, recovered "
+               f"{v['recovered_fraction']:.1%}" for p, v in result.reconstruction.items() if not v["as_expected"]]
+    if failed:
+        raise AuditFailed("privacy audit failed: " + "; ".join(failed))
 
 PROVIDERS = ("TFP", "TTP")
 
@@ -82,6 +97,22 @@ def _truth(config: PocConfig, tables: dict):
     return feats
 
 
+def _save_figures(out: Path, tables: dict) -> None:
+    from petlab import plots
+
+    words = {}
+    for provider in PROVIDERS:
+        for party in Party:
+            wide, _ = received_words(out / provider / str(party), narrow_ops=NARROW_OPS[provider])
+            words[f"{party} ({provider})"] = wide
+    plots.save_figure(plots.plot_received_words(words=words), out / "figures" / "received_words.png")
+    pairs = {}
+    for provider in PROVIDERS:
+        npz = np.load(out / f"reconstruction_{provider}.npz")
+        pairs[provider] = (npz["reconstructed"], npz["truth"])
+    plots.save_figure(plots.plot_reconstruction(pairs=pairs), out / "figures" / "reconstruction.png")
+
+
 def run_audit(*, config: PocConfig, out: str | Path, progress: bool = True) -> AuditResult:
     """Audit runs under TFP and TTP into ``out``; returns (and writes) the findings.
 
@@ -123,6 +154,7 @@ def run_audit(*, config: PocConfig, out: str | Path, progress: bool = True) -> A
                 checks.raw_value_matches(words=words, secrets=secrets_of[other], label=f"the {other}"),
                 checks.bit_balance(words=words, label=label),
                 checks.byte_chi_square(words=words, label=label),
+                checks.ks_uniform(words=words, label=label),
                 declared_reveals_only(messages=messages, allowed=allowed),
             ]
             if bits.size:
@@ -150,6 +182,7 @@ def run_audit(*, config: PocConfig, out: str | Path, progress: bool = True) -> A
         classification[provider] = classification_table(
             provider=provider, reveal_weights=config.mpc.reveal_weights, track_loss=config.mpc.track_loss)
         np.savez(out / f"reconstruction_{provider}.npz", reconstructed=wallet_hat, truth=wallet_first)
+    _save_figures(out, tables)
     passed = all(r["passed"] for r in results) and all(v["as_expected"] for v in reconstruction.values())
     payload = {"passed": passed, "checks": results, "reconstruction": reconstruction,
                "classification": classification, "config": config.to_dict()}

@@ -22,7 +22,7 @@ import sys
 import numpy as np
 import torch
 
-__all__ = ["Transcript", "install", "current", "set_phase"]
+__all__ = ["Transcript", "install", "wrap_communicator", "current", "set_phase"]
 
 _SKIP_FUNCS = {
     "reveal", "reveal_batch", "get_plain_text", "__beaver_protocol", "_beaver_protocol",
@@ -133,8 +133,13 @@ def install(communicator_cls, *, keep_words: bool = False) -> Transcript:
     global _CURRENT
     if _CURRENT is not None:
         return _CURRENT
-    transcript = Transcript(keep_words=keep_words)
-    _CURRENT = transcript
+    _CURRENT = Transcript(keep_words=keep_words)
+    wrap_communicator(communicator_cls, transcript=_CURRENT)
+    return _CURRENT
+
+
+def wrap_communicator(communicator_cls, *, transcript: Transcript) -> None:
+    """Wrap ``communicator_cls``'s receiving calls so that they record into ``transcript``."""
 
     def wrap(name, fn):
         @functools.wraps(fn)
@@ -181,4 +186,3 @@ def install(communicator_cls, *, keep_words: bool = False) -> Transcript:
                  "recv_obj", "broadcast_obj"):
         if hasattr(communicator_cls, name):
             setattr(communicator_cls, name, wrap(name, getattr(communicator_cls, name)))
-    return transcript
