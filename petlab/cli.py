@@ -2,6 +2,7 @@
 
   petlab poc        run the proof of concept without Jupyter (writes a run folder)
   petlab notebooks  run the notebooks with papermill into one run folder
+  petlab audit      privacy audit: what each party received, under TFP and TTP
   petlab bench      measure MPC against plaintext and rewrite BENCHMARKS.md
   petlab party      one role of an MPC job (started by the launcher)
 
@@ -118,6 +119,32 @@ def _bench(args) -> int:
     return 0
 
 
+def _audit(args) -> int:
+    from petlab.audit.run import require_passed, run_audit
+    from petlab.config import ConfigError, poc_config
+    from petlab.runs import create_run
+
+    config = poc_config(rows=args.rows, epochs=args.epochs, seed=args.seed, root=args.data_root,
+                        model=args.model)
+    _check_out(args)
+    run = create_run(root=args.runs_root, label="audit", path=args.out)
+    try:
+        result = run_audit(config=config, out=run.file("audit"), progress=not args.quiet)
+        require_passed(result)
+    except BaseException as err:
+        run.mark_failed(f"{type(err).__name__}: {err}".splitlines()[0])
+        if isinstance(err, AssertionError):
+            raise ConfigError(str(err)) from None
+        raise
+    run.mark_complete()
+    print(f"audit folder: {result.folder}  (passed: {result.passed})")
+    print(result.table[["provider", "party", "name", "passed"]].to_string(index=False))
+    for provider, v in result.reconstruction.items():
+        print(f"{provider}: party 0 recovered {v['recovered_fraction']:.1%} of the wallet's values "
+              f"(expected: {v['expected']})")
+    return 0
+
+
 def _party(args) -> int:
     from petlab.mpc.job import Job
     from petlab.mpc.party import run_party
@@ -154,6 +181,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--output", default="BENCHMARKS.md", help="file to rewrite (default BENCHMARKS.md)")
     bench.add_argument("--data-root", default="data/parties", help="party tables (default data/parties)")
     bench.set_defaults(func=_bench)
+
+    audit = sub.add_parser("audit", help="privacy audit: what each party received, under TFP and TTP",
+                           description="Small MPC runs under both providers keeping every received ring "
+                           "element; checks them and shows whether party 0 can unmask the wallet's data.")
+    audit.add_argument("--rows", type=int, default=1000, help="customers (default 1000; every word is kept)")
+    audit.add_argument("--epochs", type=int, default=1, help="default 1")
+    audit.add_argument("--seed", type=int, default=0, help="default 0")
+    audit.add_argument("--model", default="logreg", help="logreg or mlp (default logreg)")
+    audit.add_argument("--data-root", default="data/parties", help="default data/parties")
+    audit.add_argument("--out", help="new run folder (must not exist or be empty)")
+    audit.add_argument("--runs-root", default="runs", help="default runs")
+    audit.add_argument("--quiet", action="store_true", help="no progress bars")
+    audit.set_defaults(func=_audit)
 
     party = sub.add_parser("party", help="run one role of an MPC job (started by the launcher)")
     party.add_argument("--role", required=True, choices=["gateway", "wallet", "dealer"])

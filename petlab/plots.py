@@ -168,7 +168,7 @@ def plot_received_words(*, words: dict):
         bits += [{"bit": i, "share of ones": float(((u >> np.uint64(i)) & np.uint64(1)).mean()),
                   "received by": label} for i in range(64)]
     sns.histplot(data=pd.concat(rows), x="word / 2^64", hue="received by", bins=50, stat="density",
-                 common_norm=False, element="step", ax=axes[0])
+                 common_norm=False, element="step", fill=False, ax=axes[0])
     axes[0].axhline(1.0, color="grey", linestyle=":")
     axes[0].set_title("received ring elements: uniform is flat at 1")
     sns.lineplot(data=pd.DataFrame(bits), x="bit", y="share of ones", hue="received by", ax=axes[1])
