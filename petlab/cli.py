@@ -25,6 +25,8 @@ _D, _T, _M = DataConfig(), TrainConfig(), MPCConfig()
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--rows", type=int, help=f"customers to generate (default {_D.rows})")
+    g.add_argument("--overlap", type=float, help=f"share of the gateway's customers who use the wallet (default {_D.overlap})")
+    g.add_argument("--wallet-extra", type=float, help=f"wallet-only customers, as a share of rows (default {_D.wallet_extra})")
     g.add_argument("--seed", type=int, help=f"seed of data, split, initial weights and batches (default {_D.seed})")
     g.add_argument("--test-fraction", type=float, help=f"share of rows held out (default {_D.test_fraction})")
     g.add_argument("--data-root", dest="root", help=f"where party tables live (default {_D.root})")
@@ -50,7 +52,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-_CONFIG_KEYS = ("rows", "seed", "test_fraction", "root", "model", "epochs", "batch_size", "lr", "hidden",
+_CONFIG_KEYS = ("rows", "overlap", "wallet_extra", "seed", "test_fraction", "root", "model", "epochs", "batch_size", "lr", "hidden",
                 "provider", "device", "reveal_weights", "track_loss", "threads_per_party", "timeout_s")
 
 
@@ -79,7 +81,10 @@ def _print_summary(result) -> None:
     print(f"report:     {result.run.file('report.html')}")
     print(f"metrics:    {result.run.file('metrics.json')}\n")
     print(result.summary.round(4).to_string())
-    print(f"\nmodel={m['model']} provider={m['provider']} device={m['device']} "
+    psi = m["psi"]["gateway"]
+    print(f"\nprivate set intersection: {psi['intersection_size']:,} shared customers "
+          f"(gateway {psi['own_set_size']:,}, wallet {psi['other_set_size']:,}) in {psi['seconds']:.1f} s")
+    print(f"model={m['model']} provider={m['provider']} device={m['device']} "
           f"n_train={m['n_train']} n_test={m['n_test']}")
     print(f"collaboration gain (AUC, pooled - best single side): {m['collaboration_gain_auc']:+.4f}")
     print(f"MPC - plaintext AUC: {m['mpc_vs_plaintext_auc']:+.4f}; "

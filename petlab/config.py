@@ -50,7 +50,9 @@ class ConfigError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     source: str = "synthetic"  # where party tables come from ("synthetic")
-    rows: int = 10_000  # customers generated (both parties hold all of them)
+    rows: int = 10_000  # the gateway's customers (synthetic data)
+    overlap: float = 0.7  # share of the gateway's customers who also use the wallet (synthetic)
+    wallet_extra: float = 0.3  # wallet customers the gateway never saw, as a share of rows (synthetic)
     seed: int = 0  # seed of the generator and of the train/test split
     test_fraction: float = 0.2  # share of aligned rows held out for the metrics
     root: str = "data/parties"  # each party's tables live in <root>/<party>/
@@ -155,14 +157,20 @@ def validate(cfg: PocConfig) -> None:
         raise ConfigError(f"unknown provider {m.provider!r}: expected one of {', '.join(PROVIDERS)}")
     if not 0 < d.test_fraction < 1:
         raise ConfigError(f"test_fraction must be between 0 and 1, got {d.test_fraction}")
-    n_test = int(round(d.rows * d.test_fraction))
-    if n_test < MIN_TEST_ROWS or d.rows - n_test < MIN_TRAIN_ROWS:
+    if not 0 < d.overlap <= 1:
+        raise ConfigError(f"overlap must be in (0, 1], got {d.overlap}")
+    if d.wallet_extra < 0:
+        raise ConfigError(f"wallet_extra must be >= 0, got {d.wallet_extra}")
+    shared = int(round(d.rows * d.overlap))
+    n_test = int(round(shared * d.test_fraction))
+    if n_test < MIN_TEST_ROWS or shared - n_test < MIN_TRAIN_ROWS:
         need = max(
             int(MIN_TEST_ROWS / d.test_fraction + 1), int(MIN_TRAIN_ROWS / (1 - d.test_fraction) + 1)
         )
+        need = int(need / d.overlap) + 1
         raise ConfigError(
-            f"rows={d.rows} is too small for a train/test split at test_fraction="
-            f"{d.test_fraction}: need at least {need}"
+            f"rows={d.rows} is too small for a train/test split of the {shared} shared customers "
+            f"at test_fraction={d.test_fraction}: need at least {need}"
         )
     for name, value in (("epochs", t.epochs), ("batch_size", t.batch_size), ("hidden", t.hidden),
                         ("monitor_rows", t.monitor_rows),

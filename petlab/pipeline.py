@@ -47,7 +47,8 @@ MODEL_NAMES = ("mpc", "plaintext", "gateway_only", "wallet_only")
 
 
 def _dataset_name(config: PocConfig) -> str:
-    return f"engagement_n{config.data.rows}_seed{config.data.seed}"
+    d = config.data
+    return f"engagement_n{d.rows}_ov{d.overlap:g}_wx{d.wallet_extra:g}_seed{d.seed}"
 
 
 def prepare_tables(*, config: PocConfig) -> dict:
@@ -61,7 +62,8 @@ def prepare_tables(*, config: PocConfig) -> dict:
     root = Path(config.data.root)
     paths = {str(p): party_table_path(root=root, party=p, name=name) for p in Party}
     if not all(path.is_file() for path in paths.values()):
-        tables = make_engagement_tables(rows=config.data.rows, seed=config.data.seed)
+        tables = make_engagement_tables(rows=config.data.rows, seed=config.data.seed,
+                                        overlap=config.data.overlap, wallet_extra=config.data.wallet_extra)
         for party, table in tables.items():
             paths[party] = write_party_table(table, root=root, party=party, name=name)
     return {
@@ -81,16 +83,28 @@ def train_mpc(*, config: PocConfig, tables: dict, run: Run, progress: bool = Tru
     return run_mpc(config=config, tables=tables, out_dir=run.file("parties"), progress=progress)
 
 
-def _party_features(config: PocConfig, tables: dict, party: Party):
+def _read(tables: dict, party: Party):
     entry = tables[str(party)]
-    table = read_party_table(root=Path(entry["path"]).parent.parent, party=party,
-                             name=Path(entry["path"]).stem)
+    return read_party_table(root=Path(entry["path"]).parent.parent, party=party,
+                            name=Path(entry["path"]).stem)
+
+
+def plain_intersection(*, tables: dict) -> set:
+    """The shared customers, computed in the clear by the research harness (reference
+    models and tests only; the parties use private set intersection)."""
+    ids = [set(_read(tables, p)[tables[str(p)]["id_column"]].astype(str)) for p in Party]
+    return set.intersection(*ids)
+
+
+def _party_features(config: PocConfig, tables: dict, party: Party, keep_ids=None):
+    entry = tables[str(party)]
     return prepare_party_features(
-        table=table,
+        table=_read(tables, party),
         id_column=entry["id_column"],
         label_column=entry["label_column"],
         test_fraction=config.data.test_fraction,
         seed=config.data.seed,
+        keep_ids=plain_intersection(tables=tables) if keep_ids is None else keep_ids,
     )
 
 
@@ -101,7 +115,8 @@ def train_references(*, config: PocConfig, tables: dict) -> dict[str, PlaintextF
     This is the research harness: it reads both parties' tables, which only a
     simulation may do (see :data:`petlab.mpc.trust.REFERENCE_NOTE`).
     """
-    feats = {p: _party_features(config, tables, p) for p in Party}
+    shared = plain_intersection(tables=tables)
+    feats = {p: _party_features(config, tables, p, keep_ids=shared) for p in Party}
     label = feats[LABEL_PARTY]
     t = config.train
     common = dict(model=t.model, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, seed=t.seed,
@@ -206,6 +221,7 @@ def write_record(*, config: PocConfig, tables: dict, mpc: MPCRun, references: di
         },
         "comm": comm,
         "comm_by_phase": comm_by_phase,
+        "psi": {str(p): mpc.records[str(p)]["psi"] for p in Party},
         "n_train": gateway["meta"]["n_train"],
         "n_test": gateway["meta"]["n_test"],
         "n_features": {str(p): gateway["peers"][str(p)]["n_features"] for p in Party},

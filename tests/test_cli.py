@@ -55,6 +55,7 @@ def test_cli_run_writes_the_run_folder(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "report:" in out.stdout and "collaboration gain" in out.stdout
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["n_train"] == 800 and metrics["n_test"] == 200
+    assert metrics["n_train"] == 560 and metrics["n_test"] == 140  # 700 shared customers (overlap 0.7)
+    assert metrics["psi"]["gateway"]["intersection_size"] == 700
     assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "complete"
     assert (tmp_path / "data" / "gateway").is_dir() and (tmp_path / "data" / "wallet").is_dir()

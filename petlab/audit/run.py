@@ -93,8 +93,10 @@ def declared_reveals_only(*, messages: list[dict], allowed: set[str]) -> checks.
 def _truth(config: PocConfig, tables: dict):
     from petlab.pipeline import _party_features
 
-    feats = {p: _party_features(config, tables, p) for p in Party}
-    return feats
+    from petlab.pipeline import plain_intersection
+
+    shared = plain_intersection(tables=tables)
+    return {p: _party_features(config, tables, p, keep_ids=shared) for p in Party}
 
 
 def _save_figures(out: Path, tables: dict) -> None:

@@ -18,7 +18,8 @@ __all__ = ["joint_vs_single_auc"]
 
 def joint_vs_single_auc(*, tables: dict, test_fraction: float, seed: int) -> pd.DataFrame:
     """Test AUC of plaintext logistic regression on joint, gateway-only and wallet-only
-    features (each party's features encoded with its own statistics).
+    features of the shared customers (each party's features encoded with its own
+    statistics).
 
     Args:
         tables: party -> {"path", "id_column", "label_column"} as from
@@ -28,13 +29,16 @@ def joint_vs_single_auc(*, tables: dict, test_fraction: float, seed: int) -> pd.
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
-    feats = {}
+    raw = {}
     for party, entry in tables.items():
         path = Path(entry["path"])
-        table = read_party_table(root=path.parent.parent, party=party, name=path.stem)
-        feats[party] = prepare_party_features(table=table, id_column=entry["id_column"],
+        raw[party] = read_party_table(root=path.parent.parent, party=party, name=path.stem)
+    shared = set.intersection(*(set(raw[p][tables[p]["id_column"]].astype(str)) for p in raw))
+    feats = {}
+    for party, entry in tables.items():
+        feats[party] = prepare_party_features(table=raw[party], id_column=entry["id_column"],
                                               label_column=entry["label_column"],
-                                              test_fraction=test_fraction, seed=seed)
+                                              test_fraction=test_fraction, seed=seed, keep_ids=shared)
     label = next(f for f in feats.values() if f.y_train is not None)
     views = {"joint": list(feats), **{f"{p} only": [p] for p in feats}}
     rows = []

@@ -30,6 +30,7 @@ class PartyFeatures:
     id_digest: str  # digest of the id set, to check alignment with the peer
     y_train: np.ndarray | None = None
     y_test: np.ndarray | None = None
+    train_ids: tuple = ()  # this party's own ids of the training rows, in row order
 
     @property
     def n_features(self) -> int:
@@ -43,6 +44,7 @@ def prepare_party_features(
     label_column: str | None,
     test_fraction: float,
     seed: int,
+    keep_ids=None,
 ) -> PartyFeatures:
     """Align, split and encode one party's table with its own statistics only.
 
@@ -52,7 +54,10 @@ def prepare_party_features(
         label_column: the label's column at the label holder, ``None`` elsewhere.
         test_fraction: share of rows held out (same value at every party).
         seed: shared split seed (same value at every party).
+        keep_ids: the ids to keep (the private set intersection); ``None`` keeps all.
     """
+    if keep_ids is not None:
+        table = table[table[id_column].astype(str).isin(set(map(str, keep_ids)))]
     aligned = align_by_sorted_ids(table, id_column=id_column)
     train_idx, test_idx = train_test_indices(n=len(aligned), test_fraction=test_fraction, seed=seed)
     exclude = (id_column,) + ((label_column,) if label_column else ())
@@ -69,4 +74,5 @@ def prepare_party_features(
         id_digest=id_set_digest(aligned[id_column]),
         y_train=y_train,
         y_test=y_test,
+        train_ids=tuple(train_rows[id_column].astype(str)),
     )

@@ -77,16 +77,20 @@ def _with_missing(rng: np.random.Generator, values: np.ndarray, rate: float) -> 
     return values
 
 
-def make_engagement_tables(*, rows: int, seed: int) -> dict[str, pd.DataFrame]:
-    """Generate the gateway's and the wallet's tables for the same customers.
+def make_engagement_tables(*, rows: int, seed: int, overlap: float = 1.0,
+                           wallet_extra: float = 0.0) -> dict[str, pd.DataFrame]:
+    """Generate the gateway's and the wallet's tables.
 
     Args:
-        rows: number of customers (both parties hold all of them, in different orders).
-        seed: seed of the generator; the same seed gives byte-identical tables.
+        rows: number of the gateway's customers.
+        seed: seed of the generator; the same arguments give byte-identical tables.
+        overlap: share of the gateway's customers who are also wallet users (0-1].
+        wallet_extra: wallet customers the gateway never saw, as a multiple of ``rows``.
 
     Returns:
         ``{"gateway": DataFrame, "wallet": DataFrame}``, each with a ``customer_id``
-        column; the label ``engaged`` (0/1) is in the gateway's table only.
+        column and its rows in its own order; the label ``engaged`` (0/1) is in the
+        gateway's table only.
 
     >>> a = make_engagement_tables(rows=50, seed=3)["wallet"]
     >>> b = make_engagement_tables(rows=50, seed=3)["wallet"]
@@ -95,8 +99,11 @@ def make_engagement_tables(*, rows: int, seed: int) -> dict[str, pd.DataFrame]:
     """
     if rows < 1:
         raise ValueError(f"rows must be positive, got {rows}")
+    if not 0 < overlap <= 1 or wallet_extra < 0:
+        raise ValueError(f"need 0 < overlap <= 1 and wallet_extra >= 0, got {overlap}, {wallet_extra}")
     rng = np.random.default_rng(seed)
-    n = rows
+    n_extra = int(round(wallet_extra * rows))
+    n = rows + n_extra  # customers of either party; the first `rows` are the gateway's
 
     # latent traits, independent of each other
     travel = rng.standard_normal(n)
@@ -174,7 +181,11 @@ def make_engagement_tables(*, rows: int, seed: int) -> dict[str, pd.DataFrame]:
             "region": region,
         }
     )[WALLET_COLUMNS]
-    # each party keeps its customers in its own order
-    wallet = wallet.iloc[rng.permutation(n)].reset_index(drop=True)
-    gateway = gateway.iloc[rng.permutation(n)].reset_index(drop=True)
+    # who holds whom: the gateway its `rows` customers, the wallet the first `overlap`
+    # share of them plus its own extra customers; each keeps them in its own order
+    n_shared = int(round(overlap * rows))
+    gateway = gateway.iloc[:rows]
+    wallet = pd.concat([wallet.iloc[:n_shared], wallet.iloc[rows:]])
+    wallet = wallet.iloc[rng.permutation(len(wallet))].reset_index(drop=True)
+    gateway = gateway.iloc[rng.permutation(len(gateway))].reset_index(drop=True)
     return {Party.GATEWAY.value: gateway, Party.WALLET.value: wallet}

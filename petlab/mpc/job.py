@@ -28,10 +28,12 @@ class Job:
     port: int  # rendezvous TCP port
     out_dir: str  # each role writes <out_dir>/<role>/
     tables: dict  # party -> {"path", "id_column", "label_column"}
+    psi_port: int = 0  # TCP port on which the label holder accepts the PSI connection
 
     def shared_dict(self) -> dict:
         """The part every party must agree on (compared by digest at start-up)."""
-        return {"config": self.config.to_dict(), "address": self.address, "port": self.port}
+        return {"config": self.config.to_dict(), "address": self.address, "port": self.port,
+                "psi_port": self.psi_port}
 
     def to_dict(self) -> dict:
         return {**self.shared_dict(), "out_dir": self.out_dir, "tables": self.tables}
@@ -44,6 +46,7 @@ class Job:
             port=int(d["port"]),
             out_dir=d["out_dir"],
             tables=d["tables"],
+            psi_port=int(d.get("psi_port", 0)),
         )
 
     def save(self, path: str | os.PathLike) -> Path:

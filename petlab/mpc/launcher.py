@@ -78,7 +78,11 @@ def run_mpc(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    job = Job(config=config, address=address, port=free_port(address), out_dir=str(out), tables=tables)
+    port = free_port(address)
+    psi_port = free_port(address)
+    while psi_port == port:
+        psi_port = free_port(address)
+    job = Job(config=config, address=address, port=port, out_dir=str(out), tables=tables, psi_port=psi_port)
     job_path = job.save(out / "job.json")
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")

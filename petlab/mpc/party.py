@@ -168,12 +168,19 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
 
     table = pd.read_csv(table_path, dtype={source["id_column"]: str})
     holds_label = me == LABEL_PARTY
+    # -- private set intersection with the peer: only the shared customers go on -------
+    from petlab.data.psi import private_intersection
+
+    psi = private_intersection(ids=table[source["id_column"]].tolist(), listen=(me == LABEL_PARTY),
+                               address=job.address, port=job.psi_port,
+                               timeout_s=min(cfg.mpc.timeout_s, 300.0))
     feats = prepare_party_features(
         table=table,
         id_column=source["id_column"],
         label_column=source.get("label_column") if holds_label else None,
         test_fraction=cfg.data.test_fraction,
         seed=cfg.data.seed,
+        keep_ids=psi.ids,
     )
     del table
     my_meta = _public_meta(job, me, feats, file_sha256(table_path))
@@ -299,6 +306,9 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
         "compat_fixes": applied_fixes(),
         "pid": os.getpid(),
         "peak_rss_mb": _peak_rss_mb(),
+        "psi": {"intersection_size": len(psi.ids), "own_set_size": psi.own_set_size,
+                "other_set_size": psi.other_set_size, "seconds": psi.seconds,
+                "bytes_sent": psi.bytes_sent, "bytes_received": psi.bytes_received},
     }
     transcript.save(out / "audit")
     record["transcript_summary"] = transcript.summary()
