@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 PROVIDERS = ("TTP", "TFP")
+DATA_SOURCES = ("synthetic", "credit")
 MIN_TRAIN_ROWS = 40  # below this a minibatch run says nothing
 MIN_TEST_ROWS = 20  # below this an AUC says nothing
 
@@ -49,7 +50,7 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    source: str = "synthetic"  # where party tables come from ("synthetic")
+    source: str = "synthetic"  # party tables: "synthetic" (generated) or "credit" (modeldata::credit_data)
     rows: int = 10_000  # the gateway's customers (synthetic data)
     overlap: float = 0.7  # share of the gateway's customers who also use the wallet (synthetic)
     wallet_extra: float = 0.3  # wallet customers the gateway never saw, as a share of rows (synthetic)
@@ -149,8 +150,8 @@ def _cuda_available() -> bool:
 def validate(cfg: PocConfig) -> None:
     """Raise :class:`ConfigError` naming the first bad value; return quietly otherwise."""
     d, t, m = cfg.data, cfg.train, cfg.mpc
-    if d.source != "synthetic":
-        raise ConfigError(f"unknown data source {d.source!r}: expected synthetic")
+    if d.source not in DATA_SOURCES:
+        raise ConfigError(f"unknown data source {d.source!r}: expected one of {', '.join(DATA_SOURCES)}")
     if t.model not in MODELS:
         raise ConfigError(f"unknown model {t.model!r}: expected one of {', '.join(MODELS)}")
     if m.provider not in PROVIDERS:
@@ -161,7 +162,7 @@ def validate(cfg: PocConfig) -> None:
         raise ConfigError(f"overlap must be in (0, 1], got {d.overlap}")
     if d.wallet_extra < 0:
         raise ConfigError(f"wallet_extra must be >= 0, got {d.wallet_extra}")
-    shared = int(round(d.rows * d.overlap))
+    shared = int(round(d.rows * d.overlap)) if d.source == "synthetic" else 4454
     n_test = int(round(shared * d.test_fraction))
     if n_test < MIN_TEST_ROWS or shared - n_test < MIN_TRAIN_ROWS:
         need = max(

@@ -42,7 +42,7 @@ def notebook_parameters(*, config: PocConfig) -> dict:
     """The notebooks' parameter values for ``config`` (upper-case names)."""
     d, t, m = config.data, config.train, config.mpc
     return {
-        "ROWS": d.rows, "OVERLAP": d.overlap, "WALLET_EXTRA": d.wallet_extra, "SEED": d.seed, "TEST_FRACTION": d.test_fraction,
+        "SOURCE": d.source, "ROWS": d.rows, "OVERLAP": d.overlap, "WALLET_EXTRA": d.wallet_extra, "SEED": d.seed, "TEST_FRACTION": d.test_fraction,
         "DATA_ROOT": str(Path(d.root).resolve()),
         "MODEL": t.model, "EPOCHS": t.epochs, "BATCH_SIZE": t.batch_size, "LR": t.lr,
         "HIDDEN": t.hidden, "PROVIDER": m.provider, "DEVICE": m.device,

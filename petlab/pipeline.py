@@ -58,19 +58,26 @@ def prepare_tables(*, config: PocConfig) -> dict:
         party -> {"path", "id_column", "label_column", "sha256"}; a party process is
         handed its own entry only.
     """
-    name = _dataset_name(config)
     root = Path(config.data.root)
+    if config.data.source == "credit":
+        from petlab.data.credit import CREDIT_ID, CREDIT_LABEL, credit_tables
+
+        name, id_column, label_column = f"credit_data_seed{config.data.seed}", CREDIT_ID, CREDIT_LABEL
+        make = lambda: credit_tables(seed=config.data.seed)  # noqa: E731
+    else:
+        name, id_column, label_column = _dataset_name(config), ID_COLUMN, LABEL_COLUMN
+        make = lambda: make_engagement_tables(  # noqa: E731
+            rows=config.data.rows, seed=config.data.seed, overlap=config.data.overlap,
+            wallet_extra=config.data.wallet_extra)
     paths = {str(p): party_table_path(root=root, party=p, name=name) for p in Party}
     if not all(path.is_file() for path in paths.values()):
-        tables = make_engagement_tables(rows=config.data.rows, seed=config.data.seed,
-                                        overlap=config.data.overlap, wallet_extra=config.data.wallet_extra)
-        for party, table in tables.items():
+        for party, table in make().items():
             paths[party] = write_party_table(table, root=root, party=party, name=name)
     return {
         party: {
             "path": str(path.resolve()),
-            "id_column": ID_COLUMN,
-            "label_column": LABEL_COLUMN if party == str(LABEL_PARTY) else None,
+            "id_column": id_column,
+            "label_column": label_column if party == str(LABEL_PARTY) else None,
             "sha256": file_sha256(path),
         }
         for party, path in paths.items()
@@ -86,7 +93,7 @@ def train_mpc(*, config: PocConfig, tables: dict, run: Run, progress: bool = Tru
 def _read(tables: dict, party: Party):
     entry = tables[str(party)]
     return read_party_table(root=Path(entry["path"]).parent.parent, party=party,
-                            name=Path(entry["path"]).stem)
+                            name=Path(entry["path"]).stem, id_column=entry["id_column"])
 
 
 def plain_intersection(*, tables: dict) -> set:

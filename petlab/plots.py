@@ -133,19 +133,36 @@ def save_poc_figures(*, result, folder) -> dict[str, Path]:
 
 
 def plot_party_data(*, gateway, wallet, label_column: str = "engaged"):
-    """A first look at each party's own table (each panel uses one party's data only)."""
+    """A first look at each party's own table (each panel uses one party's data only):
+    the label rate by the gateway's first categorical column (or its first numeric
+    column, by label), the gateway's most skewed amount by label, and the wallet's first
+    categorical column."""
     plt, sns = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    rate = gateway.groupby("home_market")[label_column].mean().sort_values().reset_index()
-    sns.barplot(data=rate, x="home_market", y=label_column, hue="home_market", ax=axes[0], legend=False)
-    axes[0].set_title("gateway: engagement rate by home market")
-    sns.histplot(data=gateway.assign(**{label_column: gateway[label_column].map({0: "no", 1: "yes"})}),
-                 x="spend_foreign_90d_usd", hue=label_column, log_scale=True, element="step",
+    g_num = [c for c in gateway.columns if pd.api.types.is_numeric_dtype(gateway[c]) and c != label_column]
+    g_cat = [c for c in gateway.columns if not pd.api.types.is_numeric_dtype(gateway[c])][1:]  # skip the id
+    w_cat = [c for c in wallet.columns if not pd.api.types.is_numeric_dtype(wallet[c])][1:]
+    labelled = gateway.assign(**{label_column: gateway[label_column].map({0: "no", 1: "yes"})})
+    if g_cat:
+        rate = gateway.groupby(g_cat[0])[label_column].mean().sort_values().reset_index()
+        sns.barplot(data=rate, x=g_cat[0], y=label_column, hue=g_cat[0], ax=axes[0], legend=False)
+        axes[0].set_title(f"gateway: {label_column} rate by {g_cat[0]}")
+    else:
+        sns.histplot(data=labelled, x=g_num[0], hue=label_column, element="step", stat="density",
+                     common_norm=False, ax=axes[0])
+        axes[0].set_title(f"gateway: {g_num[0]} by {label_column}")
+    skewed = max(g_num, key=lambda c: gateway[c].skew() if gateway[c].min() >= 0 else -1)
+    positive = labelled[labelled[skewed] > 0]
+    sns.histplot(data=positive, x=skewed, hue=label_column, log_scale=True, element="step",
                  stat="density", common_norm=False, ax=axes[1])
-    axes[1].set_title("gateway: foreign spend (90 d, USD), by engagement")
-    sns.countplot(data=wallet, x="account_tier", hue="age_band", ax=axes[2],
-                  order=["basic", "silver", "gold"], hue_order=["18-24", "25-34", "35-44", "45-54", "55+"])
-    axes[2].set_title("wallet: account tier and age band")
+    axes[1].set_title(f"gateway: {skewed} (> 0), by {label_column}")
+    if w_cat:
+        order = sorted(wallet[w_cat[0]].dropna().astype(str).unique())
+        hue = w_cat[1] if len(w_cat) > 1 else None
+        hue_order = sorted(wallet[hue].dropna().astype(str).unique()) if hue else None
+        sns.countplot(data=wallet.astype({c: str for c in w_cat[:2]}), x=w_cat[0], hue=hue, order=order,
+                      hue_order=hue_order, ax=axes[2])
+        axes[2].set_title(f"wallet: {w_cat[0]}" + (f" and {hue}" if hue else ""))
     fig.tight_layout()
     return fig
 

@@ -32,7 +32,8 @@ def joint_vs_single_auc(*, tables: dict, test_fraction: float, seed: int) -> pd.
     raw = {}
     for party, entry in tables.items():
         path = Path(entry["path"])
-        raw[party] = read_party_table(root=path.parent.parent, party=party, name=path.stem)
+        raw[party] = read_party_table(root=path.parent.parent, party=party, name=path.stem,
+                                      id_column=entry["id_column"])
     shared = set.intersection(*(set(raw[p][tables[p]["id_column"]].astype(str)) for p in raw))
     feats = {}
     for party, entry in tables.items():

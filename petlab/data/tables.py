@@ -49,12 +49,13 @@ def write_party_table(
     return path
 
 
-def read_party_table(*, root: str | os.PathLike, party: Party | str, name: str) -> pd.DataFrame:
+def read_party_table(*, root: str | os.PathLike, party: Party | str, name: str,
+                     id_column: str = "customer_id") -> pd.DataFrame:
     """Read one party's table (ids as strings), with a clear error when it is missing."""
     path = party_table_path(root=root, party=party, name=name)
     if not path.is_file():
         raise FileNotFoundError(f"{party} table not found: {path}")
-    return pd.read_csv(path, dtype={"customer_id": str})
+    return pd.read_csv(path, dtype={id_column: str})
 
 
 def file_sha256(path: str | os.PathLike) -> str:
