@@ -34,9 +34,40 @@ def _machine() -> str:
             f"Python {platform.python_version()}, torch {torch.__version__}")
 
 
+def _psi_side(ids, listen, port, queue):
+    from petlab.data.psi import private_intersection
+
+    result = private_intersection(ids=ids, listen=listen, address="127.0.0.1", port=port, timeout_s=7200)
+    queue.put({"listen": listen, "seconds": result.seconds, "size": len(result.ids),
+               "bytes": result.bytes_sent + result.bytes_received})
+
+
+def bench_psi(*, n: int, overlap: float = 0.7) -> dict:
+    """Time PSI (both directions) between two processes with ``n`` ids each."""
+    import multiprocessing as mp
+
+    from petlab.data.psi import free_port
+
+    shared = int(n * overlap)
+    gateway_ids = [f"C{i:09d}" for i in range(n)]
+    wallet_ids = [f"C{i:09d}" for i in range(n - shared, 2 * n - shared)]
+    ctx = mp.get_context("spawn")
+    queue, port = ctx.Queue(), free_port()
+    procs = [ctx.Process(target=_psi_side, args=(gateway_ids, True, port, queue)),
+             ctx.Process(target=_psi_side, args=(wallet_ids, False, port, queue))]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=7200) for _ in procs]
+    for p in procs:
+        p.join()
+    assert all(r["size"] == shared for r in results), results
+    return {"n": n, "intersection": shared, "seconds": max(r["seconds"] for r in results),
+            "mb_per_party": max(r["bytes"] for r in results) / 1e6}
+
+
 def run_benchmarks(*, sizes, providers, models, epochs: int, output: str, data_root: str,
-                   runs_root: str = "runs") -> list[dict]:
-    """Run every (model, provider, size) configuration and rewrite ``output``."""
+                   runs_root: str = "runs", psi_sizes=(10_000, 100_000)) -> list[dict]:
+    """Run every (model, provider, size) configuration and PSI size; rewrite ``output``."""
     from petlab.config import poc_config
     from petlab.pipeline import prepare_tables, run_poc
 
@@ -65,14 +96,19 @@ def run_benchmarks(*, sizes, providers, models, epochs: int, output: str, data_r
                     "peak_rss_mb": {p: records[p]["peak_rss_mb"] for p in records},
                     "run": str(result.run.path),
                 })
+    psi_rows = []
+    for n in psi_sizes:
+        print(f"[bench] PSI {n} ids per side", file=sys.stderr, flush=True)
+        psi_rows.append(bench_psi(n=n))
     command = "petlab bench " + " ".join(
         [f"--sizes {' '.join(map(str, sizes))}", f"--providers {' '.join(providers)}",
-         f"--models {' '.join(models)}", f"--epochs {epochs}"])
-    Path(output).write_text(render_markdown(rows=rows, command=command, machine=_machine()))
+         f"--models {' '.join(models)}", f"--epochs {epochs}",
+         f"--psi-sizes {' '.join(map(str, psi_sizes))}"])
+    Path(output).write_text(render_markdown(rows=rows, command=command, machine=_machine(), psi_rows=psi_rows))
     return rows
 
 
-def render_markdown(*, rows: list[dict], command: str, machine: str) -> str:
+def render_markdown(*, rows: list[dict], command: str, machine: str, psi_rows=()) -> str:
     """The BENCHMARKS.md text for measured ``rows``."""
     when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -102,6 +138,20 @@ def render_markdown(*, rows: list[dict], command: str, machine: str) -> str:
             f"| {r['bytes']['gateway'] / 1e6:,.1f} | {r['bytes']['wallet'] / 1e6:,.1f} "
             f"| {r['rounds']['gateway']:,} | {r['rounds']['wallet']:,} "
             f"| {r['peak_rss_mb']['gateway']:,.0f} / {r['peak_rss_mb']['wallet']:,.0f} |")
-    lines += ["", "Run folders of these measurements (not committed): "
-              + ", ".join(f"`{Path(r['run']).name}`" for r in rows[:1]) + (" …" if len(rows) > 1 else ""), ""]
+    lines += ["", "Run folders of these measurements (not committed, under `runs/bench-*/`): "
+              + ", ".join(f"`{Path(r['run']).name}`" for r in rows), ""]
+    if psi_rows:
+        lines += [
+            "## Private set intersection",
+            "",
+            "OpenMined ECDH PSI run in both directions (so both parties learn the intersection)",
+            "between two processes on loopback, n ids per side, 70% shared; time of the slower",
+            "party, bytes sent + received by one party.",
+            "",
+            "| ids per side | shared | seconds | MB per party |",
+            "|---|---|---|---|",
+        ]
+        for r in psi_rows:
+            lines.append(f"| {r['n']:,} | {r['intersection']:,} | {r['seconds']:.1f} | {r['mb_per_party']:.1f} |")
+        lines.append("")
     return "\n".join(lines)
