@@ -90,12 +90,13 @@ def test_mlp_mpc_trains_and_beats_chance(small_config, tmp_path):
     assert set(m["disclosures"]["gateway"]) == {"test_scores->gateway"}
 
 
-def test_mismatched_ids_fail_cleanly_and_mark_the_run_failed(small_config, tmp_path):
+def test_too_few_shared_customers_fail_cleanly_and_mark_the_run_failed(small_config, tmp_path):
     config = small_config(provider="TFP")
     tables = prepare_tables(config=config)
-    wallet = pd.read_csv(tables["wallet"]["path"])
-    wallet.iloc[1:].to_csv(tables["wallet"]["path"], index=False)  # the wallet lost a customer
-    with pytest.raises(MPCRunError, match="different set of customer ids"):
+    wallet = pd.read_csv(tables["wallet"]["path"], dtype={"customer_id": str})
+    wallet["customer_id"] = "W" + wallet["customer_id"]  # no customer in common any more
+    wallet.iloc[:30].to_csv(tables["wallet"]["path"], index=False)
+    with pytest.raises(MPCRunError, match="found 0 shared customers"):
         run_poc(config=config, runs_root=str(tmp_path / "runs"), progress=False)
     (run_dir,) = list((tmp_path / "runs").iterdir())
     status = json.loads((run_dir / "status.json").read_text())

@@ -79,4 +79,4 @@ def test_data_notebook_alone_starts_and_finishes_its_own_run(tmp_path):
     (run,) = list((tmp_path / "runs").iterdir())
     assert json.loads((run / "status.json").read_text())["status"] == "complete"
     assert (run / "data_check.json").is_file() and (run / "params.json").is_file()
-    assert (tmp_path / "data" / "gateway" / "engagement_n600_seed0.csv").is_file()
+    assert (tmp_path / "data" / "gateway" / "engagement_n600_ov0.7_wx0.3_seed0.csv").is_file()

@@ -71,7 +71,10 @@ def classification_table(*, provider: str, reveal_weights: bool, track_loss: boo
             "an aggregate over thousands of customers: negligible")
     add("gateway", "metrics (AUC, accuracy, log-loss)", REVEALED,
         "aggregates computed from its own labels and the revealed scores")
-    for party in ("gateway", "wallet"):
-        add(party, "handshake: row and feature counts, digests of the configuration and of the id set",
-            PUBLIC, "the number of shared customers and features; equality of the customer sets")
+    for party, other in (("gateway", "wallet"), ("wallet", "gateway")):
+        add(party, "PSI result: which of its own customers are shared, and the size of the other's set",
+            REVEALED, f"personal data for the {party}: that each of these identified customers is also "
+            f"a customer of the {other} (membership); nothing about the {other}'s other customers")
+        add(party, "handshake: row and feature counts, digests of the configuration and of the intersection",
+            PUBLIC, "the number of shared customers and of features; that both PSI results agree")
     return rows

@@ -174,6 +174,15 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
     psi = private_intersection(ids=table[source["id_column"]].tolist(), listen=(me == LABEL_PARTY),
                                address=job.address, port=job.psi_port,
                                timeout_s=min(cfg.mpc.timeout_s, 300.0))
+    from petlab.config import MIN_TEST_ROWS, MIN_TRAIN_ROWS
+
+    shared = len(psi.ids)
+    n_test = int(round(shared * cfg.data.test_fraction))
+    if n_test < MIN_TEST_ROWS or shared - n_test < MIN_TRAIN_ROWS:
+        raise ValueError(
+            f"private set intersection found {shared} shared customers (of {psi.own_set_size} here, "
+            f"{psi.other_set_size} at the peer): too few for a train/test split at test_fraction="
+            f"{cfg.data.test_fraction} (need {MIN_TRAIN_ROWS} train and {MIN_TEST_ROWS} test rows)")
     feats = prepare_party_features(
         table=table,
         id_column=source["id_column"],
