@@ -104,9 +104,11 @@ def run_notebooks(*, config: PocConfig, runs_root: str = "runs", out: str | None
     (run.path / "notebooks").mkdir(exist_ok=True)
     try:
         for name in notebooks:
+            declared = pm.inspect_notebook(str(notebook_dir() / name))  # pass only what it declares
             pm.execute_notebook(
                 str(notebook_dir() / name), str(run.path / "notebooks" / name),
-                parameters=params, cwd=str(root), progress_bar=progress, kernel_name="python3",
+                parameters={k: v for k, v in params.items() if k in declared},
+                cwd=str(root), progress_bar=progress, kernel_name="python3",
             )
         result = load_result(run_dir=run.path)
         from petlab.report import write_report
