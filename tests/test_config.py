@@ -29,6 +29,9 @@ def test_defaults_and_overrides():
         ({"lr": -1}, "lr must be positive"),
         ({"device": "tpu"}, "unknown device 'tpu'"),
         ({"colour": "red"}, "unknown parameter 'colour'"),
+        ({"source": "s3"}, "unknown data source 's3'"),
+        ({"overlap": 0}, "overlap must be in"),
+        ({"wallet_extra": -0.1}, "wallet_extra must be >= 0"),
     ],
 )
 def test_bad_values_raise_one_line_errors(overrides, message):

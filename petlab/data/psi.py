@@ -31,6 +31,8 @@ import socket
 import struct
 import time
 
+from petlab.net import free_port
+
 __all__ = ["PsiResult", "PsiError", "private_intersection", "free_port", "FALSE_POSITIVE_RATE"]
 
 #: False-positive rate of the server's compressed set (Golomb-compressed set).
@@ -49,12 +51,6 @@ class PsiResult:
     seconds: float
     bytes_sent: int
     bytes_received: int
-
-
-def free_port(address: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((address, 0))
-        return s.getsockname()[1]
 
 
 class _Channel:

@@ -11,17 +11,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from petlab.config import PocConfig
+from petlab.net import free_port
 from petlab.mpc.job import Job
 from petlab.parties import DEALER, Party
 
-__all__ = ["MPCRunError", "MPCRun", "run_mpc", "free_port"]
+__all__ = ["MPCRunError", "MPCRun", "run_mpc", "free_port"]  # free_port re-exported from petlab.net
 
 
 class MPCRunError(RuntimeError):
@@ -35,13 +35,6 @@ class MPCRun:
     out_dir: Path
     records: dict  # role -> result.json contents
     wall_seconds: float  # launch to last exit, process start-up included
-
-
-def free_port(address: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((address, 0))
-        return s.getsockname()[1]
 
 
 def _tail(path: Path, lines: int = 15) -> str:
