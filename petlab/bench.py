@@ -14,7 +14,7 @@ import statistics
 import sys
 from pathlib import Path
 
-__all__ = ["run_benchmarks", "render_markdown"]
+__all__ = ["SECTIONS", "run_benchmarks", "merge_sections", "render_mpc", "render_psi", "bench_psi"]
 
 PLAINTEXT_REPEATS = 5
 
@@ -38,15 +38,18 @@ def _psi_side(ids, listen, port, queue):
     from petlab.data.psi import private_intersection
 
     result = private_intersection(ids=ids, listen=listen, address="127.0.0.1", port=port, timeout_s=7200)
+    import resource
+
     queue.put({"listen": listen, "seconds": result.seconds, "size": len(result.ids),
-               "bytes": result.bytes_sent + result.bytes_received})
+               "bytes": result.bytes_sent + result.bytes_received,
+               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
 
 
 def bench_psi(*, n: int, overlap: float = 0.7) -> dict:
     """Time PSI (both directions) between two processes with ``n`` ids each."""
     import multiprocessing as mp
 
-    from petlab.data.psi import free_port
+    from petlab.net import free_port
 
     shared = int(n * overlap)
     gateway_ids = [f"C{i:09d}" for i in range(n)]
@@ -62,60 +65,121 @@ def bench_psi(*, n: int, overlap: float = 0.7) -> dict:
         p.join()
     assert all(r["size"] == shared for r in results), results
     return {"n": n, "intersection": shared, "seconds": max(r["seconds"] for r in results),
-            "mb_per_party": max(r["bytes"] for r in results) / 1e6}
+            "mb_per_party": max(r["bytes"] for r in results) / 1e6,
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in results)}
+
+
+SECTIONS = ("mpc", "psi")
+
+HEADER = """# Benchmarks
+
+Every number below was measured by the command quoted in its section, on the machine
+named there; `make bench` regenerates all sections. `petlab bench --sections psi`
+(for example) re-measures one section and leaves the others as they are.
+"""
+
+
+def _marker(name: str) -> tuple[str, str]:
+    return f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+
+
+def merge_sections(*, text: str, sections: dict[str, str]) -> str:
+    """``text`` (a BENCHMARKS.md) with the given sections replaced or appended.
+
+    >>> doc = merge_sections(text="", sections={"psi": "old"})
+    >>> doc = merge_sections(text=doc, sections={"mpc": "M"})
+    >>> merge_sections(text=doc, sections={"psi": "new"}).count("new"), "old" in doc
+    (1, True)
+    """
+    if not text.strip():
+        text = HEADER
+    for name in SECTIONS:
+        if name not in sections:
+            continue
+        start, end = _marker(name)
+        block = f"{start}\n{sections[name].rstrip()}\n{end}"
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            text = head + block + rest.split(end, 1)[1]
+        else:
+            text = text.rstrip() + "\n\n" + block + "\n"
+    return text
 
 
 def run_benchmarks(*, sizes, providers, models, epochs: int, output: str, data_root: str,
-                   runs_root: str = "runs", psi_sizes=(10_000, 100_000)) -> list[dict]:
-    """Run every (model, provider, size) configuration and PSI size; rewrite ``output``."""
-    from petlab.config import poc_config
+                   runs_root: str = "runs", psi_sizes=(10_000, 100_000),
+                   sections=SECTIONS) -> list[dict]:
+    """Measure the requested sections and rewrite them in ``output`` (others are kept).
+
+    Args:
+        sizes, providers, models, epochs: the MPC configurations (section ``mpc``).
+        psi_sizes: ids per side for section ``psi``.
+        output: the markdown file to update.
+        data_root, runs_root: where party tables and run folders go.
+        sections: which of :data:`SECTIONS` to measure.
+    """
+    from petlab.config import ConfigError, poc_config
     from petlab.pipeline import prepare_tables, run_poc
 
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise ConfigError(f"unknown benchmark section(s) {sorted(unknown)}: expected {', '.join(SECTIONS)}")
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     root = Path(runs_root) / f"bench-{stamp}"
+    rendered: dict[str, str] = {}
     rows = []
-    for model in models:
-        for size in sizes:
-            for provider in providers:
-                config = poc_config(rows=size, model=model, provider=provider, epochs=epochs,
-                                    root=data_root, track_loss=False)
-                print(f"[bench] {model} {provider} rows={size} epochs={epochs}", file=sys.stderr, flush=True)
-                result = run_poc(config=config, runs_root=str(root), progress=True)
-                m = result.metrics
-                tables = prepare_tables(config=config)
-                plain_s = _plaintext_median_seconds(config=config, tables=tables)
-                records = {p: result.run.read_json(f"parties/{p}/result.json") for p in ("gateway", "wallet")}
-                rows.append({
-                    "model": model, "provider": provider, "rows": size, "n_train": m["n_train"],
-                    "epochs": epochs, "plaintext_s": plain_s, "mpc_s": m["seconds"]["mpc_train"],
-                    "ratio": m["seconds"]["mpc_train"] / plain_s,
-                    "auc_mpc": m["auc"]["mpc"], "auc_plaintext": m["auc"]["plaintext"],
-                    "max_abs_weight_diff": m["max_abs_weight_diff"],
-                    "bytes": {p: m["comm"][p]["bytes"] for p in m["comm"]},
-                    "rounds": {p: m["comm"][p]["rounds"] for p in m["comm"]},
-                    "peak_rss_mb": {p: records[p]["peak_rss_mb"] for p in records},
-                    "run": str(result.run.path),
-                })
-    psi_rows = []
-    for n in psi_sizes:
-        print(f"[bench] PSI {n} ids per side", file=sys.stderr, flush=True)
-        psi_rows.append(bench_psi(n=n))
-    command = "petlab bench " + " ".join(
-        [f"--sizes {' '.join(map(str, sizes))}", f"--providers {' '.join(providers)}",
-         f"--models {' '.join(models)}", f"--epochs {epochs}",
-         f"--psi-sizes {' '.join(map(str, psi_sizes))}"])
-    Path(output).write_text(render_markdown(rows=rows, command=command, machine=_machine(), psi_rows=psi_rows))
+    if "mpc" in sections:
+        for model in models:
+            for size in sizes:
+                for provider in providers:
+                    config = poc_config(rows=size, model=model, provider=provider, epochs=epochs,
+                                        root=data_root, track_loss=False)
+                    print(f"[bench] {model} {provider} rows={size} epochs={epochs}", file=sys.stderr, flush=True)
+                    result = run_poc(config=config, runs_root=str(root), progress=True)
+                    m = result.metrics
+                    tables = prepare_tables(config=config)
+                    plain_s = _plaintext_median_seconds(config=config, tables=tables)
+                    records = {p: result.run.read_json(f"parties/{p}/result.json") for p in ("gateway", "wallet")}
+                    rows.append({
+                        "model": model, "provider": provider, "rows": size, "n_train": m["n_train"],
+                        "epochs": epochs, "plaintext_s": plain_s, "mpc_s": m["seconds"]["mpc_train"],
+                        "ratio": m["seconds"]["mpc_train"] / plain_s,
+                        "auc_mpc": m["auc"]["mpc"], "auc_plaintext": m["auc"]["plaintext"],
+                        "max_abs_weight_diff": m["max_abs_weight_diff"],
+                        "bytes": {p: m["comm"][p]["bytes"] for p in m["comm"]},
+                        "rounds": {p: m["comm"][p]["rounds"] for p in m["comm"]},
+                        "peak_rss_mb": {p: records[p]["peak_rss_mb"] for p in records},
+                        "run": str(result.run.path),
+                    })
+        command = "petlab bench --sections mpc " + " ".join(
+            [f"--sizes {' '.join(map(str, sizes))}", f"--providers {' '.join(providers)}",
+             f"--models {' '.join(models)}", f"--epochs {epochs}"])
+        rendered["mpc"] = render_mpc(rows=rows, command=command, machine=_machine())
+    if "psi" in sections:
+        psi_rows = []
+        for n in psi_sizes:
+            print(f"[bench] PSI {n} ids per side", file=sys.stderr, flush=True)
+            psi_rows.append(bench_psi(n=n))
+        command = f"petlab bench --sections psi --psi-sizes {' '.join(map(str, psi_sizes))}"
+        rendered["psi"] = render_psi(rows=psi_rows, command=command, machine=_machine())
+    path = Path(output)
+    text = merge_sections(text=path.read_text() if path.is_file() else "", sections=rendered)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
     return rows
 
 
-def render_markdown(*, rows: list[dict], command: str, machine: str, psi_rows=()) -> str:
-    """The BENCHMARKS.md text for measured ``rows``."""
-    when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+def _stamp() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def render_mpc(*, rows: list[dict], command: str, machine: str) -> str:
+    """The MPC-vs-plaintext section for measured ``rows``."""
     lines = [
-        "# Benchmarks",
+        "## MPC training against plaintext",
         "",
-        f"Regenerate with `make bench` (or `{command}`). Every number below was measured by that",
-        f"command on {when}, on: {machine}.",
+        f"Measured by `{command}` on {_stamp()}, on: {machine}.",
         "",
         "- **MPC s**: gateway's wall time for secret-sharing the inputs and the training loop (both",
         "  parties and, under TTP, the dealer each in their own process on this machine, over",
@@ -141,19 +205,26 @@ def render_markdown(*, rows: list[dict], command: str, machine: str, psi_rows=()
             f"| {r['rounds']['gateway']:,} | {r['rounds']['wallet']:,} "
             f"| {r['peak_rss_mb']['gateway']:,.0f} / {r['peak_rss_mb']['wallet']:,.0f} |")
     lines += ["", "Run folders of these measurements (not committed, under `runs/bench-*/`): "
-              + ", ".join(f"`{Path(r['run']).name}`" for r in rows), ""]
-    if psi_rows:
-        lines += [
-            "## Private set intersection",
-            "",
-            "OpenMined ECDH PSI run in both directions (so both parties learn the intersection)",
-            "between two processes on loopback, n ids per side, 70% shared; time of the slower",
-            "party, bytes sent + received by one party.",
-            "",
-            "| ids per side | shared | seconds | MB per party |",
-            "|---|---|---|---|",
-        ]
-        for r in psi_rows:
-            lines.append(f"| {r['n']:,} | {r['intersection']:,} | {r['seconds']:.1f} | {r['mb_per_party']:.1f} |")
-        lines.append("")
+              + ", ".join(f"`{Path(r['run']).name}`" for r in rows)]
+    return "\n".join(lines)
+
+
+def render_psi(*, rows: list[dict], command: str, machine: str) -> str:
+    """The private-set-intersection section for measured ``rows``."""
+    lines = [
+        "## Private set intersection",
+        "",
+        f"Measured by `{command}` on {_stamp()}, on: {machine}.",
+        "",
+        "OpenMined ECDH PSI in both directions at once (so both parties learn the intersection),",
+        "between two processes on loopback, n ids per side, 70% shared; time of the slower",
+        "party, bytes sent + received by one party, peak resident memory of the larger party",
+        "process.",
+        "",
+        "| ids per side | shared | seconds | MB per party | peak RSS MB |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['n']:,} | {r['intersection']:,} | {r['seconds']:.1f} | {r['mb_per_party']:.1f} "
+                     f"| {r['peak_rss_mb']:,.0f} |")
     return "\n".join(lines)

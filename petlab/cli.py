@@ -121,7 +121,8 @@ def _bench(args) -> int:
     from petlab.bench import run_benchmarks
 
     run_benchmarks(sizes=args.sizes, providers=args.providers, models=args.models, epochs=args.epochs,
-                   output=args.output, data_root=args.data_root, psi_sizes=args.psi_sizes)
+                   output=args.output, data_root=args.data_root, psi_sizes=args.psi_sizes,
+                   sections=args.sections)
     return 0
 
 
@@ -186,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--epochs", type=int, default=1, help="epochs per configuration (default 1)")
     bench.add_argument("--psi-sizes", type=int, nargs="*", default=[10_000, 100_000],
                        help="ids per side for the PSI benchmark (default 10000 100000)")
+    bench.add_argument("--sections", nargs="+", default=["mpc", "psi"],
+                       help="which sections of the file to measure and rewrite: mpc, psi (default both; "
+                       "the others are kept)")
     bench.add_argument("--output", default="BENCHMARKS.md", help="file to rewrite (default BENCHMARKS.md)")
     bench.add_argument("--data-root", default="data/parties", help="party tables (default data/parties)")
     bench.set_defaults(func=_bench)

@@ -118,46 +118,94 @@ def _connect(address: str, port: int, timeout_s: float) -> socket.socket:
             time.sleep(0.2)
 
 
+#: The first byte the connecting party sends on each of its two connections: which
+#: direction of the protocol runs there (the connector serves, or the connector asks).
+_CONNECTOR_SERVES, _CONNECTOR_ASKS = b"S", b"A"
+
+
+def _open_channels(*, listen: bool, address: str, port: int, timeout_s: float,
+                   keep: list | None) -> dict[str, _Channel]:
+    """Two connections to the peer, one per direction: {"serve": ..., "ask": ...}."""
+    channels: dict[str, _Channel] = {}
+    if listen:
+        with socket.create_server((address, port), reuse_port=False) as server_sock:
+            server_sock.settimeout(timeout_s)
+            for _ in range(2):
+                try:
+                    sock, _ = server_sock.accept()
+                except socket.timeout:
+                    for ch in channels.values():
+                        ch.sock.close()
+                    raise PsiError(f"no PSI peer connected to {address}:{port} within {timeout_s:g} s") from None
+                sock.settimeout(timeout_s)
+                tag = sock.recv(1)
+                if tag not in (_CONNECTOR_SERVES, _CONNECTOR_ASKS):
+                    sock.close()
+                    raise PsiError(f"unexpected PSI greeting {tag!r} from {address}:{port}")
+                channels["ask" if tag == _CONNECTOR_SERVES else "serve"] = _Channel(sock, keep=keep)
+            if len(channels) != 2:
+                raise PsiError("PSI peer opened the same direction twice")
+    else:
+        for tag, role in ((_CONNECTOR_SERVES, "serve"), (_CONNECTOR_ASKS, "ask")):
+            sock = _connect(address, port, timeout_s)
+            sock.settimeout(timeout_s)
+            sock.sendall(tag)
+            channels[role] = _Channel(sock, keep=keep)
+    return channels
+
+
 def private_intersection(*, ids, listen: bool, address: str, port: int, timeout_s: float = 120.0,
                          keep_received: list | None = None) -> PsiResult:
     """Run PSI in both directions with the peer; return this party's intersecting ids.
 
+    The two directions run at the same time, on two connections (the library releases
+    the GIL, so serving and asking overlap): about half the time of running them in turn.
+
     Args:
         ids: this party's customer ids (strings, unique).
-        listen: ``True`` for the party that listens (it serves first), ``False`` for the
-            one that connects.
-        address, port: where the listening party accepts the connection.
-        timeout_s: how long to wait for the peer.
+        listen: ``True`` for the party that listens, ``False`` for the one that connects.
+        address, port: where the listening party accepts the connections.
+        timeout_s: how long to wait for the peer (and for each message).
         keep_received: if a list, every message received is appended to it (audits, tests).
     """
+    import threading
+
     import private_set_intersection.python as psi
 
     items = [str(v) for v in ids]
     t0 = time.perf_counter()
-    if listen:
-        with socket.create_server((address, port), reuse_port=False) as server_sock:
-            server_sock.settimeout(timeout_s)
-            try:
-                sock, _ = server_sock.accept()
-            except socket.timeout:
-                raise PsiError(f"no PSI peer connected to {address}:{port} within {timeout_s:g} s") from None
-    else:
-        sock = _connect(address, port, timeout_s)
-    with sock:
-        sock.settimeout(timeout_s)
-        channel = _Channel(sock, keep=keep_received)
-        channel.send(struct.pack("!Q", len(items)))  # set sizes: revealed by the protocol anyway
-        (other_size,) = struct.unpack("!Q", channel.recv())
-        if listen:
-            _serve(psi, channel, items, other_size)
-            mine = _ask(psi, channel, items)
-        else:
-            mine = _ask(psi, channel, items)
-            _serve(psi, channel, items, other_size)
-        found = [items[i] for i in mine]
-        channel.send(_digest(found))
-        if channel.recv() != _digest(found):
-            raise PsiError("the two parties' PSI results differ (a false positive): rerun the alignment")
-    return PsiResult(ids=found, own_set_size=len(items), other_set_size=other_size,
-                     seconds=time.perf_counter() - t0, bytes_sent=channel.sent, bytes_received=channel.received)
+    channels = _open_channels(listen=listen, address=address, port=port, timeout_s=timeout_s,
+                              keep=keep_received)
+    try:
+        sizes = {}
+        for role, channel in channels.items():  # set sizes: revealed by the protocol anyway
+            channel.send(struct.pack("!Q", len(items)))
+            (sizes[role],) = struct.unpack("!Q", channel.recv())
+        other_size = sizes["serve"]
+        errors: list[BaseException] = []
 
+        def serve() -> None:
+            try:
+                _serve(psi, channels["serve"], items, other_size)
+            except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
+                errors.append(err)
+
+        server_thread = threading.Thread(target=serve, name="psi-serve", daemon=True)
+        server_thread.start()
+        mine = _ask(psi, channels["ask"], items)
+        server_thread.join()
+        if errors:
+            raise errors[0]
+        found = [items[i] for i in mine]
+        channels["ask"].send(_digest(found))  # the peer reads it on its "serve" connection
+        if channels["serve"].recv() != _digest(found):
+            raise PsiError("the two parties' PSI results differ (a false positive): rerun the alignment")
+    except (socket.timeout, TimeoutError):
+        raise PsiError(f"PSI peer at {address}:{port} stopped answering (timeout {timeout_s:g} s)") from None
+    finally:
+        for channel in channels.values():
+            channel.sock.close()
+    return PsiResult(ids=found, own_set_size=len(items), other_set_size=other_size,
+                     seconds=time.perf_counter() - t0,
+                     bytes_sent=sum(c.sent for c in channels.values()),
+                     bytes_received=sum(c.received for c in channels.values()))
