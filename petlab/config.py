@@ -36,10 +36,12 @@ __all__ = [
     "load_params_file",
     "MIN_TRAIN_ROWS",
     "MIN_TEST_ROWS",
+    "check_split_size",
 ]
 
 PROVIDERS = ("TTP", "TFP")
-DATA_SOURCES = ("synthetic", "credit")
+DATA_SOURCES = ("synthetic", "credit", "tables")
+PARTY_NAMES = ("gateway", "wallet")  # the data parties (see petlab.parties.Party)
 MIN_TRAIN_ROWS = 40  # below this a minibatch run says nothing
 MIN_TEST_ROWS = 20  # below this an AUC says nothing
 
@@ -50,13 +52,18 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    source: str = "synthetic"  # party tables: "synthetic" (generated) or "credit" (modeldata::credit_data)
+    source: str = "synthetic"  # "synthetic" (generated), "credit" (modeldata::credit_data) or "tables" (your own)
     rows: int = 10_000  # the gateway's customers (synthetic data)
     overlap: float = 0.7  # share of the gateway's customers who also use the wallet (synthetic)
     wallet_extra: float = 0.3  # wallet customers the gateway never saw, as a share of rows (synthetic)
     seed: int = 0  # seed of the generator and of the train/test split
     test_fraction: float = 0.2  # share of aligned rows held out for the metrics
     root: str = "data/parties"  # each party's tables live in <root>/<party>/
+    gateway_table: str = ""  # your own gateway table, CSV or Parquet (source "tables")
+    wallet_table: str = ""  # your own wallet table, CSV or Parquet (source "tables")
+    id_column: str = ""  # customer-id column of your own tables (both parties)
+    label_column: str = ""  # label column (0/1) of your own tables, at the label party only
+    label_party: str = "gateway"  # the party whose table holds the label; it receives the outputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +137,14 @@ def poc_config(**overrides: Any) -> PocConfig:
             sections[fields[key]][key] = value
         else:
             raise ConfigError(f"unknown parameter {key!r}")
+    d = sections["data"]
+    if (d.get("gateway_table") or d.get("wallet_table")) and "source" not in d:
+        d["source"] = "tables"  # naming your own tables selects them
+    for key in ("gateway_table", "wallet_table"):
+        if d.get(key):
+            d[key] = str(Path(d[key]).expanduser().resolve())  # same file from any working directory
+    if isinstance(d.get("label_party"), str):
+        d["label_party"] = d["label_party"].strip().lower()
     if isinstance(sections["mpc"].get("provider"), str):
         sections["mpc"]["provider"] = sections["mpc"]["provider"].upper()
     cfg = PocConfig(
@@ -156,6 +171,26 @@ def validate(cfg: PocConfig) -> None:
         raise ConfigError(f"unknown model {t.model!r}: expected one of {', '.join(MODELS)}")
     if m.provider not in PROVIDERS:
         raise ConfigError(f"unknown provider {m.provider!r}: expected one of {', '.join(PROVIDERS)}")
+    if d.label_party not in PARTY_NAMES:
+        raise ConfigError(f"label party {d.label_party!r} is not one of the parties: {', '.join(PARTY_NAMES)}")
+    if d.source == "tables":
+        missing = [name for name, value in (("gateway_table", d.gateway_table), ("wallet_table", d.wallet_table),
+                                            ("id_column", d.id_column), ("label_column", d.label_column))
+                   if not value]
+        if missing:
+            raise ConfigError(f"source 'tables' needs {', '.join(missing)} (e.g. --gateway-table g.csv "
+                              "--wallet-table w.csv --id-column customer_id --label-column engaged)")
+        if d.id_column == d.label_column:
+            raise ConfigError(f"id_column and label_column are the same column {d.id_column!r}")
+    else:
+        given = [name for name, value in (("gateway_table", d.gateway_table), ("wallet_table", d.wallet_table),
+                                          ("id_column", d.id_column), ("label_column", d.label_column))
+                 if value]
+        if given:
+            raise ConfigError(f"{', '.join(given)} only apply to source 'tables', not {d.source!r}")
+        if d.label_party != "gateway":
+            raise ConfigError(f"the {d.source} tables hold the label at the gateway; "
+                              f"label_party {d.label_party!r} needs your own tables")
     if not 0 < d.test_fraction < 1:
         raise ConfigError(f"test_fraction must be between 0 and 1, got {d.test_fraction}")
     if not 0 < d.overlap <= 1:
@@ -164,7 +199,7 @@ def validate(cfg: PocConfig) -> None:
         raise ConfigError(f"wallet_extra must be >= 0, got {d.wallet_extra}")
     shared = int(round(d.rows * d.overlap)) if d.source == "synthetic" else 4454
     n_test = int(round(shared * d.test_fraction))
-    if n_test < MIN_TEST_ROWS or shared - n_test < MIN_TRAIN_ROWS:
+    if d.source != "tables" and (n_test < MIN_TEST_ROWS or shared - n_test < MIN_TRAIN_ROWS):
         need = max(
             int(MIN_TEST_ROWS / d.test_fraction + 1), int(MIN_TRAIN_ROWS / (1 - d.test_fraction) + 1)
         )
@@ -193,6 +228,20 @@ def validate(cfg: PocConfig) -> None:
         index = int(dev.split(":")[1]) if ":" in dev else 0
         if index >= torch.cuda.device_count():
             raise ConfigError(f"device {dev!r}: torch sees {torch.cuda.device_count()} GPU(s)")
+
+
+def check_split_size(*, shared: int, test_fraction: float) -> None:
+    """Raise :class:`ConfigError` when ``shared`` aligned rows are too few to split.
+
+    >>> check_split_size(shared=0, test_fraction=0.2)
+    Traceback (most recent call last):
+    ...
+    petlab.config.ConfigError: 0 shared customers: too few for a train/test split at test_fraction=0.2 (need 40 train and 20 test rows)
+    """
+    n_test = int(round(shared * test_fraction))
+    if n_test < MIN_TEST_ROWS or shared - n_test < MIN_TRAIN_ROWS:
+        raise ConfigError(f"{shared} shared customers: too few for a train/test split at test_fraction="
+                          f"{test_fraction} (need {MIN_TRAIN_ROWS} train and {MIN_TEST_ROWS} test rows)")
 
 
 def load_params_file(path: str | os.PathLike) -> dict[str, Any]:

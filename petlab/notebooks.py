@@ -44,13 +44,15 @@ def notebook_parameters(*, config: PocConfig) -> dict:
     return {
         "SOURCE": d.source, "ROWS": d.rows, "OVERLAP": d.overlap, "WALLET_EXTRA": d.wallet_extra, "SEED": d.seed, "TEST_FRACTION": d.test_fraction,
         "DATA_ROOT": str(Path(d.root).resolve()),
+        "GATEWAY_TABLE": d.gateway_table, "WALLET_TABLE": d.wallet_table, "ID_COLUMN": d.id_column,
+        "LABEL_COLUMN": d.label_column, "LABEL_PARTY": d.label_party,
         "MODEL": t.model, "EPOCHS": t.epochs, "BATCH_SIZE": t.batch_size, "LR": t.lr,
         "HIDDEN": t.hidden, "PROVIDER": m.provider, "DEVICE": m.device,
         "REVEAL_WEIGHTS": m.reveal_weights, "TRACK_LOSS": m.track_loss,
     }
 
 
-def run_for_notebook(*, config: PocConfig, run_dir: str | None, runs_root: str):
+def run_for_notebook(*, config: PocConfig, run_dir: str | None, runs_root: str, tables: dict | None = None):
     """The run a notebook writes into: the batch runner's (``run_dir``), or a new one.
 
     A run the notebook creates is finished by the notebook's last cell
@@ -62,7 +64,7 @@ def run_for_notebook(*, config: PocConfig, run_dir: str | None, runs_root: str):
 
     if run_dir:
         return open_run(run_dir)
-    return start_run(config=config, runs_root=runs_root)
+    return start_run(config=config, tables=tables, runs_root=runs_root)
 
 
 def load_result(*, run_dir):
@@ -94,10 +96,11 @@ def run_notebooks(*, config: PocConfig, runs_root: str = "runs", out: str | None
     """
     import papermill as pm
 
-    from petlab.pipeline import start_run
+    from petlab.pipeline import prepare_tables, start_run
 
     root = project_root()
-    run = start_run(config=config, runs_root=str(Path(runs_root).resolve()),
+    tables = prepare_tables(config=config)  # bad tables fail here, before any run folder exists
+    run = start_run(config=config, tables=tables, runs_root=str(Path(runs_root).resolve()),
                     out=str(Path(out).resolve()) if out else None)
     params = {**notebook_parameters(config=config), "RUN_DIR": str(run.path),
               "RUNS_ROOT": str(Path(runs_root).resolve())}

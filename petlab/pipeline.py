@@ -23,17 +23,19 @@ import numpy as np
 from petlab.config import PocConfig
 from petlab.data.features import prepare_party_features
 from petlab.data.synthetic import ID_COLUMN, LABEL_COLUMN, make_engagement_tables
-from petlab.data.tables import file_sha256, party_table_path, read_party_table, write_party_table
+from petlab.data.tables import file_sha256, party_table_path, write_party_table
 from petlab.metrics import binary_metrics
 from petlab.mpc.launcher import MPCRun, run_mpc
-from petlab.parties import LABEL_PARTY, Party
+from petlab.parties import Party
 from petlab.runs import Run, create_run, environment_record
 from petlab.train.plaintext import PlaintextFit, train_plaintext
 
 __all__ = [
     "MODEL_NAMES",
     "PocResult",
+    "label_party",
     "prepare_tables",
+    "read_tables",
     "train_mpc",
     "train_references",
     "write_record",
@@ -51,13 +53,50 @@ def _dataset_name(config: PocConfig) -> str:
     return f"engagement_n{d.rows}_ov{d.overlap:g}_wx{d.wallet_extra:g}_seed{d.seed}"
 
 
+def label_party(config: PocConfig) -> Party:
+    """The party that holds the label (and receives the outputs) in this run."""
+    return Party.parse(config.data.label_party)
+
+
+def _own_tables(config: PocConfig) -> dict:
+    """Check the researcher's own party tables (source "tables") and describe them.
+
+    Every check of :mod:`petlab.data.validation` runs here, before any run folder or
+    party process exists; each party process checks its own table again.
+    """
+    from petlab.data.validation import check_party_table, check_schemas, read_party_file
+
+    d, holder = config.data, label_party(config)
+    paths = {str(Party.GATEWAY): d.gateway_table, str(Party.WALLET): d.wallet_table}
+    columns = {}
+    for party, path in paths.items():
+        table = read_party_file(path, party=party, id_column=d.id_column)
+        check_party_table(table, path=path, party=party, id_column=d.id_column,
+                          label_column=d.label_column if party == str(holder) else None)
+        columns[party] = list(map(str, table.columns))
+    check_schemas(columns=columns, paths=paths, id_column=d.id_column, label_column=d.label_column,
+                  label_party=str(holder))
+    return {
+        party: {"path": str(Path(path).resolve()), "id_column": d.id_column,
+                "label_column": d.label_column if party == str(holder) else None,
+                "sha256": file_sha256(path)}
+        for party, path in paths.items()
+    }
+
+
 def prepare_tables(*, config: PocConfig) -> dict:
-    """Write each party's synthetic table to its own location (once) and describe them.
+    """Describe each party's table: the researcher's own (checked strictly), or the
+    synthetic / credit tables, written to their own locations once.
 
     Returns:
         party -> {"path", "id_column", "label_column", "sha256"}; a party process is
         handed its own entry only.
+
+    Raises:
+        petlab.data.validation.TableError: a table petlab cannot train on (own tables).
     """
+    if config.data.source == "tables":
+        return _own_tables(config)
     root = Path(config.data.root)
     if config.data.source == "credit":
         from petlab.data.credit import CREDIT_ID, CREDIT_LABEL, credit_tables
@@ -77,7 +116,7 @@ def prepare_tables(*, config: PocConfig) -> dict:
         party: {
             "path": str(path.resolve()),
             "id_column": id_column,
-            "label_column": label_column if party == str(LABEL_PARTY) else None,
+            "label_column": label_column if party == str(label_party(config)) else None,
             "sha256": file_sha256(path),
         }
         for party, path in paths.items()
@@ -91,9 +130,19 @@ def train_mpc(*, config: PocConfig, tables: dict, run: Run, progress: bool = Tru
 
 
 def _read(tables: dict, party: Party):
+    from petlab.data.validation import read_party_file
+
     entry = tables[str(party)]
-    return read_party_table(root=Path(entry["path"]).parent.parent, party=party,
-                            name=Path(entry["path"]).stem, id_column=entry["id_column"])
+    return read_party_file(entry["path"], party=str(party), id_column=entry["id_column"])
+
+
+def read_tables(*, tables: dict) -> dict:
+    """Both parties' tables as DataFrames (party name -> table).
+
+    The research harness's view, for looking at the data and for the reference models;
+    a party process reads its own table only.
+    """
+    return {str(p): _read(tables, p) for p in Party}
 
 
 def plain_intersection(*, tables: dict) -> set:
@@ -124,7 +173,7 @@ def train_references(*, config: PocConfig, tables: dict) -> dict[str, PlaintextF
     """
     shared = plain_intersection(tables=tables)
     feats = {p: _party_features(config, tables, p, keep_ids=shared) for p in Party}
-    label = feats[LABEL_PARTY]
+    label = feats[label_party(config)]
     t = config.train
     common = dict(model=t.model, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, seed=t.seed,
                   hidden=t.hidden, monitor_rows=t.monitor_rows)
@@ -184,8 +233,9 @@ def write_record(*, config: PocConfig, tables: dict, mpc: MPCRun, references: di
     """Assemble ``metrics.json``, curves, scores, figures and the HTML report."""
     from petlab.models import ModelSpec
 
-    gateway = mpc.records[str(LABEL_PARTY)]
-    party_dir = Path(mpc.out_dir) / str(LABEL_PARTY)
+    holder = label_party(config)
+    gateway = mpc.records[str(holder)]  # the label holder's record (holds the metrics)
+    party_dir = Path(mpc.out_dir) / str(holder)
     y_test = np.load(party_dir / "y_test.npy")
     scores = {"mpc": np.load(party_dir / "test_scores.npy")}
     scores.update({name: fit.test_scores for name, fit in references.items()})
@@ -229,6 +279,7 @@ def write_record(*, config: PocConfig, tables: dict, mpc: MPCRun, references: di
         "comm": comm,
         "comm_by_phase": comm_by_phase,
         "psi": {str(p): mpc.records[str(p)]["psi"] for p in Party},
+        "label_party": str(holder),
         "n_train": gateway["meta"]["n_train"],
         "n_test": gateway["meta"]["n_test"],
         "n_features": {str(p): gateway["peers"][str(p)]["n_features"] for p in Party},
@@ -278,10 +329,9 @@ def run_poc(*, config: PocConfig, run: Run | None = None, runs_root: str = "runs
         out: exact folder for the new run (must not exist or be empty).
         progress: show progress bars.
     """
-    run = start_run(config=config, run=run, runs_root=runs_root, out=out)
+    tables = prepare_tables(config=config)  # bad tables fail here, before any run folder exists
+    run = start_run(config=config, tables=tables, run=run, runs_root=runs_root, out=out)
     try:
-        tables = prepare_tables(config=config)
-        run.write_json("params.json", {"config": config.to_dict(), "tables": tables})
         mpc = train_mpc(config=config, tables=tables, run=run, progress=progress)
         references = train_references(config=config, tables=tables)
         result = write_record(config=config, tables=tables, mpc=mpc, references=references, run=run)

@@ -132,37 +132,60 @@ def save_poc_figures(*, result, folder) -> dict[str, Path]:
     return paths
 
 
-def plot_party_data(*, gateway, wallet, label_column: str = "engaged"):
+def plot_party_data(*, tables: dict, label_party: str, label_column: str, id_column: str):
     """A first look at each party's own table (each panel uses one party's data only):
-    the label rate by the gateway's first categorical column (or its first numeric
-    column, by label), the gateway's most skewed amount by label, and the wallet's first
-    categorical column."""
+    the label rate by the label holder's first categorical column (or its first numeric
+    column, by label), the label holder's most skewed non-negative column by label, and
+    the other party's first categorical (or numeric) column.
+
+    Args:
+        tables: party name -> that party's DataFrame.
+        label_party: the party whose table holds ``label_column``.
+        label_column, id_column: column names.
+    """
     plt, sns = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    g_num = [c for c in gateway.columns if pd.api.types.is_numeric_dtype(gateway[c]) and c != label_column]
-    g_cat = [c for c in gateway.columns if not pd.api.types.is_numeric_dtype(gateway[c])][1:]  # skip the id
-    w_cat = [c for c in wallet.columns if not pd.api.types.is_numeric_dtype(wallet[c])][1:]
-    labelled = gateway.assign(**{label_column: gateway[label_column].map({0: "no", 1: "yes"})})
-    if g_cat:
-        rate = gateway.groupby(g_cat[0])[label_column].mean().sort_values().reset_index()
-        sns.barplot(data=rate, x=g_cat[0], y=label_column, hue=g_cat[0], ax=axes[0], legend=False)
-        axes[0].set_title(f"gateway: {label_column} rate by {g_cat[0]}")
-    else:
-        sns.histplot(data=labelled, x=g_num[0], hue=label_column, element="step", stat="density",
+    holder = tables[label_party]
+    other_name = next(p for p in tables if p != label_party)
+    other = tables[other_name]
+
+    def kinds(table, skip):
+        cols = [c for c in table.columns if c not in skip and table[c].notna().any()]
+        numeric = [c for c in cols if pd.api.types.is_numeric_dtype(table[c])]
+        return numeric, [c for c in cols if c not in numeric]
+
+    h_num, h_cat = kinds(holder, (id_column, label_column))
+    o_num, o_cat = kinds(other, (id_column,))
+    labelled = holder.assign(**{label_column: holder[label_column].astype(int).map({0: "no", 1: "yes"})})
+    if h_cat:
+        rate = (holder.assign(**{label_column: holder[label_column].astype(float)})
+                .groupby(h_cat[0])[label_column].mean().sort_values().reset_index())
+        rate[h_cat[0]] = rate[h_cat[0]].astype(str)
+        sns.barplot(data=rate, x=h_cat[0], y=label_column, hue=h_cat[0], ax=axes[0], legend=False)
+        axes[0].set_title(f"{label_party}: {label_column} rate by {h_cat[0]}")
+    elif h_num:
+        sns.histplot(data=labelled, x=h_num[0], hue=label_column, element="step", stat="density",
                      common_norm=False, ax=axes[0])
-        axes[0].set_title(f"gateway: {g_num[0]} by {label_column}")
-    skewed = max(g_num, key=lambda c: gateway[c].skew() if gateway[c].min() >= 0 else -1)
-    positive = labelled[labelled[skewed] > 0]
-    sns.histplot(data=positive, x=skewed, hue=label_column, log_scale=True, element="step",
-                 stat="density", common_norm=False, ax=axes[1])
-    axes[1].set_title(f"gateway: {skewed} (> 0), by {label_column}")
-    if w_cat:
-        order = sorted(wallet[w_cat[0]].dropna().astype(str).unique())
-        hue = w_cat[1] if len(w_cat) > 1 else None
-        hue_order = sorted(wallet[hue].dropna().astype(str).unique()) if hue else None
-        sns.countplot(data=wallet.astype({c: str for c in w_cat[:2]}), x=w_cat[0], hue=hue, order=order,
+        axes[0].set_title(f"{label_party}: {h_num[0]} by {label_column}")
+    nonneg = [c for c in h_num if holder[c].min() >= 0 and (holder[c] > 0).any()]
+    if nonneg:
+        skewed = max(nonneg, key=lambda c: holder[c].skew())
+        positive = labelled[labelled[skewed] > 0]
+        sns.histplot(data=positive, x=skewed, hue=label_column, log_scale=bool(holder[skewed].skew() > 1),
+                     element="step", stat="density", common_norm=False, ax=axes[1])
+        axes[1].set_title(f"{label_party}: {skewed} (> 0), by {label_column}")
+    else:
+        axes[1].set_axis_off()
+    if o_cat:
+        order = sorted(other[o_cat[0]].dropna().astype(str).unique())[:20]
+        hue = o_cat[1] if len(o_cat) > 1 and other[o_cat[1]].nunique() <= 8 else None
+        hue_order = sorted(other[hue].dropna().astype(str).unique()) if hue else None
+        sns.countplot(data=other.astype({c: str for c in o_cat[:2]}), x=o_cat[0], hue=hue, order=order,
                       hue_order=hue_order, ax=axes[2])
-        axes[2].set_title(f"wallet: {w_cat[0]}" + (f" and {hue}" if hue else ""))
+        axes[2].set_title(f"{other_name}: {o_cat[0]}" + (f" and {hue}" if hue else ""))
+    elif o_num:
+        sns.histplot(data=other, x=o_num[0], element="step", ax=axes[2])
+        axes[2].set_title(f"{other_name}: {o_num[0]}")
     fig.tight_layout()
     return fig
 

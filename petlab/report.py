@@ -94,7 +94,8 @@ def render_report(*, run_dir: Path) -> str:
     sm = security_model(provider=metrics["provider"])
     parts = [f"<h1>petlab proof of concept: {_e(metrics['model'])} with CrypTen MPC "
              f"({_e(metrics['provider'])}, {_e(metrics['device'])})</h1>",
-             f"<p>Run folder <code>{_e(run_dir)}</code>. Gateway (label holder) and wallet each "
+             f"<p>Run folder <code>{_e(run_dir)}</code>. Gateway and wallet (label holder: "
+             f"{_e(config.data.label_party)}) each "
              f"ran in their own process, loaded only their own table, and secret-shared their "
              f"own columns before any joint operation.</p>"]
 
@@ -121,7 +122,7 @@ def render_report(*, run_dir: Path) -> str:
 
     parts.append("<h2>What left secret-shared form</h2>")
     declared = declared_disclosures(reveal_weights=config.mpc.reveal_weights,
-                                    track_loss=config.mpc.track_loss)
+                                    track_loss=config.mpc.track_loss, label_party=config.data.label_party)
     parts.append(_table(["item", "receiver", "what", "why"],
                         [[d.item, str(d.receiver), d.what, d.why] for d in declared], left=4))
     rows = []
@@ -145,7 +146,7 @@ def render_report(*, run_dir: Path) -> str:
                  "output or public metadata, and what could be inferred from it.</p>")
     rows = [[r["party"], r["item"], r["classification"], r["inference"]] for r in classification_table(
         provider=metrics["provider"], reveal_weights=config.mpc.reveal_weights,
-        track_loss=config.mpc.track_loss)]
+        track_loss=config.mpc.track_loss, label_party=config.data.label_party)]
     parts.append(_table(["party", "item", "classification", "what could be inferred"], rows, left=4))
     parts.append(_audit_section(run_dir))
 

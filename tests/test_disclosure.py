@@ -48,3 +48,14 @@ def test_security_model_names_who_must_be_trusted():
     assert security_model(provider="TTP").trusted == "dealer"
     with pytest.raises(ValueError):
         security_model(provider="HE")
+
+
+def test_outputs_go_to_the_label_party_whichever_it_is():
+    ledger = DisclosureLedger(allowed=("test_scores", "final_weights"), label_party=Party.WALLET)
+    x = _FakeShared(torch.ones(3))
+    assert reveal(x, item="test_scores", ledger=ledger, me=Party.WALLET) is not None
+    assert x.dst == Party.WALLET.rank
+    assert reveal(_FakeShared(torch.ones(2)), item="final_weights", ledger=ledger, me=Party.GATEWAY) is None
+    assert set(ledger.summary()) == {"test_scores->wallet", "final_weights->wallet"}
+    assert {d.receiver for d in declared_disclosures(reveal_weights=True, track_loss=True,
+                                                     label_party=Party.WALLET)} == {Party.WALLET}

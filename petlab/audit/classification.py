@@ -20,16 +20,26 @@ REVEALED = "revealed output"
 PUBLIC = "public metadata"
 
 
-def classification_table(*, provider: str, reveal_weights: bool, track_loss: bool) -> list[dict]:
-    """Rows of {party, item, classification, inference} for a run's settings."""
+def classification_table(*, provider: str, reveal_weights: bool, track_loss: bool,
+                         label_party: str = "gateway") -> list[dict]:
+    """Rows of {party, item, classification, inference} for a run's settings.
+
+    Args:
+        provider: "TFP" (the gateway, party 0, deals the triples) or "TTP" (a dealer).
+        reveal_weights, track_loss: which optional outputs the run reveals.
+        label_party: the party that holds the label and receives every output.
+    """
     rows = []
+    holder = str(label_party)
+    other_of_holder = "wallet" if holder == "gateway" else "gateway"
 
     def add(party, item, classification, inference):
         rows.append({"party": party, "item": item, "classification": classification,
                      "inference": inference})
 
-    for party, own in (("gateway", "payment behaviour and engagement labels of its customers"),
-                       ("wallet", "app behaviour, preferences and coarse demographics of its customers")):
+    for party, own in (("gateway", "its customers' records, e.g. payment behaviour"),
+                       ("wallet", "its customers' records, e.g. app behaviour and preferences")):
+        own += ", and their labels" if party == holder else ""
         add(party, f"its own table ({own})", OWN,
             "everything: the party is the controller of this data and processes it locally")
     for party, other in (("gateway", "wallet"), ("wallet", "gateway")):
@@ -57,24 +67,26 @@ def classification_table(*, provider: str, reveal_weights: bool, track_loss: boo
         add("dealer", "every triple in plaintext; sizes of the requested operations", "randomness and public metadata",
             "no customer data (it receives no data shares), but it could unmask openings if it "
             "colluded with a party: it must be independent of both")
-    add("gateway", "test scores (one probability per test customer)", REVEALED,
-        "personal data for the gateway: a score about each of its identified customers, computed "
-        "from both parties' features, so it carries some information about the wallet's features "
-        "(e.g. which test customers are active app users). Not a share.")
+    add(holder, "test scores (one probability per test customer)", REVEALED,
+        f"personal data for the {holder}: a score about each of its identified customers, computed "
+        f"from both parties' features, so it carries some information about the {other_of_holder}'s "
+        "features (e.g. which test customers are active users there). Not a share.")
     if reveal_weights:
-        add("gateway", "final model weights, including those on the wallet's features", REVEALED,
-            "not data about any one customer, but they show how the wallet's features relate to "
-            "engagement; with the scores they allow estimating a customer's wallet-side score "
-            "contribution. Not shares.")
+        add(holder, f"final model weights, including those on the {other_of_holder}'s features", REVEALED,
+            f"not data about any one customer, but they show how the {other_of_holder}'s features relate "
+            f"to the label; with the scores they allow estimating a customer's {other_of_holder}-side "
+            "score contribution. Not shares.")
     if track_loss:
-        add("gateway", "training loss per epoch (one number per epoch)", REVEALED,
+        add(holder, "training loss per epoch (one number per epoch)", REVEALED,
             "an aggregate over thousands of customers: negligible")
-    add("gateway", "metrics (AUC, accuracy, log-loss)", REVEALED,
+    add(holder, "metrics (AUC, accuracy, log-loss)", REVEALED,
         "aggregates computed from its own labels and the revealed scores")
     for party, other in (("gateway", "wallet"), ("wallet", "gateway")):
         add(party, "PSI result: which of its own customers are shared, and the size of the other's set",
             REVEALED, f"personal data for the {party}: that each of these identified customers is also "
             f"a customer of the {other} (membership); nothing about the {other}'s other customers")
-        add(party, "handshake: row and feature counts, digests of the configuration and of the intersection",
-            PUBLIC, "the number of shared customers and of features; that both PSI results agree")
+        add(party, "handshake: row and feature counts, column names, digests of the configuration, "
+            "of the intersection and of each table file", PUBLIC,
+            "the number of shared customers and of features, the other's schema; that both PSI "
+            "results agree")
     return rows

@@ -10,8 +10,7 @@ import numpy as np
 import pandas as pd
 
 from petlab.data.features import prepare_party_features
-from petlab.data.tables import read_party_table
-from pathlib import Path
+from petlab.data.validation import read_party_file
 
 __all__ = ["joint_vs_single_auc"]
 
@@ -29,11 +28,8 @@ def joint_vs_single_auc(*, tables: dict, test_fraction: float, seed: int) -> pd.
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
-    raw = {}
-    for party, entry in tables.items():
-        path = Path(entry["path"])
-        raw[party] = read_party_table(root=path.parent.parent, party=party, name=path.stem,
-                                      id_column=entry["id_column"])
+    raw = {party: read_party_file(entry["path"], party=party, id_column=entry["id_column"])
+           for party, entry in tables.items()}
     shared = set.intersection(*(set(raw[p][tables[p]["id_column"]].astype(str)) for p in raw))
     feats = {}
     for party, entry in tables.items():

@@ -8,6 +8,8 @@ records every decryption with its receiver in a :class:`DisclosureLedger`.
 ['test_scores', 'final_weights']
 >>> describe(item="test_scores").receiver
 <Party.GATEWAY: 'gateway'>
+>>> describe(item="test_scores", label_party=Party.WALLET).receiver
+<Party.WALLET: 'wallet'>
 """
 
 from __future__ import annotations
@@ -40,38 +42,46 @@ class Disclosure:
     switch: str | None = None  # MPCConfig flag that enables it (None: always)
 
 
-DISCLOSURES: tuple[Disclosure, ...] = (
-    Disclosure(
-        item="test_scores",
-        receiver=LABEL_PARTY,
-        what="predicted engagement probability of each test customer (n_test floats)",
-        why="the label holder computes AUC, accuracy and log-loss on its own test labels",
-    ),
-    Disclosure(
-        item="train_loss",
-        receiver=LABEL_PARTY,
-        what="mean training cross-entropy after each epoch (one float per epoch)",
-        why="monitor convergence; compare with the plaintext model's loss curve",
-        switch="track_loss",
-    ),
-    Disclosure(
-        item="final_weights",
-        receiver=LABEL_PARTY,
-        what="all trained model parameters, including those on the wallet's features",
-        why="compare MPC and plaintext weight by weight; deploy the model",
-        switch="reveal_weights",
-    ),
-)
+def _policy(label_party: Party) -> tuple[Disclosure, ...]:
+    """Every output goes to the party that holds the label, and only to it."""
+    other = next(p for p in Party if p != label_party)
+    return (
+        Disclosure(
+            item="test_scores",
+            receiver=label_party,
+            what="predicted engagement probability of each test customer (n_test floats)",
+            why="the label holder computes AUC, accuracy and log-loss on its own test labels",
+        ),
+        Disclosure(
+            item="train_loss",
+            receiver=label_party,
+            what="mean training cross-entropy after each epoch (one float per epoch)",
+            why="monitor convergence; compare with the plaintext model's loss curve",
+            switch="track_loss",
+        ),
+        Disclosure(
+            item="final_weights",
+            receiver=label_party,
+            what=f"all trained model parameters, including those on the {other}'s features",
+            why="compare MPC and plaintext weight by weight; deploy the model",
+            switch="reveal_weights",
+        ),
+    )
 
 
-def declared_disclosures(*, reveal_weights: bool, track_loss: bool) -> list[Disclosure]:
-    """The disclosures in force for a run with these switches."""
+#: The policy with the label at the gateway (the proof of concept's setting).
+DISCLOSURES: tuple[Disclosure, ...] = _policy(LABEL_PARTY)
+
+
+def declared_disclosures(*, reveal_weights: bool, track_loss: bool,
+                         label_party: Party = LABEL_PARTY) -> list[Disclosure]:
+    """The disclosures in force for a run with these switches and label holder."""
     switches = {"reveal_weights": reveal_weights, "track_loss": track_loss, None: True}
-    return [d for d in DISCLOSURES if switches[d.switch]]
+    return [d for d in _policy(Party.parse(str(label_party))) if switches[d.switch]]
 
 
-def describe(*, item: str) -> Disclosure:
-    for d in DISCLOSURES:
+def describe(*, item: str, label_party: Party = LABEL_PARTY) -> Disclosure:
+    for d in _policy(Party.parse(str(label_party))):
         if d.item == item:
             return d
     raise DisclosureError(f"{item!r} is not a declared disclosure")
@@ -82,6 +92,7 @@ class DisclosureLedger:
     """Every decryption a party took part in, with item, receiver and element count."""
 
     allowed: tuple[str, ...]
+    label_party: Party = LABEL_PARTY  # the receiver of every declared output
     entries: list = dataclasses.field(default_factory=list)
 
     def record(self, *, item: str, receiver: Party, numel: int) -> None:
@@ -106,7 +117,7 @@ def reveal(x_enc, *, item: str, ledger: DisclosureLedger, me: Party):
     """
     if item not in ledger.allowed:
         raise DisclosureError(f"run tried to reveal {item!r}, which this run does not declare")
-    receiver = describe(item=item).receiver
+    receiver = describe(item=item, label_party=ledger.label_party).receiver
     value = x_enc.get_plain_text(dst=receiver.rank)
     ledger.record(item=item, receiver=receiver, numel=x_enc.nelement())
     return value if me == receiver else None

@@ -100,7 +100,7 @@ def run_mpc(
 
             bar = tqdm(total=config.train.epochs, desc=f"MPC {config.train.model} ({config.mpc.provider})",
                        unit="epoch")
-        progress_path = out / str(Party.GATEWAY) / "progress.json"
+        progress_path = out / config.data.label_party / "progress.json"  # the label holder writes it
         deadline = t0 + config.mpc.timeout_s
         training_started = False
         while True:

@@ -31,7 +31,7 @@ from petlab.models import ModelSpec, bce_loss, forward, gradients, init_params, 
 from petlab.mpc import disclosure
 from petlab.mpc.devices import resolve_device, stage_cuda_communication
 from petlab.mpc.job import Job
-from petlab.parties import DEALER, LABEL_PARTY, Party
+from petlab.parties import DEALER, Party
 
 __all__ = ["run_party", "minibatches", "monitor_indices"]
 
@@ -161,38 +161,43 @@ def _public_meta(job: Job, me: Party, feats, table_digest: str) -> dict:
 def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
     import crypten.communicator as comm
 
+    from petlab.config import ConfigError, check_split_size
+    from petlab.data.psi import private_intersection
+    from petlab.data.validation import check_party_table, read_party_file
+
     cfg = job.config
+    label_party = Party.parse(cfg.data.label_party)
+    holds_label = me == label_party
     source = job.tables[str(me)]  # this party's own table, and nothing else
     table_path = Path(source["path"])
-    import pandas as pd
-
-    table = pd.read_csv(table_path, dtype={source["id_column"]: str})
-    holds_label = me == LABEL_PARTY
+    label_column = source.get("label_column") if holds_label else None
+    table = read_party_file(table_path, party=str(me), id_column=source["id_column"])
+    check_party_table(table, path=table_path, party=str(me), id_column=source["id_column"],
+                      label_column=label_column)
     # -- private set intersection with the peer: only the shared customers go on -------
-    from petlab.data.psi import private_intersection
-
-    psi = private_intersection(ids=table[source["id_column"]].tolist(), listen=(me == LABEL_PARTY),
+    # rank 0 listens, at the rendezvous address
+    psi = private_intersection(ids=table[source["id_column"]].tolist(), listen=(me.rank == 0),
                                address=job.address, port=job.psi_port,
                                timeout_s=min(cfg.mpc.timeout_s, 300.0))
-    from petlab.config import MIN_TEST_ROWS, MIN_TRAIN_ROWS
-
-    shared = len(psi.ids)
-    n_test = int(round(shared * cfg.data.test_fraction))
-    if n_test < MIN_TEST_ROWS or shared - n_test < MIN_TRAIN_ROWS:
-        raise ValueError(
-            f"private set intersection found {shared} shared customers (of {psi.own_set_size} here, "
-            f"{psi.other_set_size} at the peer): too few for a train/test split at test_fraction="
-            f"{cfg.data.test_fraction} (need {MIN_TRAIN_ROWS} train and {MIN_TEST_ROWS} test rows)")
+    try:
+        check_split_size(shared=len(psi.ids), test_fraction=cfg.data.test_fraction)
+    except ConfigError as err:
+        raise ValueError(f"private set intersection: {err} ({psi.own_set_size} customers here, "
+                         f"{psi.other_set_size} at the peer)") from None
+    columns = list(map(str, table.columns))
     feats = prepare_party_features(
         table=table,
         id_column=source["id_column"],
-        label_column=source.get("label_column") if holds_label else None,
+        label_column=label_column,
         test_fraction=cfg.data.test_fraction,
         seed=cfg.data.seed,
         keep_ids=psi.ids,
     )
     del table
     my_meta = _public_meta(job, me, feats, file_sha256(table_path))
+    my_meta["columns"] = columns  # the schema (column names), checked against the peer's
+    my_meta["label_column"] = label_column
+    my_meta["id_column"] = source["id_column"]
 
     _set_rendezvous_env(job, rank=me.rank)
     from crypten.communicator.distributed_communicator import DistributedCommunicator
@@ -220,7 +225,7 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
         # -- public metadata: shapes and digests, nothing about any customer --------
         with meter.phase("handshake"):
             metas = {str(p): comm.get().broadcast_obj(my_meta if p == me else None, p.rank) for p in Party}
-        _check_peers(metas)
+        _check_peers(metas, label_party=label_party)
         total_features[0] = sum(m["n_features"] for m in metas.values())
         n_train, n_test = my_meta["n_train"], my_meta["n_test"]
 
@@ -238,7 +243,7 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
             X_train_enc = crypten.cat(X_train_parts, dim=1)
             X_test_enc = crypten.cat(X_test_parts, dim=1)
             y_own = feats.y_train[:, None] if holds_label else None
-            y_train_enc = share(y_own, LABEL_PARTY, (n_train, 1))
+            y_train_enc = share(y_own, label_party, (n_train, 1))
 
         spec = ModelSpec(
             kind=cfg.train.model,
@@ -247,19 +252,21 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
         )
         # initial weights are public (shared seed); encrypted from the label holder
         params = {
-            name: crypten.cryptensor(value.to(device), src=LABEL_PARTY.rank, device=device)
+            name: crypten.cryptensor(value.to(device), src=label_party.rank, device=device)
             for name, value in init_params(spec=spec, seed=cfg.train.seed).items()
         }
         ledger = disclosure.DisclosureLedger(
             allowed=tuple(
                 d.item
                 for d in disclosure.declared_disclosures(
-                    reveal_weights=cfg.mpc.reveal_weights, track_loss=cfg.mpc.track_loss
+                    reveal_weights=cfg.mpc.reveal_weights, track_loss=cfg.mpc.track_loss,
+                    label_party=label_party,
                 )
-            )
+            ),
+            label_party=label_party,
         )
         losses = []
-        if me == LABEL_PARTY:
+        if holds_label:
             _write_json(progress_path, {"epoch": 0, "epochs": cfg.train.epochs,
                                         "elapsed_s": time.perf_counter() - t_start})
         monitor = torch.from_numpy(
@@ -282,7 +289,7 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
                                              ledger=ledger, me=me)
                     if loss is not None:
                         losses.append(float(loss))
-            if me == LABEL_PARTY:
+            if holds_label:
                 _write_json(progress_path, {"epoch": epoch + 1, "epochs": cfg.train.epochs,
                                             "elapsed_s": time.perf_counter() - t_start})
 
@@ -323,7 +330,7 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
     record["transcript_summary"] = transcript.summary()
     if party0_view is not None:
         np.savez(out / "audit" / "party0_view.npz", **party0_view.arrays())
-    if me == LABEL_PARTY:
+    if holds_label:
         record["train_loss"] = losses
         np.save(out / "test_scores.npy", scores.cpu().numpy().ravel())
         np.save(out / "y_test.npy", feats.y_test)
@@ -339,7 +346,9 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _check_peers(metas: dict) -> None:
+def _check_peers(metas: dict, *, label_party: Party) -> None:
+    from petlab.data.validation import check_schemas
+
     first = next(iter(metas.values()))
     for name, meta in metas.items():
         if meta["config_digest"] != first["config_digest"]:
@@ -351,3 +360,7 @@ def _check_peers(metas: dict) -> None:
             )
         if (meta["n_train"], meta["n_test"]) != (first["n_train"], first["n_test"]):
             raise RuntimeError(f"party {name} has a different number of rows")
+    label_column = metas[str(label_party)]["label_column"]
+    check_schemas(columns={name: meta["columns"] for name, meta in metas.items()},
+                  paths={name: f"(sha256 {meta['table_sha256'][:12]}…)" for name, meta in metas.items()},
+                  id_column=metas[str(label_party)]["id_column"], label_column=label_column, label_party=str(label_party))
