@@ -82,7 +82,8 @@ def load_result(*, run_dir):
 
 
 def run_notebooks(*, config: PocConfig, runs_root: str = "runs", out: str | None = None,
-                  progress: bool = True, notebooks: tuple[str, ...] = NOTEBOOKS):
+                  progress: bool = True, notebooks: tuple[str, ...] = NOTEBOOKS,
+                  require_result: bool = True):
     """Execute the notebooks with papermill into a new run folder and finish it.
 
     Args:
@@ -90,9 +91,12 @@ def run_notebooks(*, config: PocConfig, runs_root: str = "runs", out: str | None
         runs_root / out: where the run folder is made (see :func:`petlab.runs.create_run`).
         progress: papermill's cell progress bar.
         notebooks: notebook file names under ``notebooks/``, run in order.
+        require_result: the notebooks must record a training result (``metrics.json``);
+            ``False`` for a selection without notebook 02 (e.g. the data notebook alone).
 
     Returns:
-        The :class:`petlab.pipeline.PocResult` the last notebook recorded.
+        The :class:`petlab.pipeline.PocResult` the notebooks recorded, or ``None`` when
+        ``require_result`` is ``False`` and there is none.
     """
     import papermill as pm
 
@@ -113,10 +117,12 @@ def run_notebooks(*, config: PocConfig, runs_root: str = "runs", out: str | None
                 parameters={k: v for k, v in params.items() if k in declared},
                 cwd=str(root), progress_bar=progress, kernel_name="python3",
             )
-        result = load_result(run_dir=run.path)
-        from petlab.report import write_report
+        result = None
+        if require_result or run.file("metrics.json").is_file():
+            result = load_result(run_dir=run.path)
+            from petlab.report import write_report
 
-        write_report(run=run)  # again, now that the executed notebooks are saved
+            write_report(run=run)  # again, now that the executed notebooks are saved
     except BaseException as err:
         run.mark_failed(f"{type(err).__name__}: {err}".splitlines()[0])
         raise

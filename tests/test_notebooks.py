@@ -80,3 +80,26 @@ def test_data_notebook_alone_starts_and_finishes_its_own_run(tmp_path):
     assert json.loads((run / "status.json").read_text())["status"] == "complete"
     assert (run / "data_check.json").is_file() and (run / "params.json").is_file()
     assert (tmp_path / "data" / "gateway" / "engagement_n600_ov0.7_wx0.3_seed0.csv").is_file()
+
+
+@pytest.mark.notebooks
+def test_data_notebook_takes_your_own_tables_with_the_label_at_the_wallet(tmp_path):
+    """Notebook 01 with GATEWAY_TABLE / WALLET_TABLE / ... parameters (no MPC in it)."""
+    from petlab.data.synthetic import make_engagement_tables
+
+    t = make_engagement_tables(rows=800, seed=5, overlap=0.8, wallet_extra=0.2)
+    g = t["gateway"].rename(columns={"customer_id": "cid"})
+    w = t["wallet"].rename(columns={"customer_id": "cid"}).merge(g[["cid", "engaged"]], on="cid", how="left")
+    w["engaged"] = w["engaged"].fillna(0).astype(int)
+    g.drop(columns="engaged").to_csv(tmp_path / "g.csv", index=False)
+    w.to_parquet(tmp_path / "w.parquet", index=False)
+    config = poc_config(gateway_table=str(tmp_path / "g.csv"), wallet_table=str(tmp_path / "w.parquet"),
+                        id_column="cid", label_column="engaged", label_party="wallet")
+    assert notebook_parameters(config=config)["LABEL_PARTY"] == "wallet"
+    run_notebooks(config=config, runs_root=str(tmp_path / "runs"), progress=False,
+                  notebooks=("01_party_data.ipynb",), require_result=False)
+    (run,) = (tmp_path / "runs").iterdir()
+    check = {r["features"]: r["test_auc"] for r in json.loads((run / "data_check.json").read_text())}
+    assert check["joint"] > max(check["gateway only"], check["wallet only"])
+    assert (run / "figures" / "party_data.png").is_file()
+    assert json.loads((run / "status.json").read_text())["status"] == "complete"
