@@ -160,12 +160,29 @@ def _audit(args) -> int:
 
 
 def _party(args) -> int:
+    from petlab.config import ConfigError
+    from petlab.data.validation import TableError
     from petlab.mpc.job import Job
-    from petlab.mpc.party import run_party
+    from petlab.mpc.party import PeerLostError, run_party
+    from petlab.mpc.rendezvous import RendezvousError
 
     logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s {args.role} %(levelname)s %(message)s")
-    job = Job.load(args.job)
-    run_party(job=job, role=args.role)
+    if bool(args.job) == bool(args.config):
+        raise ConfigError("give either --config (a run file) or --job (written by the launcher)")
+    if args.job:
+        job = Job.load(args.job)
+    else:
+        from petlab.mpc.hosts import host_job
+
+        job = host_job(config_path=args.config, role=args.role, out=args.out, table=args.table)
+    try:
+        run_party(job=job, role=args.role)
+    except (RendezvousError, PeerLostError, TableError) as err:
+        print(f"petlab party: {args.role}: error: {err}", file=sys.stderr)
+        return 1
+    if args.config:
+        where = f"{job.out_dir}/{args.role}"
+        print(f"{args.role}: finished; record in {where}/ (result.json, status.json)")
     return 0
 
 
@@ -214,9 +231,16 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--quiet", action="store_true", help="no progress bars")
     audit.set_defaults(func=_audit)
 
-    party = sub.add_parser("party", help="run one role of an MPC job (started by the launcher)")
+    party = sub.add_parser("party", help="run one role of a joint run on this host",
+                           description="Run one role (gateway, wallet, or the dealer of the TTP "
+                           "provider) on this host, meeting the others over TCP as the run file "
+                           "says: petlab party --role gateway --config run.yaml. See "
+                           "petlab/mpc/hosts.py for the run file.")
     party.add_argument("--role", required=True, choices=["gateway", "wallet", "dealer"])
-    party.add_argument("--job", required=True, help="job file written by the launcher")
+    party.add_argument("--config", help="the run file (YAML) shared by the organisations")
+    party.add_argument("--table", help="this party's own table (overrides params.<role>_table)")
+    party.add_argument("--out", help="where this role writes <out>/<role>/ (overrides the run file)")
+    party.add_argument("--job", help=argparse.SUPPRESS)  # written by the embedded launcher
     party.set_defaults(func=_party)
     return parser
 
@@ -236,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as err:  # noqa: BLE001 - one clear line, details in the run folder
         if args.command == "party":
-            raise
+            raise  # the full traceback, in the party's log
         from petlab.mpc.launcher import MPCRunError
 
         if isinstance(err, MPCRunError):

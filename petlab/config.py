@@ -46,6 +46,12 @@ MIN_TRAIN_ROWS = 40  # below this a minibatch run says nothing
 MIN_TEST_ROWS = 20  # below this an AUC says nothing
 
 
+#: Settings each host chooses for itself; they are left out of the comparison of the
+#: parties' configurations at start-up.
+LOCAL_FIELDS = {"data": ("root", "gateway_table", "wallet_table"),
+                "mpc": ("threads_per_party", "timeout_s", "peer_timeout_s")}
+
+
 class ConfigError(ValueError):
     """A parameter value petlab cannot run with (the message is one line)."""
 
@@ -87,6 +93,7 @@ class MPCConfig:
     audit_party0_view: bool = False  # record party 0's view of the first feature-matrix Beaver triple
     threads_per_party: int = 1  # torch threads in each party process
     timeout_s: float = 3600.0  # a party run that takes longer is stopped and reported
+    peer_timeout_s: float = 120.0  # longest wait for a peer to appear or to answer; a lost peer ends the run within it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +104,16 @@ class PocConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def shared_dict(self) -> dict[str, Any]:
+        """The part every party must agree on: everything but each host's own settings
+        (where its table lives, its threads and timeouts)."""
+        d = self.to_dict()
+        for key in LOCAL_FIELDS["data"]:
+            d["data"].pop(key)
+        for key in LOCAL_FIELDS["mpc"]:
+            d["mpc"].pop(key)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "PocConfig":
@@ -217,6 +234,8 @@ def validate(cfg: PocConfig) -> None:
         raise ConfigError(f"lr must be positive, got {t.lr}")
     if not m.timeout_s > 0:
         raise ConfigError(f"timeout_s must be positive, got {m.timeout_s}")
+    if not m.peer_timeout_s > 0:
+        raise ConfigError(f"peer_timeout_s must be positive, got {m.peer_timeout_s}")
     dev = str(m.device)
     if dev != "cpu" and not dev.startswith("cuda"):
         raise ConfigError(f"unknown device {dev!r}: expected cpu or cuda[:N]")

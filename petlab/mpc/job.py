@@ -32,11 +32,12 @@ class Job:
 
     def shared_dict(self) -> dict:
         """The part every party must agree on (compared by digest at start-up)."""
-        return {"config": self.config.to_dict(), "address": self.address, "port": self.port,
+        return {"config": self.config.shared_dict(), "address": self.address, "port": self.port,
                 "psi_port": self.psi_port}
 
     def to_dict(self) -> dict:
-        return {**self.shared_dict(), "out_dir": self.out_dir, "tables": self.tables}
+        return {"config": self.config.to_dict(), "address": self.address, "port": self.port,
+                "psi_port": self.psi_port, "out_dir": self.out_dir, "tables": self.tables}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Job":

@@ -31,9 +31,10 @@ from petlab.models import ModelSpec, bce_loss, forward, gradients, init_params, 
 from petlab.mpc import disclosure
 from petlab.mpc.devices import resolve_device, stage_cuda_communication
 from petlab.mpc.job import Job
+from petlab.mpc.rendezvous import RendezvousError, bounded_waits, check_port_free, greet_peer, lost_peer
 from petlab.parties import DEALER, Party
 
-__all__ = ["run_party", "minibatches", "monitor_indices"]
+__all__ = ["run_party", "minibatches", "monitor_indices", "PeerLostError"]
 
 log = logging.getLogger("petlab.party")
 
@@ -66,6 +67,7 @@ class _Meter:
     def __init__(self, comm):
         self.comm = comm
         self.phases: dict[str, dict] = {}
+        self.current: str | None = None
 
     def phase(self, name):
         meter = self
@@ -75,6 +77,7 @@ class _Meter:
                 from petlab.audit.transcript import set_phase
 
                 set_phase(name)
+                meter.current = name
                 self.t0 = time.perf_counter()
                 self.c0 = dict(meter.comm.get().get_communication_stats())
 
@@ -124,25 +127,41 @@ def run_party(*, job: Job, role: str) -> None:
     cfg = job.config
     out = Path(job.out_dir) / role
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(cfg.mpc.threads_per_party)
-    crypten = import_crypten()
-    _configure_crypten(crypten, cfg)
+    if role == DEALER and cfg.mpc.provider != "TTP":
+        raise RendezvousError(f"the dealer role only exists under the TTP provider (this run uses "
+                              f"{cfg.mpc.provider}: the gateway deals the triples)")
+    _write_json(out / "status.json", {"status": "running", "role": role, "pid": os.getpid()})
+    try:
+        torch.set_num_threads(cfg.mpc.threads_per_party)
+        crypten = import_crypten()
+        _configure_crypten(crypten, cfg)
+        if role == DEALER:
+            _run_dealer(job=job, out=out)
+        else:
+            me = Party.parse(role)
+            device = resolve_device(cfg.mpc.device)
+            _run_data_party(crypten=crypten, job=job, me=me, device=device, out=out)
+    except BaseException as err:
+        _write_json(out / "status.json", {"status": "failed", "role": role,
+                                          "error": f"{type(err).__name__}: {err}".splitlines()[0]})
+        raise
+    _write_json(out / "status.json", {"status": "complete", "role": role})
 
-    if role == DEALER:
-        if cfg.mpc.provider != "TTP":
-            raise ValueError("the dealer role only exists under the TTP provider")
-        _set_rendezvous_env(job, rank=len(Party))
-        from crypten.mpc.provider.ttp_provider import TTPServer
 
-        t0 = time.perf_counter()
-        TTPServer()  # serves triples until party 0 says "terminate"
-        _write_json(out / "result.json", {"role": role, "seconds": time.perf_counter() - t0,
-                                          "compat_fixes": applied_fixes(), "pid": os.getpid()})
-        return
+def _run_dealer(*, job: Job, out: Path) -> None:
+    _set_rendezvous_env(job, rank=len(Party))
+    from crypten.mpc.provider.ttp_provider import TTPServer
 
-    me = Party.parse(role)
-    device = resolve_device(cfg.mpc.device)
-    _run_data_party(crypten=crypten, job=job, me=me, device=device, out=out)
+    t0 = time.perf_counter()
+    try:
+        with bounded_waits(job.config.mpc.peer_timeout_s):
+            TTPServer()  # serves triples until party 0 says "terminate"
+    except RuntimeError as err:  # TTPServer handles errors while serving; this is set-up
+        raise RendezvousError(f"the dealer could not meet the parties at tcp://{job.address}:{job.port} "
+                              f"within {job.config.mpc.peer_timeout_s:g} s: "
+                              f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    _write_json(out / "result.json", {"role": DEALER, "seconds": time.perf_counter() - t0,
+                                      "compat_fixes": applied_fixes(), "pid": os.getpid()})
 
 
 def _public_meta(job: Job, me: Party, feats, table_digest: str) -> dict:
@@ -174,11 +193,17 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
     table = read_party_file(table_path, party=str(me), id_column=source["id_column"])
     check_party_table(table, path=table_path, party=str(me), id_column=source["id_column"],
                       label_column=label_column)
+    # -- meet the peer: roles, versions and shared configuration must agree -----------
+    peer = next(p for p in Party if p != me)
+    if me.rank == 0:  # the gateway's host is the rendezvous: both ports must be free there
+        check_port_free(address=job.address, port=job.port, what="MPC rendezvous")
+    greet_peer(role=str(me), peer=str(peer), listen=(me.rank == 0), address=job.address, port=job.psi_port,
+               timeout_s=cfg.mpc.peer_timeout_s, shared=job.shared_dict())
     # -- private set intersection with the peer: only the shared customers go on -------
     # rank 0 listens, at the rendezvous address
     psi = private_intersection(ids=table[source["id_column"]].tolist(), listen=(me.rank == 0),
                                address=job.address, port=job.psi_port,
-                               timeout_s=min(cfg.mpc.timeout_s, 300.0))
+                               timeout_s=cfg.mpc.peer_timeout_s)
     try:
         check_split_size(shared=len(psi.ids), test_fraction=cfg.data.test_fraction)
     except ConfigError as err:
@@ -218,7 +243,14 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
             x_shape_filter=lambda size: len(size) == 2 and size[0] == first_batch
             and size[1] == total_features[0]))
     t_start = time.perf_counter()
-    crypten.init()
+    others = [str(peer)] + ([DEALER] if cfg.mpc.provider == "TTP" else [])
+    try:
+        with bounded_waits(cfg.mpc.peer_timeout_s):
+            crypten.init()
+    except RuntimeError as err:
+        raise RendezvousError(f"could not set up MPC with the {' and the '.join(others)} at tcp://"
+                              f"{job.address}:{job.port} within {cfg.mpc.peer_timeout_s:g} s: "
+                              f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     meter = _Meter(comm)
     progress_path = out / "progress.json"
     try:
@@ -303,8 +335,15 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
                     if value is not None:
                         weights[name] = value.cpu().numpy()
         total = comm.get().get_communication_stats()
+    except (RendezvousError, disclosure.DisclosureError):
+        raise
+    except RuntimeError as err:  # gloo: connection closed or reset by a peer, or a wait timed out
+        lost = lost_peer(error=err, me=str(me), provider=cfg.mpc.provider)
+        raise PeerLostError(f"lost the {lost} during {meter.current or 'start-up'} (within "
+                            f"{cfg.mpc.peer_timeout_s:g} s of its last message): "
+                            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     finally:
-        crypten.uninit()
+        _uninit_quietly(crypten)
 
     record = {
         "role": str(me),
@@ -333,10 +372,26 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
     if holds_label:
         record["train_loss"] = losses
         np.save(out / "test_scores.npy", scores.cpu().numpy().ravel())
+        from petlab.metrics import binary_metrics
+
+        m = binary_metrics(y_true=feats.y_test, scores=scores.cpu().numpy().ravel())
+        record["metrics"] = {"auc": m.auc, "accuracy": m.accuracy, "log_loss": m.log_loss}
         np.save(out / "y_test.npy", feats.y_test)
         if weights:
             np.savez(out / "weights.npz", **weights)
     _write_json(out / "result.json", record)
+
+
+class PeerLostError(RuntimeError):
+    """Another role stopped answering, or closed its connection, during the run."""
+
+
+def _uninit_quietly(crypten) -> None:
+    """Tear CrypTen down; after a lost peer that can fail too, and must not hide why."""
+    try:
+        crypten.uninit()
+    except Exception:  # noqa: BLE001 - the first error is the one to report
+        log.debug("crypten.uninit failed after an error", exc_info=True)
 
 
 def _peak_rss_mb() -> float:
@@ -352,14 +407,14 @@ def _check_peers(metas: dict, *, label_party: Party) -> None:
     first = next(iter(metas.values()))
     for name, meta in metas.items():
         if meta["config_digest"] != first["config_digest"]:
-            raise RuntimeError(f"party {name} runs with a different configuration")
+            raise RendezvousError(f"party {name} runs with a different configuration")
         if meta["id_digest"] != first["id_digest"]:
-            raise RuntimeError(
+            raise RendezvousError(
                 f"party {name} holds a different set of customer ids: the rows cannot be "
                 "aligned by id order (private set intersection is needed)"
             )
         if (meta["n_train"], meta["n_test"]) != (first["n_train"], first["n_test"]):
-            raise RuntimeError(f"party {name} has a different number of rows")
+            raise RendezvousError(f"party {name} has a different number of rows")
     label_column = metas[str(label_party)]["label_column"]
     check_schemas(columns={name: meta["columns"] for name, meta in metas.items()},
                   paths={name: f"(sha256 {meta['table_sha256'][:12]}…)" for name, meta in metas.items()},
