@@ -69,7 +69,10 @@ def bench_psi(*, n: int, overlap: float = 0.7) -> dict:
             "peak_rss_mb": max(r["peak_rss_mb"] for r in results)}
 
 
-SECTIONS = ("mpc", "psi")
+SECTIONS = ("mpc", "psi", "wan")
+
+#: Where the WAN section also keeps its points, for notebook 04.
+WAN_RESULTS = "benchmarks/wan.json"
 
 HEADER = """# Benchmarks
 
@@ -108,12 +111,14 @@ def merge_sections(*, text: str, sections: dict[str, str]) -> str:
 
 def run_benchmarks(*, sizes, providers, models, epochs: int, output: str, data_root: str,
                    runs_root: str = "runs", psi_sizes=(10_000, 100_000),
-                   sections=SECTIONS) -> list[dict]:
+                   sections=SECTIONS, wan: dict | None = None) -> list[dict]:
     """Measure the requested sections and rewrite them in ``output`` (others are kept).
 
     Args:
         sizes, providers, models, epochs: the MPC configurations (section ``mpc``).
         psi_sizes: ids per side for section ``psi``.
+        wan: keyword arguments of :func:`petlab.wan.measure_wan` for section ``wan``
+            (rtts_ms, rates_mbit, providers, models, rows, epochs).
         output: the markdown file to update.
         data_root, runs_root: where party tables and run folders go.
         sections: which of :data:`SECTIONS` to measure.
@@ -162,12 +167,84 @@ def run_benchmarks(*, sizes, providers, models, epochs: int, output: str, data_r
             psi_rows.append(bench_psi(n=n))
         command = f"petlab bench --sections psi --psi-sizes {' '.join(map(str, psi_sizes))}"
         rendered["psi"] = render_psi(rows=psi_rows, command=command, machine=_machine())
+    if "wan" in sections:
+        rendered["wan"] = _bench_wan(wan=wan or {}, root=root)
     path = Path(output)
     text = merge_sections(text=path.read_text() if path.is_file() else "", sections=rendered)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
     return rows
+
+
+def _bench_wan(*, wan: dict, root: Path) -> str:
+    import dataclasses
+    import json
+
+    from petlab.wan import measure_wan, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        raise RuntimeError(f"the wan section needs network namespaces: {reason}")
+    settings = {"rtts_ms": [1, 35, 80, 180], "rates_mbit": [1000, 100], "providers": ["TFP", "TTP"],
+                "models": ["logreg", "mlp"], "rows": 2000, "epochs": 1, **wan}
+    points = measure_wan(out_dir=root / "wan", **settings)
+    command = ("petlab bench --sections wan "
+               f"--wan-rtts {' '.join(f'{r:g}' for r in settings['rtts_ms'])} "
+               f"--wan-rates {' '.join(f'{r:g}' for r in settings['rates_mbit'])} "
+               f"--wan-providers {' '.join(settings['providers'])} --wan-models {' '.join(settings['models'])} "
+               f"--wan-rows {settings['rows']} --wan-epochs {settings['epochs']}")
+    rows = [dataclasses.asdict(p) for p in points]
+    Path(WAN_RESULTS).parent.mkdir(parents=True, exist_ok=True)
+    Path(WAN_RESULTS).write_text(json.dumps({"command": command, "machine": _machine(), "when": _stamp(),
+                                             "points": rows}, indent=1))
+    return render_wan(rows=rows, command=command, machine=_machine())
+
+
+def rounds_model(rows: list[dict]) -> list[dict]:
+    """Each point with the time the rounds model predicts: the same configuration's time
+    at the smallest RTT, plus (rounds × the extra RTT).
+
+    >>> pts = [{"provider": "TFP", "model": "logreg", "rate_mbit": 100, "rtt_ms": 1, "seconds": 2.0,
+    ...         "rounds": 100}, {"provider": "TFP", "model": "logreg", "rate_mbit": 100,
+    ...         "rtt_ms": 51, "seconds": 7.5, "rounds": 100}]
+    >>> [round(r["predicted_s"], 2) for r in rounds_model(pts)]
+    [2.0, 7.0]
+    """
+    out = []
+    for r in rows:
+        same = [q for q in rows if (q["provider"], q["model"], q["rate_mbit"]) == (r["provider"], r["model"], r["rate_mbit"])]
+        base = min(same, key=lambda q: q["rtt_ms"])
+        predicted = base["seconds"] + r["rounds"] * (r["rtt_ms"] - base["rtt_ms"]) / 1000
+        out.append({**r, "predicted_s": predicted})
+    return out
+
+
+def render_wan(*, rows: list[dict], command: str, machine: str) -> str:
+    """The cross-border-link section for measured ``rows``."""
+    lines = [
+        "## Cross-border links (emulated WAN)",
+        "",
+        f"Measured by `{command}` on {_stamp()}, on: {machine}.",
+        "",
+        "Each role (gateway, wallet and, under TTP, the dealer) ran `petlab party --config` in its",
+        "own network namespace; the namespaces were joined by petlab's user-space link emulator",
+        "(`petlab/wan.py`: TUN interfaces, each packet delayed by RTT/2 plus its serialisation time",
+        "at the rate; `tc netem` is not in this machine's kernel). **TCP RTT** is a measured TCP",
+        "connect time across the link. **seconds**: gateway's secret-sharing + training time.",
+        "**predicted**: the rounds model, time at the smallest RTT + rounds × the extra RTT.",
+        "Rows: the gateway's customers (70% shared); the MLP has 16 hidden units.",
+        "",
+        "| model | provider | RTT ms | Mbit/s | TCP RTT ms | seconds | rounds | MB (gateway) | predicted s | measured / predicted | AUC |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rounds_model(rows):
+        lines.append(
+            f"| {r['model']} | {r['provider']} | {r['rtt_ms']:g} | {r['rate_mbit']:g} | {r['ping_ms']:.1f} "
+            f"| {r['seconds']:.1f} | {r['rounds']:,} | {r['bytes'] / 1e6:,.1f} | {r['predicted_s']:.1f} "
+            f"| {r['seconds'] / r['predicted_s']:.2f} | {r['auc']:.4f} |")
+    lines += ["", f"Points also in `{WAN_RESULTS}` (plotted by `notebooks/04_cross_border_links.ipynb`)."]
+    return "\n".join(lines)
 
 
 def _stamp() -> str:

@@ -53,6 +53,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="do not reveal the per-epoch training loss")
     g.add_argument("--threads-per-party", type=int, help=f"torch threads per party (default {_M.threads_per_party})")
     g.add_argument("--timeout", dest="timeout_s", type=float, help=f"seconds before the MPC run is stopped (default {_M.timeout_s:g})")
+    g.add_argument("--peer-timeout", dest="peer_timeout_s", type=float,
+                   help=f"longest wait for a peer to appear or answer (default {_M.peer_timeout_s:g})")
     g = p.add_argument_group("output")
     g.add_argument("--params", help="JSON or YAML file of parameters (flags override it)")
     g.add_argument("--out", help="new run folder (must not exist or be empty)")
@@ -61,7 +63,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 _CONFIG_KEYS = ("source", "gateway_table", "wallet_table", "id_column", "label_column", "label_party", "rows", "overlap", "wallet_extra", "seed", "test_fraction", "root", "model", "epochs", "batch_size", "lr", "hidden",
-                "provider", "device", "reveal_weights", "track_loss", "threads_per_party", "timeout_s")
+                "provider", "device", "reveal_weights", "track_loss", "threads_per_party", "timeout_s", "peer_timeout_s")
 
 
 def _config_from_args(args):
@@ -129,7 +131,9 @@ def _bench(args) -> int:
 
     run_benchmarks(sizes=args.sizes, providers=args.providers, models=args.models, epochs=args.epochs,
                    output=args.output, data_root=args.data_root, psi_sizes=args.psi_sizes,
-                   sections=args.sections)
+                   sections=args.sections,
+                   wan={"rtts_ms": args.wan_rtts, "rates_mbit": args.wan_rates, "providers": args.wan_providers,
+                        "models": args.wan_models, "rows": args.wan_rows, "epochs": args.wan_epochs})
     return 0
 
 
@@ -211,9 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--epochs", type=int, default=1, help="epochs per configuration (default 1)")
     bench.add_argument("--psi-sizes", type=int, nargs="*", default=[10_000, 100_000],
                        help="ids per side for the PSI benchmark (default 10000 100000)")
-    bench.add_argument("--sections", nargs="+", default=["mpc", "psi"],
-                       help="which sections of the file to measure and rewrite: mpc, psi (default both; "
-                       "the others are kept)")
+    bench.add_argument("--sections", nargs="+", default=["mpc", "psi", "wan"],
+                       help="which sections of the file to measure and rewrite: mpc, psi, wan (default "
+                       "all; the others are kept)")
+    bench.add_argument("--wan-rtts", type=float, nargs="+", default=[1, 35, 80, 180], help="round-trip times, ms")
+    bench.add_argument("--wan-rates", type=float, nargs="+", default=[1000, 100], help="link rates, Mbit/s")
+    bench.add_argument("--wan-providers", nargs="+", default=["TFP", "TTP"], help="default TFP TTP")
+    bench.add_argument("--wan-models", nargs="+", default=["logreg", "mlp"], help="default logreg mlp")
+    bench.add_argument("--wan-rows", type=int, default=2000, help="gateway customers per WAN run (default 2000)")
+    bench.add_argument("--wan-epochs", type=int, default=1, help="epochs per WAN run (default 1)")
     bench.add_argument("--output", default="BENCHMARKS.md", help="file to rewrite (default BENCHMARKS.md)")
     bench.add_argument("--data-root", default="data/parties", help="party tables (default data/parties)")
     bench.set_defaults(func=_bench)

@@ -27,7 +27,7 @@ from petlab.net import free_port
 pytestmark = pytest.mark.mpc
 
 STARTUP_S = 60  # interpreter + torch + CrypTen start-up, generous for a loaded CI machine
-PEER_TIMEOUT_S = 8  # the runs' peer_timeout_s: the bound on every wait for a peer
+PEER_TIMEOUT_S = 20  # the runs' peer_timeout_s: the bound on every wait for a peer
 
 
 def _run_file(tmp_path, *, name="run.yaml", address="127.0.0.1", ports=None, out=None, **params):
@@ -67,7 +67,7 @@ def _status(doc, role):
 
 
 def test_parties_and_dealer_as_separate_commands_train_together(tmp_path):
-    run_file, doc = _run_file(tmp_path, provider="TTP")
+    run_file, doc = _run_file(tmp_path, provider="TTP", peer_timeout_s=120)
     procs = {role: _start(role, run_file) for role in ("gateway", "wallet", "dealer")}
     results = {role: _finish(p, 600) for role, p in procs.items()}
     for role, (code, _, err) in results.items():
@@ -208,7 +208,8 @@ def two_namespaces():
 
 def test_parties_in_separate_network_namespaces_train_over_a_veth_link(tmp_path, two_namespaces):
     net = two_namespaces
-    run_file, doc = _run_file(tmp_path, address=net["ips"]["gateway"], ports=(29500, 29501))
+    run_file, doc = _run_file(tmp_path, address=net["ips"]["gateway"], ports=(29500, 29501),
+                              peer_timeout_s=120)
 
     def rx_bytes(role):
         return int(subprocess.run(["ip", "netns", "exec", net["ns"][role], "cat",

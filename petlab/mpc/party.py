@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -31,7 +32,8 @@ from petlab.models import ModelSpec, bce_loss, forward, gradients, init_params, 
 from petlab.mpc import disclosure
 from petlab.mpc.devices import resolve_device, stage_cuda_communication
 from petlab.mpc.job import Job
-from petlab.mpc.rendezvous import RendezvousError, bounded_waits, check_port_free, greet_peer, lost_peer
+from petlab.mpc.rendezvous import (RendezvousError, bounded_waits, check_port_free, greet_peer, lost_peer,
+                                   use_interface_towards, watchdog)
 from petlab.parties import DEALER, Party
 
 __all__ = ["run_party", "minibatches", "monitor_indices", "PeerLostError"]
@@ -150,6 +152,7 @@ def run_party(*, job: Job, role: str) -> None:
 
 def _run_dealer(*, job: Job, out: Path) -> None:
     _set_rendezvous_env(job, rank=len(Party))
+    use_interface_towards(job.address)
     from crypten.mpc.provider.ttp_provider import TTPServer
 
     t0 = time.perf_counter()
@@ -244,8 +247,19 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
             and size[1] == total_features[0]))
     t_start = time.perf_counter()
     others = [str(peer)] + ([DEALER] if cfg.mpc.provider == "TTP" else [])
+    interface = use_interface_towards(job.address)  # what gloo advertises to the other hosts
+    setup_limit = cfg.mpc.peer_timeout_s + 30  # gloo's own bound, plus time to report it
+
+    def setup_stuck():
+        message = (f"could not set up MPC with the {' and the '.join(others)} at tcp://{job.address}:"
+                   f"{job.port} within {setup_limit:g} s (interface {interface or 'default'})")
+        _write_json(out / "status.json", {"status": "failed", "role": str(me),
+                                          "error": f"RendezvousError: {message}"})
+        print(f"petlab party: {me}: error: {message}", file=sys.stderr, flush=True)
+        os._exit(1)
+
     try:
-        with bounded_waits(cfg.mpc.peer_timeout_s):
+        with watchdog(seconds=setup_limit, on_expiry=setup_stuck), bounded_waits(cfg.mpc.peer_timeout_s):
             crypten.init()
     except RuntimeError as err:
         raise RendezvousError(f"could not set up MPC with the {' and the '.join(others)} at tcp://"

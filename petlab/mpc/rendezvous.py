@@ -24,7 +24,7 @@ import struct
 import time
 
 __all__ = ["RendezvousError", "check_port_free", "greet_peer", "diff_shared", "bounded_waits",
-           "lost_peer"]
+           "lost_peer", "interface_towards", "use_interface_towards", "watchdog"]
 
 
 class RendezvousError(RuntimeError):
@@ -189,3 +189,65 @@ def lost_peer(*, error: BaseException, me: str, provider: str) -> str:
         if any("ttp_provider" in f.filename for f in frames):
             return "dealer"
     return "wallet" if me == "gateway" else "gateway"
+
+
+def interface_towards(address: str) -> tuple[str, str] | None:
+    """(interface name, local IPv4 address) this host uses to reach ``address``;
+    ``None`` for loopback or when it cannot be told.
+
+    gloo advertises the address its host name resolves to, often 127.0.0.1, which the
+    other hosts cannot reach; pointing it at this interface (``GLOO_SOCKET_IFNAME``) makes
+    multi-host runs work without any network configuration by the user.
+
+    >>> interface_towards("127.0.0.1") is None
+    True
+    """
+    import fcntl
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((address, 9))  # no packet is sent: this only picks the route
+            local = probe.getsockname()[0]
+    except OSError:
+        return None
+    if local.startswith("127."):
+        return None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            try:
+                raw = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name[:15].encode()))  # SIOCGIFADDR
+            except OSError:
+                continue
+            if socket.inet_ntoa(raw[20:24]) == local:
+                return name, local
+    return None
+
+
+def use_interface_towards(address: str) -> str | None:
+    """Set ``GLOO_SOCKET_IFNAME`` to the interface towards ``address`` (unless the user
+    set it); returns the interface used, or ``None``."""
+    import os
+
+    if os.environ.get("GLOO_SOCKET_IFNAME"):
+        return os.environ["GLOO_SOCKET_IFNAME"]
+    found = interface_towards(address)
+    if found:
+        os.environ["GLOO_SOCKET_IFNAME"] = found[0]
+        return found[0]
+    return None
+
+
+@contextlib.contextmanager
+def watchdog(*, seconds: float, on_expiry):
+    """Call ``on_expiry()`` (which should end the process) if the block has not finished
+    within ``seconds``: the last line of defence for waits inside native code that no
+    Python timeout reaches."""
+    import threading
+
+    timer = threading.Timer(seconds, on_expiry)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
