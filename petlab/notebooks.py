@@ -18,7 +18,8 @@ __all__ = ["NOTEBOOKS", "notebook_dir", "project_root", "work_from_project_root"
            "notebook_parameters", "run_for_notebook", "run_notebooks", "load_result"]
 
 #: Executed in this order by :func:`run_notebooks`.
-NOTEBOOKS = ("01_party_data.ipynb", "02_joint_training_mpc.ipynb", "03_privacy_audit.ipynb")
+NOTEBOOKS = ("01_party_data.ipynb", "02_joint_training_mpc.ipynb", "03_privacy_audit.ipynb",
+             "04_cross_border_links.ipynb")
 
 
 def project_root() -> Path:

@@ -238,3 +238,29 @@ def plot_reconstruction(*, pairs: dict):
     fig.suptitle("Can the gateway (party 0) undo the masks on the wallet's features?")
     fig.tight_layout()
     return fig
+
+
+def plot_wan(*, points: list[dict]):
+    """Training time against round-trip time, one panel per link rate: measured (solid,
+    markers) and the rounds model (dashed: time at the smallest RTT + rounds × extra RTT).
+
+    Args:
+        points: measured configurations, as in ``benchmarks/wan.json`` (``points``).
+    """
+    from petlab.bench import rounds_model
+
+    plt, sns = _plt()
+    table = pd.DataFrame(rounds_model(points))
+    table["configuration"] = table["model"] + " · " + table["provider"]
+    rates = sorted(table["rate_mbit"].unique(), reverse=True)
+    fig, axes = plt.subplots(1, len(rates), figsize=(6 * len(rates), 4), sharey=True, squeeze=False)
+    for ax, rate in zip(axes[0], rates):
+        part = table[table["rate_mbit"] == rate].sort_values("rtt_ms")
+        sns.lineplot(data=part, x="rtt_ms", y="seconds", hue="configuration", marker="o", ax=ax)
+        for (name, group), color in zip(part.groupby("configuration"), sns.color_palette()):
+            ax.plot(group["rtt_ms"], group["predicted_s"], linestyle="--", color=color, alpha=0.7)
+        ax.set_title(f"{rate:g} Mbit/s (dashed: time at lowest RTT + rounds × RTT)")
+        ax.set_xlabel("round-trip time (ms)")
+        ax.set_ylabel("MPC sharing + training (s)")
+    fig.tight_layout()
+    return fig

@@ -41,7 +41,9 @@ def test_notebook_defaults_equal_the_config_defaults(name):
     for key, value in expected.items():
         if key in values:  # the audit notebook has its own sizes (AUDIT_ROWS, AUDIT_EPOCHS)
             assert values[key] == value, key
-    assert {"RUN_DIR", "RUNS_ROOT", "SEED", "DATA_ROOT", "MODEL"} <= set(values)
+    assert {"RUN_DIR", "RUNS_ROOT"} <= set(values)
+    if name != "04_cross_border_links.ipynb":  # 04 plots measured WAN points, no run parameters
+        assert {"SEED", "DATA_ROOT", "MODEL"} <= set(values)
 
 
 @pytest.mark.notebooks
