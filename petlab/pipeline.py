@@ -303,7 +303,7 @@ def write_record(*, config: PocConfig, tables: dict, mpc: MPCRun, references: di
         from petlab import plots, report
 
         plots.save_poc_figures(result=result, folder=run.file("figures"))
-        report.write_report(run=run, config=config, tables=tables)
+        report.write_report(run=run)
     return result
 
 

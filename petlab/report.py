@@ -199,6 +199,7 @@ def render_report(*, run_dir: Path) -> str:
             + "\n".join(parts) + "</body></html>")
 
 
-def write_report(*, run, config=None, tables=None) -> Path:
-    """Write ``report.html`` into the run folder and return its path."""
+def write_report(*, run) -> Path:
+    """Write ``report.html`` into the run folder (from what the folder holds: metrics,
+    parameters, environment, figures, audit) and return its path."""
     return run.write_text("report.html", render_report(run_dir=run.path))
