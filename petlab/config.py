@@ -49,7 +49,7 @@ MIN_TEST_ROWS = 20  # below this an AUC says nothing
 #: Settings each host chooses for itself; they are left out of the comparison of the
 #: parties' configurations at start-up.
 LOCAL_FIELDS = {"data": ("root", "gateway_table", "wallet_table"),
-                "mpc": ("threads_per_party", "timeout_s", "peer_timeout_s")}
+                "mpc": ("threads_per_party", "timeout_s", "peer_timeout_s", "fast_config")}
 
 
 class ConfigError(ValueError):
@@ -94,6 +94,7 @@ class MPCConfig:
     threads_per_party: int = 1  # torch threads in each party process
     timeout_s: float = 3600.0  # a party run that takes longer is stopped and reported
     peer_timeout_s: float = 120.0  # longest wait for a peer to appear or to answer; a lost peer ends the run within it
+    fast_config: bool = True  # CrypTen reads its settings from plain dicts, not OmegaConf (same values, faster)
 
 
 @dataclasses.dataclass(frozen=True)

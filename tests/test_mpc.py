@@ -125,3 +125,18 @@ def test_real_credit_data_runs_end_to_end(small_config, tmp_path):
     assert abs(m["auc"]["mpc"] - m["auc"]["plaintext"]) < 0.005
     assert m["auc"]["plaintext"] > max(m["auc"]["gateway_only"], m["auc"]["wallet_only"])
     assert m["auc"]["plaintext"] > 0.8
+
+
+def test_fast_config_gives_the_standard_results(small_config, tmp_path):
+    """CrypTen's settings read from plain dicts (the default) or through OmegaConf: the
+    same protocol (identical bytes and rounds) and the same model up to fixed-point noise."""
+    runs = {}
+    for fast in (False, True):
+        config = small_config(provider="TTP", fast_config=fast, epochs=2)
+        runs[fast] = run_poc(config=config, runs_root=str(tmp_path / f"runs-{fast}"), progress=False)
+    slow, quick = runs[False].metrics, runs[True].metrics
+    assert slow["comm"] == quick["comm"]
+    assert abs(slow["auc"]["mpc"] - quick["auc"]["mpc"]) < 0.002
+    w = {fast: np.load(r.run.path / "parties" / "gateway" / "weights.npz") for fast, r in runs.items()}
+    for name in w[True].files:
+        assert np.max(np.abs(w[True][name] - w[False][name])) < 0.005

@@ -106,6 +106,10 @@ def _write_json(path: Path, payload: dict) -> None:
 def _configure_crypten(crypten, cfg: PocConfig) -> None:
     crypten.cfg.mpc.provider = cfg.mpc.provider
     crypten.cfg.communicator.verbose = True  # count bytes and rounds
+    if cfg.mpc.fast_config:  # last: every setting above is kept
+        from petlab.mpc.fastconfig import freeze_crypten_config
+
+        freeze_crypten_config(crypten)
 
 
 def _set_rendezvous_env(job: Job, rank: int) -> None:
