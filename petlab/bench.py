@@ -261,7 +261,7 @@ def render_mpc(*, rows: list[dict], command: str, machine: str) -> str:
         "- **MPC s**: gateway's wall time for secret-sharing the inputs and the training loop (both",
         "  parties and, under TTP, the dealer each in their own process on this machine, over",
         "  loopback TCP); process start-up, loss monitoring and the final reveals are excluded.",
-        f"- **plaintext s**: the same model, data, initial weights and minibatch order in PyTorch on",
+        "- **plaintext s**: the same model, data, initial weights and minibatch order in PyTorch on",
         f"  one thread, median of {PLAINTEXT_REPEATS} repetitions.",
         "- **bytes / rounds**: CrypTen's own communicator counts per party (8 bytes per ring",
         "  element, sent + received) over input sharing, training and reveals.",

@@ -8,7 +8,6 @@ plus ``RUN_DIR`` and ``RUNS_ROOT``.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 

@@ -35,26 +35,31 @@ import time
 import uuid
 from pathlib import Path
 
-__all__ = ["LinkEmulator", "emulated_network", "unavailable_reason", "measure_wan", "WanPoint"]
+__all__ = ["LinkEmulator", "emulated_network", "unavailable_reason", "netns_unavailable_reason", "measure_wan", "WanPoint"]
 
 _TUNSETIFF, _IFF_TUN, _IFF_NO_PI = 0x400454CA, 0x0001, 0x1000
 MTU = 65000  # large packets: fewer of them for the emulator to move
 
 
-def unavailable_reason() -> str | None:
-    """Why namespaces and TUN links cannot be made here, or ``None`` when they can."""
+def netns_unavailable_reason() -> str | None:
+    """Why network namespaces cannot be made here, or ``None`` when they can."""
     if os.geteuid() != 0:
-        return "network namespaces and TUN devices need root"
+        return "network namespaces need root"
     if not shutil.which("ip"):
         return "the `ip` command (iproute2) is not installed"
-    if not os.path.exists("/dev/net/tun"):
-        return "/dev/net/tun is missing (no TUN support)"
     name = f"plprobe{uuid.uuid4().hex[:6]}"
     probe = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
     if probe.returncode != 0:
         return f"cannot create a network namespace here: {probe.stderr.strip()}"
     subprocess.run(["ip", "netns", "del", name], capture_output=True)
     return None
+
+
+def unavailable_reason() -> str | None:
+    """Why namespaces joined by emulated links cannot be made here, or ``None``."""
+    if not os.path.exists("/dev/net/tun"):
+        return "/dev/net/tun is missing (no TUN support)"
+    return netns_unavailable_reason()
 
 
 def _open_tun(name: str) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -164,23 +163,12 @@ def test_a_peer_killed_mid_training_fails_the_survivor_within_the_bound(tmp_path
     assert not (Path(doc["out"]) / "gateway" / "result.json").exists()
 
 
-def _netns_available() -> str | None:
-    if os.geteuid() != 0:
-        return "network namespaces need root"
-    if not shutil.which("ip"):
-        return "the `ip` command (iproute2) is not installed"
-    name = f"petlab-probe-{uuid.uuid4().hex[:6]}"
-    probe = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
-    if probe.returncode != 0:
-        return f"cannot create a network namespace here: {probe.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", name], capture_output=True)
-    return None
-
-
 @pytest.fixture
 def two_namespaces():
     """Namespaces gw and wl joined by a veth pair: 10.213.0.1 (gateway) and 10.213.0.2."""
-    reason = _netns_available()
+    from petlab.wan import netns_unavailable_reason
+
+    reason = netns_unavailable_reason()
     if reason:
         pytest.skip(reason)
     tag = uuid.uuid4().hex[:5]

@@ -6,7 +6,6 @@ These start real party processes (and the dealer under TTP) on loopback.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
