@@ -129,6 +129,13 @@ def run_benchmarks(*, sizes, providers, models, epochs: int, output: str, data_r
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         raise ConfigError(f"unknown benchmark section(s) {sorted(unknown)}: expected {', '.join(SECTIONS)}")
+    if "wan" in sections:  # before anything is measured: fail fast, not after an hour
+        from petlab.wan import unavailable_reason
+
+        reason = unavailable_reason()
+        if reason:
+            raise ConfigError(f"the wan section needs network namespaces and TUN links: {reason} "
+                              "(measure the other sections with --sections mpc psi)")
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     root = Path(runs_root) / f"bench-{stamp}"
     rendered: dict[str, str] = {}
@@ -181,11 +188,8 @@ def _bench_wan(*, wan: dict, root: Path) -> str:
     import dataclasses
     import json
 
-    from petlab.wan import measure_wan, unavailable_reason
+    from petlab.wan import measure_wan
 
-    reason = unavailable_reason()
-    if reason:
-        raise RuntimeError(f"the wan section needs network namespaces: {reason}")
     settings = {"rtts_ms": [1, 35, 80, 180], "rates_mbit": [1000, 100], "providers": ["TFP", "TTP"],
                 "models": ["logreg", "mlp"], "rows": 2000, "epochs": 1, **wan}
     points = measure_wan(out_dir=root / "wan", **settings)
