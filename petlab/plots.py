@@ -256,9 +256,12 @@ def plot_wan(*, points: list[dict]):
     fig, axes = plt.subplots(1, len(rates), figsize=(6 * len(rates), 4), sharey=True, squeeze=False)
     for ax, rate in zip(axes[0], rates):
         part = table[table["rate_mbit"] == rate].sort_values("rtt_ms")
-        sns.lineplot(data=part, x="rtt_ms", y="seconds", hue="configuration", marker="o", ax=ax)
-        for (name, group), color in zip(part.groupby("configuration"), sns.color_palette()):
-            ax.plot(group["rtt_ms"], group["predicted_s"], linestyle="--", color=color, alpha=0.7)
+        names = sorted(table["configuration"].unique())
+        colors = dict(zip(names, sns.color_palette(n_colors=len(names))))
+        sns.lineplot(data=part, x="rtt_ms", y="seconds", hue="configuration", hue_order=names,
+                     palette=colors, marker="o", ax=ax)
+        for name, group in part.groupby("configuration"):
+            ax.plot(group["rtt_ms"], group["predicted_s"], linestyle="--", color=colors[name], alpha=0.7)
         ax.set_title(f"{rate:g} Mbit/s (dashed: time at lowest RTT + rounds × RTT)")
         ax.set_xlabel("round-trip time (ms)")
         ax.set_ylabel("MPC sharing + training (s)")
