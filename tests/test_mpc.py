@@ -95,7 +95,7 @@ def test_too_few_shared_customers_fail_cleanly_and_mark_the_run_failed(small_con
     wallet = pd.read_csv(tables["wallet"]["path"], dtype={"customer_id": str})
     wallet["customer_id"] = "W" + wallet["customer_id"]  # no customer in common any more
     wallet.iloc[:30].to_csv(tables["wallet"]["path"], index=False)
-    with pytest.raises(MPCRunError, match="found 0 shared customers"):
+    with pytest.raises(MPCRunError, match="private set intersection: 0 shared customers: too few"):
         run_poc(config=config, runs_root=str(tmp_path / "runs"), progress=False)
     (run_dir,) = list((tmp_path / "runs").iterdir())
     status = json.loads((run_dir / "status.json").read_text())
