@@ -31,6 +31,13 @@ class RendezvousError(RuntimeError):
     """The parties could not meet, or met and disagree (the message says which)."""
 
 
+def _listen_error(err: OSError, *, address: str, port: int, what: str) -> RendezvousError:
+    if err.errno == errno.EADDRINUSE:
+        return RendezvousError(f"{what} port {port} on {address} is already in use "
+                               "(another run, or another program): choose another port")
+    return RendezvousError(f"cannot listen on {address}:{port} for the {what} ({err.strerror})")
+
+
 def check_port_free(*, address: str, port: int, what: str) -> None:
     """Raise :class:`RendezvousError` when ``port`` cannot be bound at ``address``."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -38,10 +45,7 @@ def check_port_free(*, address: str, port: int, what: str) -> None:
         try:
             s.bind((address, port))
         except OSError as err:
-            if err.errno == errno.EADDRINUSE:
-                raise RendezvousError(f"{what} port {port} on {address} is already in use "
-                                      "(another run, or another program): choose another port") from None
-            raise RendezvousError(f"cannot listen on {address}:{port} for the {what} ({err.strerror})") from None
+            raise _listen_error(err, address=address, port=port, what=what) from None
 
 
 def diff_shared(mine: dict, theirs: dict, prefix: str = "") -> list[str]:
@@ -99,10 +103,7 @@ def greet_peer(*, role: str, peer: str, listen: bool, address: str, port: int, t
         try:
             server = socket.create_server((address, port))
         except OSError as err:
-            if err.errno == errno.EADDRINUSE:
-                raise RendezvousError(f"greeting/PSI port {port} on {address} is already in use "
-                                      "(another run, or another program): choose another port") from None
-            raise RendezvousError(f"cannot listen on {address}:{port} ({err.strerror})") from None
+            raise _listen_error(err, address=address, port=port, what="greeting/PSI") from None
         with server:
             server.settimeout(timeout_s)
             try:
