@@ -1,0 +1,69 @@
+"""Bad run files, flags and settings for one-command-per-party runs and benchmarks end
+with a clear one-line error before anything starts."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from petlab.bench import run_benchmarks
+from petlab.cli import main
+from petlab.config import ConfigError, poc_config
+from petlab.mpc.hosts import host_job
+
+RV = {"address": "127.0.0.1", "port": 29500, "psi_port": 29501}
+
+
+def _file(tmp_path, doc, name="run.yaml"):
+    path = tmp_path / name
+    path.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc))
+    return path
+
+
+@pytest.mark.parametrize("doc,role,kw,message", [
+    (None, "wallet", {}, "run file not found"),
+    ("rendezvous: [unclosed", "wallet", {}, "cannot parse run file"),
+    ("- a list", "wallet", {}, "must hold a mapping"),
+    ({"rendezvous": RV, "out": "x", "params": {}, "extra": 1}, "wallet", {}, "unknown section(s) extra"),
+    ({"rendezvous": {"address": "127.0.0.1"}, "out": "x"}, "wallet", {}, "rendezvous needs address, port and psi_port"),
+    ({"rendezvous": {**RV, "psi_port": 29500}, "out": "x"}, "wallet", {}, "two different TCP ports"),
+    ({"rendezvous": RV, "params": {"provider": "TFP"}}, "dealer", {}, "say where this party writes its record"),
+    ({"rendezvous": RV, "out": "x"}, "bank", {}, "unknown role 'bank'"),
+    ({"rendezvous": RV, "out": "x"}, "dealer", {"table": "t.csv"}, "the dealer holds no table"),
+    ({"rendezvous": RV, "out": "x", "params": {"gateway_table": "g.csv", "id_column": "id",
+                                               "label_column": "y"}}, "wallet", {},
+     "the wallet's table is not set"),
+    ({"rendezvous": RV, "out": "x", "params": {"model": "svm"}}, "dealer", {}, "unknown model 'svm'"),
+])
+def test_bad_run_files_are_named(tmp_path, doc, role, kw, message):
+    path = tmp_path / "missing.yaml" if doc is None else _file(tmp_path, doc)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        host_job(config_path=path, role=role, **kw)
+
+
+def test_an_existing_party_record_is_never_overwritten(tmp_path):
+    out = tmp_path / "out"
+    (out / "dealer").mkdir(parents=True)
+    (out / "dealer" / "status.json").write_text("{}")
+    path = _file(tmp_path, {"rendezvous": RV, "out": str(out), "params": {}})
+    with pytest.raises(ConfigError, match="holds a record already"):
+        host_job(config_path=path, role="dealer")
+
+
+def test_party_command_needs_exactly_one_of_config_and_job(tmp_path, capsys):
+    assert main(["party", "--role", "wallet"]) == 2
+    assert "give either --config (a run file) or --job" in capsys.readouterr().err
+    path = _file(tmp_path, {"rendezvous": RV, "out": "x"})
+    assert main(["party", "--role", "wallet", "--config", str(path), "--job", "j.json"]) == 2
+
+
+def test_peer_timeout_must_be_positive():
+    with pytest.raises(ConfigError, match="peer_timeout_s must be positive, got 0"):
+        poc_config(peer_timeout_s=0)
+
+
+def test_unknown_benchmark_sections_fail_before_measuring(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown benchmark section\(s\) \['gpu'\]"):
+        run_benchmarks(sizes=[10], providers=["TFP"], models=["logreg"], epochs=1,
+                       output=str(tmp_path / "B.md"), data_root=str(tmp_path), sections=["gpu"])
+    assert not (tmp_path / "B.md").exists()
