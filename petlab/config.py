@@ -31,7 +31,9 @@ __all__ = [
     "MPCConfig",
     "PocConfig",
     "PROVIDERS",
+    "ENGINES",
     "poc_config",
+    "resolved_engine",
     "validate",
     "load_params_file",
     "MIN_TRAIN_ROWS",
@@ -40,6 +42,7 @@ __all__ = [
 ]
 
 PROVIDERS = ("TTP", "TFP")
+ENGINES = ("auto", "petlab", "crypten")
 DATA_SOURCES = ("synthetic", "credit", "tables")
 PARTY_NAMES = ("gateway", "wallet")  # the data parties (see petlab.parties.Party)
 MIN_TRAIN_ROWS = 40  # below this a minibatch run says nothing
@@ -95,6 +98,9 @@ class MPCConfig:
     timeout_s: float = 3600.0  # a party run that takes longer is stopped and reported
     peer_timeout_s: float = 120.0  # longest wait for a peer to appear or to answer; a lost peer ends the run within it
     fast_config: bool = True  # CrypTen reads its settings from plain dicts, not OmegaConf (same values, faster)
+    engine: str = "auto"  # "petlab" (own protocol on CrypTen shares, logreg), "crypten" (its operators); auto: petlab where it applies
+    direct_link: bool = True  # the two parties' openings over one direct TCP link instead of gloo (same bytes)
+    triple_chunk: int = 32  # training steps whose correlated randomness is made in one go (petlab engine)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +186,18 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def resolved_engine(cfg: PocConfig) -> str:
+    """The engine a run uses: ``auto`` is petlab's own protocol for logistic regression on
+    the CPU, CrypTen's operators otherwise.
+
+    >>> resolved_engine(poc_config()), resolved_engine(poc_config(model="mlp"))
+    ('petlab', 'crypten')
+    """
+    if cfg.mpc.engine != "auto":
+        return cfg.mpc.engine
+    return "petlab" if cfg.train.model == "logreg" and cfg.mpc.device == "cpu" else "crypten"
+
+
 def validate(cfg: PocConfig) -> None:
     """Raise :class:`ConfigError` naming the first bad value; return quietly otherwise."""
     d, t, m = cfg.data, cfg.train, cfg.mpc
@@ -187,6 +205,16 @@ def validate(cfg: PocConfig) -> None:
         raise ConfigError(f"unknown data source {d.source!r}: expected one of {', '.join(DATA_SOURCES)}")
     if t.model not in MODELS:
         raise ConfigError(f"unknown model {t.model!r}: expected one of {', '.join(MODELS)}")
+    if m.engine not in ENGINES:
+        raise ConfigError(f"unknown engine {m.engine!r}: expected one of {', '.join(ENGINES)}")
+    if m.engine == "petlab" and t.model != "logreg":
+        raise ConfigError(f"engine 'petlab' implements logistic regression; model {t.model!r} needs engine "
+                          "'crypten' (or 'auto')")
+    if m.engine == "petlab" and m.device != "cpu":
+        raise ConfigError("engine 'petlab' runs on the CPU; use engine 'crypten' (or 'auto') with device "
+                          f"{m.device!r}")
+    if m.triple_chunk < 1:
+        raise ConfigError(f"triple_chunk must be at least 1, got {m.triple_chunk}")
     if m.provider not in PROVIDERS:
         raise ConfigError(f"unknown provider {m.provider!r}: expected one of {', '.join(PROVIDERS)}")
     if d.label_party not in PARTY_NAMES:

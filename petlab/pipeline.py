@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from petlab.mpc import TRAINING_PHASES
 from petlab.config import PocConfig
 from petlab.data.features import prepare_party_features
 from petlab.data.synthetic import ID_COLUMN, LABEL_COLUMN, make_engagement_tables
@@ -257,13 +258,11 @@ def write_record(*, config: PocConfig, tables: dict, mpc: MPCRun, references: di
     for party in Party:
         record = mpc.records[str(party)]
         comm[str(party)] = {
-            "bytes": int(phase(record, "share_inputs", "bytes") + phase(record, "train", "bytes")
-                         + phase(record, "reveal", "bytes")),
-            "rounds": int(phase(record, "share_inputs", "rounds") + phase(record, "train", "rounds")
-                          + phase(record, "reveal", "rounds")),
+            "bytes": int(sum(phase(record, p, "bytes") for p in TRAINING_PHASES + ("reveal",))),
+            "rounds": int(sum(phase(record, p, "rounds") for p in TRAINING_PHASES + ("reveal",))),
         }
         comm_by_phase[str(party)] = record["phases"]
-    mpc_train_s = phase(gateway, "share_inputs", "seconds") + phase(gateway, "train", "seconds")
+    mpc_train_s = sum(phase(gateway, p, "seconds") for p in TRAINING_PHASES)
     metrics = {
         "auc": {n: per_model[n].auc for n in MODEL_NAMES},
         "accuracy": {n: per_model[n].accuracy for n in MODEL_NAMES},

@@ -35,6 +35,8 @@ import time
 import uuid
 from pathlib import Path
 
+from petlab.mpc import TRAINING_PHASES
+
 __all__ = ["LinkEmulator", "emulated_network", "unavailable_reason", "netns_unavailable_reason", "measure_wan", "WanPoint"]
 
 _TUNSETIFF, _IFF_TUN, _IFF_NO_PI = 0x400454CA, 0x0001, 0x1000
@@ -258,8 +260,8 @@ def measure_wan(*, rtts_ms, rates_mbit, providers, models, rows: int, epochs: in
         phases = record["phases"]
         points.append(WanPoint(
             rtt_ms=rtt, rate_mbit=rate, provider=provider, model=model, rows=rows, epochs=epochs,
-            seconds=sum(phases[p]["seconds"] for p in ("share_inputs", "train")),
-            rounds=sum(phases[p]["rounds"] for p in ("share_inputs", "train")),
-            bytes=sum(phases[p]["bytes"] for p in ("share_inputs", "train")),
+            seconds=sum(phases.get(p, {}).get("seconds", 0) for p in TRAINING_PHASES),
+            rounds=sum(phases.get(p, {}).get("rounds", 0) for p in TRAINING_PHASES),
+            bytes=sum(phases.get(p, {}).get("bytes", 0) for p in TRAINING_PHASES),
             auc=record["metrics"]["auc"], ping_ms=ping))
     return points

@@ -5,3 +5,7 @@
 * :mod:`petlab.mpc.launcher` — starts the party processes (and the dealer) locally;
 * :mod:`petlab.mpc.devices` — CPU/CUDA placement and CUDA communication staging.
 """
+
+#: The phases that make up "MPC training" in every report: sharing the inputs, masking
+#: the features once (petlab engine) and the SGD steps.
+TRAINING_PHASES = ("share_inputs", "mask_features", "train")

@@ -99,7 +99,7 @@ def run_mpc(
             from tqdm.auto import tqdm
 
             bar = tqdm(total=config.train.epochs, desc=f"MPC {config.train.model} ({config.mpc.provider})",
-                       unit="epoch")
+                       unit="step")
         progress_path = out / config.data.label_party / "progress.json"  # the label holder writes it
         deadline = t0 + config.mpc.timeout_s
         training_started = False
@@ -118,16 +118,17 @@ def run_mpc(
                 raise MPCRunError(f"MPC run exceeded timeout_s={config.mpc.timeout_s:g}; parties stopped")
             if bar is not None and progress_path.exists():
                 try:
-                    done = json.loads(progress_path.read_text())["epoch"]
-                    if not training_started:  # time the bar from the first step, not start-up
-                        bar.reset(total=config.train.epochs)
+                    state = json.loads(progress_path.read_text())
+                    if not training_started:  # time the bar (and its ETA) from the first step
+                        bar.reset(total=state["steps"])
                         training_started = True
-                    bar.update(done - bar.n)
+                    bar.set_postfix_str(f"epoch {state['epoch']}/{state['epochs']}", refresh=False)
+                    bar.update(state["step"] - bar.n)
                 except (ValueError, KeyError, OSError):
                     pass  # written atomically, but tolerate a race at start-up
             time.sleep(0.2)
-        if bar is not None:
-            bar.update(config.train.epochs - bar.n)
+        if bar is not None and bar.total:
+            bar.update(bar.total - bar.n)
     finally:
         for p in procs.values():
             if p.poll() is None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from petlab.config import PocConfig
+from petlab.config import PocConfig, resolved_engine
 from petlab.crypten_compat import applied_fixes, import_crypten
 from petlab.data.features import prepare_party_features
 from petlab.data.tables import file_sha256
@@ -157,12 +157,12 @@ def run_party(*, job: Job, role: str) -> None:
 def _run_dealer(*, job: Job, out: Path) -> None:
     _set_rendezvous_env(job, rank=len(Party))
     use_interface_towards(job.address)
-    from crypten.mpc.provider.ttp_provider import TTPServer
+    from petlab.mpc.lean import dealer_server_class
 
     t0 = time.perf_counter()
     try:
         with bounded_waits(job.config.mpc.peer_timeout_s):
-            TTPServer()  # serves triples until party 0 says "terminate"
+            dealer_server_class()()  # CrypTen's TTPServer (+ petlab's bulk request) until party 0 says "terminate"
     except RuntimeError as err:  # TTPServer handles errors while serving; this is set-up
         raise RendezvousError(f"the dealer could not meet the parties at tcp://{job.address}:{job.port} "
                               f"within {job.config.mpc.peer_timeout_s:g} s: "
@@ -236,6 +236,13 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
 
     if device.type == "cuda":
         stage_cuda_communication(DistributedCommunicator)
+    link = None
+    if cfg.mpc.direct_link:  # before the audit wraps the communicator, so the audit sees it
+        from petlab.mpc.channel import install_peer_link, open_peer_link
+
+        link = open_peer_link(listen=(me.rank == 0), address=job.address, port=job.psi_port,
+                              timeout_s=cfg.mpc.peer_timeout_s)
+        install_peer_link(DistributedCommunicator, link=link)
     from petlab.audit import transcript as transcript_mod
 
     transcript = transcript_mod.install(DistributedCommunicator, keep_words=cfg.mpc.audit_words)
@@ -316,22 +323,42 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
             label_party=label_party,
         )
         losses = []
-        if holds_label:
-            _write_json(progress_path, {"epoch": 0, "epochs": cfg.train.epochs,
-                                        "elapsed_s": time.perf_counter() - t_start})
         monitor = torch.from_numpy(
             monitor_indices(n=n_train, rows=cfg.train.monitor_rows, seed=cfg.train.seed)
         ).to(device)
         X_monitor_enc, y_monitor_enc = X_train_enc[monitor], y_train_enc[monitor]
+        batches_per_epoch = -(-n_train // cfg.train.batch_size)
+        progress = _Progress(path=progress_path if holds_label else None, epochs=cfg.train.epochs,
+                             steps=cfg.train.epochs * batches_per_epoch, t_start=t_start)
+        engine = resolved_engine(cfg)
+        lean = None
+        if engine == "petlab":
+            with meter.phase("mask_features"):  # once: E = X - A is opened, A stays secret
+                lean, E = _lean_setup(crypten=crypten, cfg=cfg, me=me, X_shares=X_train_enc.share)
+            X_train_enc = None  # the masked features replace the shared ones (memory at scale)
+            if party0_view is not None:  # audit runs: party 0's view of the first batch's mask
+                first = minibatches(n=n_train, batch_size=cfg.train.batch_size, seed=cfg.train.seed, epoch=0)[0]
+                party0_view.records.append({"a_view": lean["a_view"][torch.from_numpy(first)].clone(),
+                                            "epsilon": E[torch.from_numpy(first)].clone()})
         for epoch in range(cfg.train.epochs):
             with meter.phase("train"):
-                for idx in minibatches(n=n_train, batch_size=cfg.train.batch_size,
-                                       seed=cfg.train.seed, epoch=epoch):
-                    index = torch.from_numpy(idx).to(device)
-                    Xb, yb = X_train_enc[index], y_train_enc[index]
-                    probs, cache = forward(spec=spec, params=params, X=Xb)
-                    grads = gradients(spec=spec, params=params, X=Xb, y=yb, probs=probs, cache=cache)
-                    params = sgd_step(params=params, grads=grads, lr=cfg.train.lr, batch_size=len(idx))
+                batches = minibatches(n=n_train, batch_size=cfg.train.batch_size, seed=cfg.train.seed, epoch=epoch)
+                if lean is not None:
+                    from petlab.mpc.lean import train_logreg
+
+                    w, b = train_logreg(party=lean["party"], E=E, y=y_train_enc.share, w=params["w"].share,
+                                        b=params["b"].share, batches=batches, lr=cfg.train.lr,
+                                        chunk=cfg.mpc.triple_chunk, on_batch=progress.step)
+                    params = {"w": crypten.mpc.MPCTensor.from_shares(w, precision=lean["precision"]),
+                              "b": crypten.mpc.MPCTensor.from_shares(b, precision=lean["precision"])}
+                else:
+                    for idx in batches:
+                        index = torch.from_numpy(idx).to(device)
+                        Xb, yb = X_train_enc[index], y_train_enc[index]
+                        probs, cache = forward(spec=spec, params=params, X=Xb)
+                        grads = gradients(spec=spec, params=params, X=Xb, y=yb, probs=probs, cache=cache)
+                        params = sgd_step(params=params, grads=grads, lr=cfg.train.lr, batch_size=len(idx))
+                        progress.step()
             if cfg.mpc.track_loss:
                 with meter.phase("loss_monitor"):
                     probs, _ = forward(spec=spec, params=params, X=X_monitor_enc)
@@ -339,9 +366,7 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
                                              ledger=ledger, me=me)
                     if loss is not None:
                         losses.append(float(loss))
-            if holds_label:
-                _write_json(progress_path, {"epoch": epoch + 1, "epochs": cfg.train.epochs,
-                                            "elapsed_s": time.perf_counter() - t_start})
+            progress.epoch_done(epoch + 1)
 
         with meter.phase("reveal"):
             probs_test, _ = forward(spec=spec, params=params, X=X_test_enc)
@@ -362,12 +387,19 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
                             f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     finally:
         _uninit_quietly(crypten)
+        if link is not None:
+            from petlab.mpc.channel import restore
+
+            restore(DistributedCommunicator, link.originals)
+            link.close()
 
     record = {
         "role": str(me),
         "rank": me.rank,
         "device": str(device),
         "provider": cfg.mpc.provider,
+        "engine": engine,
+        "direct_link": bool(link is not None),
         "meta": my_meta,
         "peers": metas,
         "phases": meter.phases,
@@ -398,6 +430,62 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
         if weights:
             np.savez(out / "weights.npz", **weights)
     _write_json(out / "result.json", record)
+
+
+class _Progress:
+    """The label holder's ``progress.json``: steps done, for the launcher's bar and ETA.
+    Written at most every half second (and at each epoch's end), atomically."""
+
+    def __init__(self, *, path: Path | None, epochs: int, steps: int, t_start: float):
+        self.path, self.epochs, self.steps, self.t_start = path, epochs, steps, t_start
+        self.done, self.epoch, self.last = 0, 0, 0.0
+        self._write()
+
+    def _write(self) -> None:
+        if self.path is not None:
+            self.last = time.perf_counter()
+            _write_json(self.path, {"epoch": self.epoch, "epochs": self.epochs, "step": self.done,
+                                    "steps": self.steps, "elapsed_s": self.last - self.t_start})
+
+    def step(self) -> None:
+        self.done += 1
+        if self.path is not None and time.perf_counter() - self.last > 0.5:
+            self._write()
+
+    def epoch_done(self, epoch: int) -> None:
+        self.epoch = epoch
+        self._write()
+
+
+def _lean_setup(*, crypten, cfg: PocConfig, me: Party, X_shares: torch.Tensor):
+    """petlab's protocol: this party's randomness source, and the masked features.
+
+    Under TTP the dealer deals (one request per chunk of steps); under TFP the gateway
+    deals, as CrypTen's TFP provider does, from a seed it gives the wallet.
+    """
+    import crypten.communicator as comm
+
+    from petlab.mpc import lean
+
+    fixed = None
+    if cfg.mpc.provider == "TTP":
+        from crypten.mpc.provider.ttp_provider import TTPClient
+
+        gen, fetch = TTPClient.get().get_generator(), lean.ttp_fetch
+    else:
+        rng = np.random.default_rng()
+        seed_peer = comm.get().broadcast_obj(int(rng.integers(2**62)) if me.rank == 0 else None, 0)
+        if me.rank == 0:
+            gen, fetch, fixed = lean.local_dealer(seed_own=int(rng.integers(2**62)), seed_peer=seed_peer)
+        else:
+            gen, fetch = torch.Generator().manual_seed(seed_peer), None
+    precision = crypten.cfg.encoder.precision_bits
+    rand = lean.Randomness(rank=me.rank, gen=gen, fetch=fetch)
+    rand.prepare([("fm_init", tuple(X_shares.shape), (0,), None)])
+    party = lean.LeanParty(rank=me.rank, scale=2**precision, rand=rand)
+    (E,) = party.open(X_shares - rand.A)
+    a_view = fixed["A"] if fixed is not None else rand.A  # what party 0 knows of the mask
+    return {"party": party, "precision": precision, "a_view": a_view}, E
 
 
 class PeerLostError(RuntimeError):
