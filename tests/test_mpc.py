@@ -131,7 +131,7 @@ def test_fast_config_gives_the_standard_results(small_config, tmp_path):
     same protocol (identical bytes and rounds) and the same model up to fixed-point noise."""
     runs = {}
     for fast in (False, True):
-        config = small_config(provider="TTP", fast_config=fast, epochs=2)
+        config = small_config(provider="TTP", fast_config=fast, epochs=2, engine="crypten")
         runs[fast] = run_poc(config=config, runs_root=str(tmp_path / f"runs-{fast}"), progress=False)
     slow, quick = runs[False].metrics, runs[True].metrics
     assert slow["comm"] == quick["comm"]
@@ -139,3 +139,35 @@ def test_fast_config_gives_the_standard_results(small_config, tmp_path):
     w = {fast: np.load(r.run.path / "parties" / "gateway" / "weights.npz") for fast, r in runs.items()}
     for name in w[True].files:
         assert np.max(np.abs(w[True][name] - w[False][name])) < 0.005
+
+
+@pytest.mark.parametrize("provider", ["TTP", "TFP"])
+def test_petlab_engine_gives_the_crypten_engine_results(small_config, tmp_path, provider):
+    """petlab's own protocol (fixed-mask feature triples, bulk dealing, its comparison and
+    sigmoid) trains the same model as CrypTen's operators, with less traffic."""
+    runs = {}
+    for engine in ("crypten", "petlab"):
+        config = small_config(provider=provider, engine=engine)
+        runs[engine] = run_poc(config=config, runs_root=str(tmp_path / engine), progress=False)
+    ours, theirs = runs["petlab"].metrics, runs["crypten"].metrics
+    assert abs(ours["auc"]["mpc"] - theirs["auc"]["mpc"]) < 0.002
+    assert abs(ours["auc"]["mpc"] - ours["auc"]["plaintext"]) < 0.002
+    assert ours["max_abs_weight_diff"] < 0.01 and theirs["max_abs_weight_diff"] < 0.01
+    w = {e: np.load(r.run.path / "parties" / "gateway" / "weights.npz") for e, r in runs.items()}
+    for name in w["petlab"].files:
+        assert np.max(np.abs(w["petlab"][name] - w["crypten"][name])) < 0.01
+    for party in ("gateway", "wallet"):
+        assert ours["comm"][party]["bytes"] < theirs["comm"][party]["bytes"]
+        record = json.loads((runs["petlab"].run.path / "parties" / party / "result.json").read_text())
+        assert record["engine"] == "petlab" and "mask_features" in record["phases"]
+
+
+def test_direct_link_changes_only_the_transport(small_config, tmp_path):
+    """Openings over petlab's direct link or through gloo: the same messages (CrypTen's
+    own byte and round counts agree exactly) and the same model."""
+    runs = {}
+    for link in (False, True):
+        config = small_config(provider="TFP", engine="crypten", direct_link=link, epochs=2)
+        runs[link] = run_poc(config=config, runs_root=str(tmp_path / f"link-{link}"), progress=False)
+    assert runs[True].metrics["comm"] == runs[False].metrics["comm"]
+    assert abs(runs[True].metrics["auc"]["mpc"] - runs[False].metrics["auc"]["mpc"]) < 0.002

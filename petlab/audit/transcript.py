@@ -28,6 +28,7 @@ _SKIP_FUNCS = {
     "reveal", "reveal_batch", "get_plain_text", "__beaver_protocol", "_beaver_protocol",
     "logging_wrapper", "staged", "wrapper", "recorded", "_get_autograd_forward_function",
     "autograd_forward", "unary_wrapper_function", "binary_wrapper_function",
+    "open", "open_xor",  # petlab.mpc.lean's openings: attributed to the operation that opens
 }
 
 
@@ -46,7 +47,8 @@ def _operation(depth: int = 2) -> str:
         name = frame.f_code.co_name
         inside = ("/crypten/" in path or "/petlab/" in path)
         if (inside and "/communicator/" not in path and "/petlab/audit/" not in path
-                and "/petlab/mpc/devices" not in path and name not in _SKIP_FUNCS
+                and "/petlab/mpc/devices" not in path and "/petlab/mpc/channel" not in path
+                and name not in _SKIP_FUNCS
                 and not name.startswith("__")):
             module = path.rsplit("/", 1)[-1].removesuffix(".py")
             return f"{module}.{name}"

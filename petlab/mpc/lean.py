@@ -16,7 +16,8 @@ point scale), with the same algorithms and constants as CrypTen's operators:
 - **sigmoid**: CrypTen's ``reciprocal`` method: sign by a comparison (arithmetic to
   binary, carry-lookahead adder, 7 AND rounds, then a bit back to arithmetic with a
   random shared bit), ``exp`` by the limit ``(1 + x/2^9)^(2^9)``, reciprocal by
-  Newton-Raphson from 0.75 (3 iterations), as CrypTen's ``sigmoid`` sets them;
+  Newton-Raphson from 0.75 (3 iterations), as CrypTen's ``sigmoid`` sets them (and, as
+  CrypTen's, accurate to ~2e-3 while ``|z| < 2^9``);
 - **truncation**: local (each party divides its share), as CrypTen does for 2 parties;
 - **correlated randomness in bulk**: every triple a chunk of batches needs is made in
   one go: under TTP by the dealer in one request (:class:`DealerServer`, a subclass of

@@ -1,0 +1,208 @@
+"""petlab's own two-party protocol (``petlab.mpc.lean``), run in one process.
+
+The two parties are two threads that exchange their openings through a barrier instead
+of a socket; everything else (dealing, shares, protocol arithmetic) is the real code.
+The same code runs between party processes in ``tests/test_mpc.py``.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from petlab.audit import checks
+from petlab.crypten_compat import import_crypten
+from petlab.models import ModelSpec, forward, gradients, init_params, sgd_step
+from petlab.mpc import lean
+from petlab.mpc.party import minibatches
+
+import_crypten()  # lean draws with CrypTen's ring generator
+
+SCALE = 2**16
+
+
+class _Wire:
+    """Both parties' openings meet here: each gets the sum (or XOR) of both inputs."""
+
+    def __init__(self):
+        self.barrier = threading.Barrier(2, timeout=60)
+        self.slots = [None, None]
+        self.opened = []  # every opened value, for the audit-style checks
+
+    def exchange(self, rank, tensors, xor):
+        self.slots[rank] = [t.clone() for t in tensors]
+        self.barrier.wait()
+        theirs = self.slots[1 - rank]
+        out = [a ^ b if xor else a + b for a, b in zip(tensors, theirs)]
+        if rank == 0:
+            self.opened.extend(t.clone() for t in out)
+        self.barrier.wait()
+        return out
+
+
+class _SimParty(lean.LeanParty):
+    def __init__(self, *, rank, rand, wire):
+        super().__init__(rank=rank, scale=SCALE, rand=rand)
+        self.wire = wire
+
+    def open(self, *xs):
+        return self.wire.exchange(self.rank, xs, xor=False)
+
+    def open_xor(self, *xs):
+        return self.wire.exchange(self.rank, xs, xor=True)
+
+
+def _pair(seed=0):
+    """Two parties whose randomness party 0 deals (the TFP arrangement)."""
+    gen0, fetch, fixed = lean.local_dealer(seed_own=seed + 11, seed_peer=seed + 22)
+    wire = _Wire()
+    r0 = lean.Randomness(rank=0, gen=gen0, fetch=fetch)
+    r1 = lean.Randomness(rank=1, gen=torch.Generator().manual_seed(seed + 22), fetch=None)
+    return [_SimParty(rank=0, rand=r0, wire=wire), _SimParty(rank=1, rand=r1, wire=wire)], fixed, wire
+
+
+def _run(parties, fn):
+    """``fn(party, rank)`` in both parties at once; returns both results."""
+    out, errors = [None, None], []
+
+    def target(rank):
+        try:
+            out[rank] = fn(parties[rank], rank)
+        except BaseException as err:  # noqa: BLE001 - re-raised below
+            errors.append(err)
+            parties[rank].wire.barrier.abort()
+
+    threads = [threading.Thread(target=target, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    if errors:
+        raise errors[0]
+    return out
+
+
+def _share(values: torch.Tensor, seed: int = 5):
+    """Additive shares of ``values`` in fixed point."""
+    encoded = (values.double() * SCALE).round().long()
+    mask = torch.randint(-(2**63), 2**63 - 1, encoded.shape, generator=torch.Generator().manual_seed(seed))
+    return [mask, encoded - mask]
+
+
+def _decode(shares, scale=SCALE):
+    return (shares[0] + shares[1]).double() / scale
+
+
+def test_dealt_randomness_is_correlated_as_each_protocol_needs():
+    parties, fixed, _ = _pair()
+    n, d = 50, 4
+    rows = np.array([3, 7, 1, 0, 49])
+    plan = [("fm_init", (n, d), (0,), None)] + [
+        ("mul", (5, 1), (5, 1), None), ("square", (5, 1), (5, 1), None), ("and", (5, 1), (5, 1), None),
+        ("dabit", (5, 1), (5, 1), None), ("fm_left", (d, 1), (5, 1), rows.tobytes()),
+        ("fm_right", (5, 1), (d, 1), rows.tobytes())]
+    for p in parties:
+        p.rand.prepare(plan)
+    A = parties[0].rand.A + parties[1].rand.A
+    assert torch.equal(A, fixed["A"])  # the dealer's mask is the sum of the parties' shares
+    got = [{k: p.rand.take(k, s) for k, s in (("mul", (5, 1)), ("square", (5, 1)), ("and", (5, 1)),
+                                               ("dabit", (5, 1)), ("fm_left", (d, 1)), ("fm_right", (5, 1)))}
+           for p in parties]
+    a, b, c = (got[0]["mul"][i] + got[1]["mul"][i] for i in range(3))
+    assert torch.equal(c, a * b)
+    r, r2 = (got[0]["square"][i] + got[1]["square"][i] for i in range(2))
+    assert torch.equal(r2, r * r)
+    a, b, c = (got[0]["and"][i] ^ got[1]["and"][i] for i in range(3))
+    assert torch.equal(c, a & b)
+    bit_b = got[0]["dabit"][0] ^ got[1]["dabit"][0]
+    assert set(bit_b.unique().tolist()) <= {0, 1}
+    assert torch.equal(got[0]["dabit"][1] + got[1]["dabit"][1], bit_b)
+    A_b, B, C = (got[0]["fm_left"][i] + got[1]["fm_left"][i] for i in range(3))
+    assert torch.equal(A_b, A[torch.from_numpy(rows)]) and torch.equal(C, A_b @ B)
+    A_b, B, C = (got[0]["fm_right"][i] + got[1]["fm_right"][i] for i in range(3))
+    assert torch.equal(C, A_b.t() @ B)
+
+
+def test_randomness_taken_out_of_step_is_refused():
+    parties, _, _ = _pair()
+    parties[1].rand.prepare([("mul", (2, 1), (2, 1), None)])
+    with pytest.raises(RuntimeError, match="out of step: wanted square"):
+        parties[1].rand.take("square", (2, 1))
+
+
+def test_products_comparison_and_sigmoid_on_shares():
+    parties, _, _ = _pair()
+    z = torch.cat([torch.linspace(-12, 12, 481), torch.tensor([0.0, 2.0**-16, -(2.0**-16), 300.0, -300.0])])[:, None]
+    y = torch.linspace(-3, 3, z.shape[0])[:, None]
+    zs, ys = _share(z, 1), _share(y, 2)
+    sig_plan = lean.batch_plan(rows=np.arange(z.shape[0]), d=1)[1:-1]  # the sigmoid's part of a step
+    b = (z.shape[0], 1)
+    plan = [("mul", b, b, None), ("square", b, b, None)] + sig_plan[:13] + sig_plan  # ltz is its first 13
+
+    def work(p, rank):
+        p.rand.prepare(plan)
+        return p.mul(zs[rank], ys[rank]), p.square(ys[rank]), p.ltz(zs[rank]), p.sigmoid(zs[rank])
+
+    (m0, s0, l0, g0), (m1, s1, l1, g1) = _run(parties, work)
+    assert torch.allclose(_decode([m0, m1]), (z * y).double(), atol=1e-3)
+    assert torch.allclose(_decode([s0, s1]), (y * y).double(), atol=1e-3)
+    encoded = (z.double() * SCALE).round().long()
+    assert torch.equal(l0 + l1, (encoded < 0).long())  # exact, down to one unit of the fixed point
+    sig = _decode([g0, g1])
+    # CrypTen's method and accuracy; like CrypTen's, valid while |z| < 2^9 (the limit
+    # approximation's base 1 - |z| / 2^9 must stay in [0, 1])
+    assert (sig - torch.sigmoid(z).double()).abs().max() < 3e-3
+
+
+def test_opened_masked_features_look_uniform_and_unrelated_to_the_features():
+    """``E = X - A`` is the one large opening of the fixed-mask protocol: it must look
+    like uniform ring elements and carry no trace of ``X``."""
+    parties, _, wire = _pair()
+    X = torch.randn(400, 6, generator=torch.Generator().manual_seed(3))
+    xs = _share(X, 9)
+
+    def work(p, rank):
+        p.rand.prepare([("fm_init", tuple(X.shape), (0,), None)])
+        return p.open(xs[rank] - p.rand.A)[0]
+
+    E0, E1 = _run(parties, work)
+    assert torch.equal(E0, E1)
+    words = E0.numpy().ravel()
+    for result in (checks.bit_balance(words=words, label="E"), checks.byte_chi_square(words=words, label="E"),
+                   checks.ks_uniform(words=words, label="E"),
+                   checks.raw_value_matches(words=words, secrets=X.numpy().ravel(), label="X"),
+                   checks.correlation_with_secret(opened=E0.numpy(), secret=X.numpy(), label="E")):
+        assert result.passed, result
+
+
+def test_training_on_shares_matches_plaintext_sgd():
+    gen = torch.Generator().manual_seed(0)
+    n, d, epochs, batch, lr = 600, 5, 3, 128, 0.5
+    X = torch.randn(n, d, generator=gen)
+    y = (torch.rand(n, 1, generator=gen) < torch.sigmoid(X @ torch.randn(d, 1, generator=gen))).float()
+    parties, _, _ = _pair()
+    xs, ys = _share(X, 1), _share(y, 2)
+
+    def work(p, rank):
+        p.rand.prepare([("fm_init", (n, d), (0,), None)])
+        (E,) = p.open(xs[rank] - p.rand.A)
+        w, b = torch.zeros(d, 1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+        for epoch in range(epochs):
+            w, b = lean.train_logreg(party=p, E=E, y=ys[rank], w=w, b=b, lr=lr, chunk=2,
+                                     batches=minibatches(n=n, batch_size=batch, seed=0, epoch=epoch))
+        return w, b
+
+    (w0, b0), (w1, b1) = _run(parties, work)
+    spec = ModelSpec(kind="logreg", n_features=d)
+    params = init_params(spec=spec, seed=0)
+    for epoch in range(epochs):
+        for idx in minibatches(n=n, batch_size=batch, seed=0, epoch=epoch):
+            idx = torch.from_numpy(idx)
+            probs, cache = forward(spec=spec, params=params, X=X[idx])
+            grads = gradients(spec=spec, params=params, X=X[idx], y=y[idx], probs=probs, cache=cache)
+            params = sgd_step(params=params, grads=grads, lr=lr, batch_size=len(idx))
+    assert np.max(np.abs(_decode([w0, w1]).numpy() - params["w"].numpy())) < 0.005
+    assert abs(float(_decode([b0, b1])) - float(params["b"])) < 0.005
