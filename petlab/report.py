@@ -176,7 +176,12 @@ def render_report(*, run_dir: Path) -> str:
     parts.append(_table(["party", "table", "id column", "label", "features (encoded)", "sha256"], rows, left=3))
 
     psi = metrics.get("psi", {})
-    if psi:
+    if psi and psi.get("gateway", {}).get("alignment", "psi") == "given":
+        parts.append(
+            f"<p><b>Alignment given</b>: both tables hold the same {psi['gateway']['intersection_size']:,} "
+            "customers (no private set intersection was run; the parties compared digests of their id "
+            "sets, which tells each only that the sets are equal).</p>")
+    elif psi:
         g = psi.get("gateway", {})
         parts.append(
             f"<p><b>Private set intersection</b> (OpenMined ECDH PSI, run in both directions between "

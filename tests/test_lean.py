@@ -14,12 +14,9 @@ import pytest
 import torch
 
 from petlab.audit import checks
-from petlab.crypten_compat import import_crypten
 from petlab.models import ModelSpec, forward, gradients, init_params, sgd_step
 from petlab.mpc import lean
 from petlab.mpc.party import minibatches
-
-import_crypten()  # lean draws with CrypTen's ring generator
 
 SCALE = 2**16
 

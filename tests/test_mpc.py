@@ -156,10 +156,26 @@ def test_petlab_engine_gives_the_crypten_engine_results(small_config, tmp_path, 
     w = {e: np.load(r.run.path / "parties" / "gateway" / "weights.npz") for e, r in runs.items()}
     for name in w["petlab"].files:
         assert np.max(np.abs(w["petlab"][name] - w["crypten"][name])) < 0.01
+    from petlab.mpc.lean import train_bytes
+    from petlab.mpc.party import minibatches
+
+    config = small_config(provider=provider, engine="petlab")
+    n_train, d = ours["n_train"], sum(ours["n_features"].values())
+    steps = [b for e in range(config.train.epochs)
+             for b in minibatches(n=n_train, batch_size=config.train.batch_size, seed=config.train.seed, epoch=e)]
     for party in ("gateway", "wallet"):
         assert ours["comm"][party]["bytes"] < theirs["comm"][party]["bytes"]
         record = json.loads((runs["petlab"].run.path / "parties" / party / "result.json").read_text())
         assert record["engine"] == "petlab" and "mask_features" in record["phases"]
+        # the protocol's own count of what one training run sends is what crossed the wire
+        count = train_bytes(batches=steps, d=d, provider=provider, rank=0 if party == "gateway" else 1,
+                            chunk=config.mpc.triple_chunk)
+        train = record["phases"]["train"]
+        if party == "wallet" or provider == "TFP":
+            assert (train["bytes"], train["rounds"]) == (count["bytes"], count["rounds"])
+        else:  # the gateway also receives the dealer's corrections, one request per chunk of steps
+            assert train["bytes"] >= count["bytes"] + count["dealt_bytes"]
+            assert train["bytes"] - count["bytes"] - count["dealt_bytes"] < 2000 * len(steps)
 
 
 def test_direct_link_changes_only_the_transport(small_config, tmp_path):

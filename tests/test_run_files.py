@@ -64,6 +64,13 @@ def test_peer_timeout_must_be_positive():
 
 def test_unknown_benchmark_sections_fail_before_measuring(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown benchmark section\(s\) \['gpu'\]"):
-        run_benchmarks(sizes=[10], providers=["TFP"], models=["logreg"], epochs=1,
-                       output=str(tmp_path / "B.md"), data_root=str(tmp_path), sections=["gpu"])
+        run_benchmarks(sizes=[10], epochs=1, output=str(tmp_path / "B.md"), data_root=str(tmp_path),
+                       sections=["gpu"])
     assert not (tmp_path / "B.md").exists()
+
+
+def test_unknown_benchmark_configurations_fail_before_measuring(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown benchmark configuration\(s\) \['spu'\]"):
+        run_benchmarks(sizes=[10], epochs=1, output=str(tmp_path / "B.md"), data_root=str(tmp_path),
+                       sections=["mpc"], mpc_configs=["petlab-TTP", "spu"], runs_root=str(tmp_path / "runs"))
+    assert not (tmp_path / "B.md").exists() and not (tmp_path / "runs").exists()

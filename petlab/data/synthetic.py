@@ -33,6 +33,7 @@ __all__ = [
     "GATEWAY_COLUMNS",
     "WALLET_COLUMNS",
     "make_engagement_tables",
+    "make_wide_tables",
 ]
 
 ID_COLUMN = "customer_id"
@@ -188,4 +189,36 @@ def make_engagement_tables(*, rows: int, seed: int, overlap: float = 1.0,
     wallet = pd.concat([wallet.iloc[:n_shared], wallet.iloc[rows:]])
     wallet = wallet.iloc[rng.permutation(len(wallet))].reset_index(drop=True)
     gateway = gateway.iloc[rng.permutation(len(gateway))].reset_index(drop=True)
+    return {Party.GATEWAY.value: gateway, Party.WALLET.value: wallet}
+
+
+def make_wide_tables(*, rows: int, features: int, seed: int) -> dict[str, pd.DataFrame]:
+    """Two tables of the same ``rows`` customers with ``features`` numeric columns split
+    evenly (the gateway gets the first half and the label), for benchmarks and scale runs.
+
+    Columns are standard normal (float32); the label is drawn from a logistic model on
+    all of them, with weights of both signs, so both halves carry signal.
+
+    >>> t = make_wide_tables(rows=100, features=6, seed=0)
+    >>> t["gateway"].shape, t["wallet"].shape, bool(t["gateway"]["engaged"].isin([0, 1]).all())
+    ((100, 5), (100, 4), True)
+    """
+    if features < 2:
+        raise ValueError(f"features must be at least 2 (one per party), got {features}")
+    rng = np.random.default_rng([seed, 7])
+    weights = rng.normal(0.0, 2.0 / np.sqrt(features), size=features).astype(np.float32)
+    X = np.empty((rows, features), dtype=np.float32)
+    logits = np.empty(rows, dtype=np.float32)
+    for start in range(0, rows, 262_144):  # in blocks: bounded temporaries at millions of rows
+        block = rng.standard_normal((min(262_144, rows - start), features), dtype=np.float32)
+        X[start: start + len(block)] = block
+        logits[start: start + len(block)] = block @ weights
+    label = (rng.random(rows) < 1.0 / (1.0 + np.exp(-logits))).astype(np.int8)
+    ids = np.char.add("C", np.char.zfill(np.arange(rows).astype(str), 9))
+    half = features // 2
+    gateway = pd.DataFrame(X[:, :half], columns=[f"g_{i:03d}" for i in range(half)])
+    wallet = pd.DataFrame(X[:, half:], columns=[f"w_{i:03d}" for i in range(features - half)])
+    gateway.insert(0, ID_COLUMN, ids)
+    wallet.insert(0, ID_COLUMN, ids)
+    gateway[LABEL_COLUMN] = label
     return {Party.GATEWAY.value: gateway, Party.WALLET.value: wallet}

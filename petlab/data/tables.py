@@ -27,21 +27,25 @@ from petlab.parties import Party
 __all__ = ["party_table_path", "write_party_table", "read_party_table", "file_sha256"]
 
 
-def party_table_path(*, root: str | os.PathLike, party: Party | str, name: str) -> Path:
-    """Where ``party`` keeps table ``name`` under ``root``."""
-    return Path(root) / str(Party.parse(str(party))) / f"{name}.csv"
+def party_table_path(*, root: str | os.PathLike, party: Party | str, name: str, fmt: str = "csv") -> Path:
+    """Where ``party`` keeps table ``name`` under ``root`` (``fmt``: csv or parquet)."""
+    return Path(root) / str(Party.parse(str(party))) / f"{name}.{fmt}"
 
 
 def write_party_table(
-    table: pd.DataFrame, *, root: str | os.PathLike, party: Party | str, name: str
+    table: pd.DataFrame, *, root: str | os.PathLike, party: Party | str, name: str, fmt: str = "csv"
 ) -> Path:
     """Write one party's table atomically (a reader never sees half a file)."""
-    path = party_table_path(root=root, party=party, name=name)
+    path = party_table_path(root=root, party=party, name=name, fmt=fmt)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            table.to_csv(fh, index=False)
+        if fmt == "parquet":
+            os.close(fd)
+            table.to_parquet(tmp, index=False)
+        else:
+            with os.fdopen(fd, "w", newline="") as fh:
+                table.to_csv(fh, index=False)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

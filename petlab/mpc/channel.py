@@ -138,6 +138,8 @@ def open_peer_link(*, listen: bool, address: str, port: int, timeout_s: float) -
 
 
 def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    if len(tensors) == 1:
+        return tensors[0].reshape(-1)  # no copy when contiguous
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
@@ -150,12 +152,13 @@ def _unflat(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def _combine(mine: torch.Tensor, theirs: torch.Tensor, op) -> torch.Tensor:
+    """``mine (op) theirs``, written into ``theirs`` (a fresh buffer: no third copy)."""
     from torch.distributed import ReduceOp
 
     if op == ReduceOp.SUM:
-        return mine + theirs
+        return theirs.add_(mine)
     if op == ReduceOp.BXOR:
-        return mine ^ theirs
+        return theirs.bitwise_xor_(mine)
     raise NotImplementedError(f"direct link: reduction {op} is not used by CrypTen's two-party protocols")
 
 

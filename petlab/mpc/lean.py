@@ -45,12 +45,6 @@ NR_ITERATIONS = 3  # CrypTen's sigmoid: reciprocal_nr_iters 3
 NR_INITIAL = 0.75  # CrypTen's sigmoid: reciprocal_initial 0.75
 
 
-def _ring(shape, gen) -> torch.Tensor:
-    from crypten.common.rng import generate_random_ring_element
-
-    return generate_random_ring_element(tuple(shape), generator=gen)
-
-
 def _idx(raw: bytes) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(raw, dtype=np.int64).copy())
 
@@ -59,42 +53,33 @@ def _numel(shape) -> int:
     return math.prod(shape)
 
 
-def draws(plan: list[tuple], rank: int) -> int:
-    """How many ring elements party ``rank``'s stream gives for ``plan``: its shares of
-    the random inputs, and (party 1) its shares of the derived values.
-
-    >>> draws([("mul", (2, 1), (2, 1), None)], 0), draws([("mul", (2, 1), (2, 1), None)], 1)
-    (4, 6)
-    """
-    total = 0
-    for kind, shape, out_shape, _ in plan:
-        total += _numel(shape) * (2 if kind in ("mul", "and") else 1)
-        if rank == 1 and kind != "fm_init":
-            total += _numel(out_shape)
-    return total
-
-
 class _Stream:
-    """One party's random ring elements for a plan, drawn at once, handed out in order.
+    """One party's random ring elements, handed out in the order they are asked for.
 
-    One 63-bit seed is drawn from the party's torch stream (the generator it shares with
-    whoever deals), and seeds numpy's PCG64, whose raw 64-bit output is uniform on the
-    ring: ~20x faster than ``torch.randint`` over the full int64 range.
+    Each stream (one per :meth:`Randomness.prepare` or :func:`deal` call) starts from a
+    63-bit seed drawn from the party's torch generator (the one it shares with whoever
+    deals) and reads numpy's PCG64: its raw 64-bit outputs are uniform on the ring and
+    come in sequence, so drawing a matrix in row blocks gives the same values as at once.
     """
 
-    def __init__(self, gen, n: int):
+    def __init__(self, gen):
         seed = int(torch.randint(0, 2**62, (), generator=gen))
-        raw = np.random.Generator(np.random.PCG64(seed)).bit_generator.random_raw(n)
-        self.values, self.at = torch.from_numpy(raw.view(np.int64)), 0
+        self.bits_source = np.random.PCG64(seed)
 
     def take(self, shape) -> torch.Tensor:
-        n = _numel(shape)
-        out = self.values[self.at: self.at + n].view(tuple(shape))
-        self.at += n
-        return out
+        raw = self.bits_source.random_raw(_numel(shape))
+        return torch.from_numpy(raw.view(np.int64)).view(tuple(shape))
 
     def bits(self, shape) -> torch.Tensor:
         return self.take(shape) & 1
+
+    def matrix(self, shape, *, block_rows: int = 65536) -> torch.Tensor:
+        """A large ``(n, d)`` draw, made block by block (same values as :meth:`take`)."""
+        out = torch.empty(tuple(shape), dtype=torch.long)
+        for i in range(0, shape[0], block_rows):
+            rows = min(block_rows, shape[0] - i)
+            out[i: i + rows] = self.take((rows,) + tuple(shape[1:]))
+        return out
 
 
 # -- what one batch needs, in the order the step consumes it --------------------------
@@ -106,7 +91,7 @@ def batch_plan(*, rows: np.ndarray, d: int) -> list[tuple]:
 
     >>> plan = batch_plan(rows=np.arange(4), d=3)
     >>> [r[0] for r in plan][:3], len(plan), sum(r[0] == "and" for r in plan)
-    (['fm_left', 'and', 'and'], 27, 12)
+    (['fm_left', 'and', 'and'], 30, 12)
     """
     b = (len(rows), 1)
     idx = np.asarray(rows, dtype=np.int64).tobytes()
@@ -135,10 +120,14 @@ def deal(*, plan: list[tuple], gens: list, fixed: dict) -> torch.Tensor:
     an ``("fm_init", shape, (0,), None)`` item, which derives nothing).
     """
     out = []
-    s0, s1 = _Stream(gens[0], draws(plan, 0)), _Stream(gens[1], draws(plan, 1))
+    s0, s1 = _Stream(gens[0]), _Stream(gens[1])
     for kind, shape, _, idx in plan:
-        if kind == "fm_init":
-            fixed["A"] = s0.take(shape) + s1.take(shape)  # a new tensor: the streams are freed
+        if kind == "fm_init":  # block by block: never three (n, d) matrices at once
+            A = torch.empty(tuple(shape), dtype=torch.long)
+            for i in range(0, shape[0], 65536):
+                rows = (min(65536, shape[0] - i),) + tuple(shape[1:])
+                A[i: i + rows[0]] = s0.take(rows) + s1.take(rows)
+            fixed["A"] = A
             continue
         if kind in ("mul", "and"):
             a = (s0.take(shape), s1.take(shape))
@@ -174,7 +163,7 @@ class Randomness:
         """Make everything ``plan`` needs; party 0 asks the dealer once for all of it."""
         flat = self.fetch(plan) if self.rank == 0 else None
         at = 0
-        mine = _Stream(self.gen, draws(plan, self.rank))
+        mine = _Stream(self.gen)
 
         def derived(shape):
             nonlocal at
@@ -187,7 +176,7 @@ class Randomness:
 
         for kind, shape, out_shape, idx in plan:
             if kind == "fm_init":
-                self.A = mine.take(shape).clone()  # kept for the whole run, the rest is not
+                self.A = mine.matrix(shape)  # this party's share of the feature mask, kept all run
             elif kind in ("mul", "and"):
                 a, b = mine.take(shape), mine.take(shape)
                 self.ready.append((kind, shape, (a, b, derived(out_shape))))
@@ -383,3 +372,49 @@ def local_dealer(*, seed_own: int, seed_peer: int):
     fixed: dict = {}
     own = torch.Generator().manual_seed(seed_own)  # party 0's draws: the same stream, read separately
     return own, (lambda plan: deal(plan=plan, gens=gens, fixed=fixed)), fixed
+
+
+#: What each kind of step item opens, in ring elements per element of its shape, and in
+#: how many rounds it does so (the comparison's ANDs are batched level by level).
+def step_cost(*, batch: int, d: int) -> list[dict]:
+    """The communication of one training step, per operation, counted from the protocol.
+
+    ``opened``: ring elements each party sends (and receives) per step; ``rounds``:
+    sequential exchanges; ``dealt``: elements the dealer sends party 0 under TTP.
+
+    >>> {r["operation"]: r["opened"] for r in step_cost(batch=4, d=3)}["X_b @ w (fixed mask)"]
+    3
+    >>> sum(r["rounds"] for r in step_cost(batch=4, d=3))
+    25
+    """
+    B = batch
+    return [
+        {"operation": "X_b @ w (fixed mask)", "opened": d, "rounds": 1, "dealt": B},
+        {"operation": "sign: comparison (7 AND levels on 64-bit words)", "opened": 24 * B, "rounds": 7,
+         "dealt": 12 * B},
+        {"operation": "sign: bit to arithmetic (daBit)", "opened": B, "rounds": 1, "dealt": B},
+        {"operation": "|z| = z * sign", "opened": 2 * B, "rounds": 1, "dealt": B},
+        {"operation": f"exp: {EXP_ITERATIONS} squarings", "opened": EXP_ITERATIONS * B, "rounds": EXP_ITERATIONS,
+         "dealt": EXP_ITERATIONS * B},
+        {"operation": f"reciprocal: {NR_ITERATIONS - 1} Newton steps (square, product)",
+         "opened": (NR_ITERATIONS - 1) * 3 * B, "rounds": (NR_ITERATIONS - 1) * 2,
+         "dealt": (NR_ITERATIONS - 1) * 2 * B},
+        {"operation": "select by sign", "opened": 2 * B, "rounds": 1, "dealt": B},
+        {"operation": "X_b^T @ delta (fixed mask)", "opened": B, "rounds": 1, "dealt": d},
+    ]
+
+
+def train_bytes(*, batches, d: int, provider: str, rank: int, chunk: int) -> dict:
+    """Bytes and rounds CrypTen's counters record for :func:`train_logreg` at party
+    ``rank`` (8-byte elements, sent + received), from :func:`step_cost` alone.
+
+    Under TTP party 0 also receives the dealer's corrections (one request per ``chunk``
+    of steps: a pickled request, the result's size, then the result).
+    """
+    sizes = [len(rows) for rows in batches]
+    opened = sum(sum(r["opened"] for r in step_cost(batch=B, d=d)) for B in sizes)
+    rounds = sum(sum(r["rounds"] for r in step_cost(batch=B, d=d)) for B in sizes)
+    out = {"bytes": 8 * 2 * opened, "rounds": rounds, "dealt_bytes": 0}
+    if provider == "TTP" and rank == 0:
+        out["dealt_bytes"] = 8 * sum(sum(r["dealt"] for r in step_cost(batch=B, d=d)) for B in sizes)
+    return out

@@ -13,6 +13,7 @@ processes) and, later, on separate hosts.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -207,10 +208,16 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
     greet_peer(role=str(me), peer=str(peer), listen=(me.rank == 0), address=job.address, port=job.psi_port,
                timeout_s=cfg.mpc.peer_timeout_s, shared=job.shared_dict())
     # -- private set intersection with the peer: only the shared customers go on -------
-    # rank 0 listens, at the rendezvous address
-    psi = private_intersection(ids=table[source["id_column"]].tolist(), listen=(me.rank == 0),
-                               address=job.address, port=job.psi_port,
-                               timeout_s=cfg.mpc.peer_timeout_s)
+    if cfg.data.alignment == "psi":  # rank 0 listens, at the rendezvous address
+        psi = private_intersection(ids=table[source["id_column"]].tolist(), listen=(me.rank == 0),
+                                   address=job.address, port=job.psi_port,
+                                   timeout_s=cfg.mpc.peer_timeout_s)
+    else:  # "given": the tables hold the same customers; the handshake compares id-set digests
+        from petlab.data.psi import PsiResult
+
+        ids = table[source["id_column"]].tolist()
+        psi = PsiResult(ids=ids, own_set_size=len(ids), other_set_size=len(ids), seconds=0.0,
+                        bytes_sent=0, bytes_received=0)
     try:
         check_split_size(shared=len(psi.ids), test_fraction=cfg.data.test_fraction)
     except ConfigError as err:
@@ -299,6 +306,9 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
                 X_test_parts.append(share(feats.X_test if party == me else None, party, (n_test, d)))
             X_train_enc = crypten.cat(X_train_parts, dim=1)
             X_test_enc = crypten.cat(X_test_parts, dim=1)
+            del X_train_parts, X_test_parts
+            # the plaintext features are shared now: keep only what the record needs (memory at scale)
+            feats = dataclasses.replace(feats, X_train=feats.X_train[:0], X_test=feats.X_test[:0])
             y_own = feats.y_train[:, None] if holds_label else None
             y_train_enc = share(y_own, label_party, (n_train, 1))
 
@@ -411,7 +421,7 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
         "compat_fixes": applied_fixes(),
         "pid": os.getpid(),
         "peak_rss_mb": _peak_rss_mb(),
-        "psi": {"intersection_size": len(psi.ids), "own_set_size": psi.own_set_size,
+        "psi": {"alignment": cfg.data.alignment, "intersection_size": len(psi.ids), "own_set_size": psi.own_set_size,
                 "other_set_size": psi.other_set_size, "seconds": psi.seconds,
                 "bytes_sent": psi.bytes_sent, "bytes_received": psi.bytes_received},
     }
@@ -483,7 +493,9 @@ def _lean_setup(*, crypten, cfg: PocConfig, me: Party, X_shares: torch.Tensor):
     rand = lean.Randomness(rank=me.rank, gen=gen, fetch=fetch)
     rand.prepare([("fm_init", tuple(X_shares.shape), (0,), None)])
     party = lean.LeanParty(rank=me.rank, scale=2**precision, rand=rand)
-    (E,) = party.open(X_shares - rand.A)
+    E = torch.empty_like(X_shares)
+    for i in range(0, E.shape[0], 65536):  # opened in row blocks: no second full-size temporary
+        (E[i: i + 65536],) = party.open(X_shares[i: i + 65536] - rand.A[i: i + 65536])
     a_view = fixed["A"] if fixed is not None else rand.A  # what party 0 knows of the mask
     return {"party": party, "precision": precision, "a_view": a_view}, E
 
@@ -517,7 +529,8 @@ def _check_peers(metas: dict, *, label_party: Party) -> None:
         if meta["id_digest"] != first["id_digest"]:
             raise RendezvousError(
                 f"party {name} holds a different set of customer ids: the rows cannot be "
-                "aligned by id order (private set intersection is needed)"
+                "aligned by id order (alignment 'given' needs the same customers at both parties; "
+                "use alignment 'psi')"
             )
         if (meta["n_train"], meta["n_test"]) != (first["n_train"], first["n_test"]):
             raise RendezvousError(f"party {name} has a different number of rows")
