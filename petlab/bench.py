@@ -76,6 +76,12 @@ MPC_CONFIGS = {
     "petlab-TFP": ("petlab protocol (fixed-mask triples, bulk dealing, direct link), TFP", "logreg",
                    {"engine": "petlab", "provider": "TFP"}, False),
     "petlab-TTP": ("petlab protocol, TTP (dealer)", "logreg", {"engine": "petlab", "provider": "TTP"}, False),
+    "petlab-TTP-exp6": ("petlab protocol, TTP, exp with 6 squarings instead of 9 (3 rounds fewer per step)",
+                        "logreg", {"engine": "petlab", "provider": "TTP", "sigmoid_exp_iterations": 6}, False),
+    "petlab-TTP-nr2": ("petlab protocol, TTP, 2 Newton steps for the reciprocal instead of 3 (2 rounds fewer)",
+                       "logreg", {"engine": "petlab", "provider": "TTP", "sigmoid_nr_iterations": 2}, False),
+    "petlab-TTP-p12": ("petlab protocol, TTP, 12 fractional bits instead of 16", "logreg",
+                       {"engine": "petlab", "provider": "TTP", "precision_bits": 12}, False),
     "mlp-crypten-TFP": ("MLP, CrypTen operators as shipped, TFP", "mlp",
                         {"engine": "crypten", "provider": "TFP", "direct_link": False, "fast_config": False}, True),
     "mlp-crypten+link-TFP": ("MLP, CrypTen operators + direct link + fast config, TFP", "mlp",
@@ -227,7 +233,9 @@ def _bench_mpc(*, sizes, configs, epochs: int, slow_epochs: int, features: int, 
                 steps = [b for e in range(n_epochs) for b in minibatches(
                     n=m["n_train"], batch_size=config.train.batch_size, seed=config.train.seed, epoch=e)]
                 count = train_bytes(batches=steps, d=features, provider=config.mpc.provider, rank=1,
-                                    chunk=config.mpc.triple_chunk)
+                                    chunk=config.mpc.triple_chunk,
+                                    exp_iterations=config.mpc.sigmoid_exp_iterations,
+                                    nr_iterations=config.mpc.sigmoid_nr_iterations)
                 analytic = count["bytes"] / n_epochs
             rows.append({
                 "config": name, "description": description, "model": model, "provider": config.mpc.provider,

@@ -104,6 +104,9 @@ class MPCConfig:
     engine: str = "auto"  # "petlab" (own protocol on CrypTen shares, logreg), "crypten" (its operators); auto: petlab where it applies
     direct_link: bool = True  # the two parties' openings over one direct TCP link instead of gloo (same bytes)
     triple_chunk: int = 32  # training steps whose correlated randomness is made in one go (petlab engine)
+    sigmoid_exp_iterations: int = 9  # petlab engine: exp by (1 + x/2^k)^(2^k); CrypTen's sigmoid uses 9
+    sigmoid_nr_iterations: int = 3  # petlab engine: Newton steps for the reciprocal; CrypTen's sigmoid uses 3
+    precision_bits: int = 16  # fixed-point fractional bits (both engines; CrypTen's default 16)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,6 +221,12 @@ def validate(cfg: PocConfig) -> None:
     if m.engine == "petlab" and m.device != "cpu":
         raise ConfigError("engine 'petlab' runs on the CPU; use engine 'crypten' (or 'auto') with device "
                           f"{m.device!r}")
+    if not 1 <= m.sigmoid_exp_iterations <= 16:
+        raise ConfigError(f"sigmoid_exp_iterations must be between 1 and 16, got {m.sigmoid_exp_iterations}")
+    if not 1 <= m.sigmoid_nr_iterations <= 8:
+        raise ConfigError(f"sigmoid_nr_iterations must be between 1 and 8, got {m.sigmoid_nr_iterations}")
+    if not 8 <= m.precision_bits <= 24:
+        raise ConfigError(f"precision_bits must be between 8 and 24, got {m.precision_bits}")
     if m.triple_chunk < 1:
         raise ConfigError(f"triple_chunk must be at least 1, got {m.triple_chunk}")
     if m.provider not in PROVIDERS:

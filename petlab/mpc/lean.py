@@ -84,7 +84,8 @@ class _Stream:
 
 # -- what one batch needs, in the order the step consumes it --------------------------
 
-def batch_plan(*, rows: np.ndarray, d: int) -> list[tuple]:
+def batch_plan(*, rows: np.ndarray, d: int, exp_iterations: int = EXP_ITERATIONS,
+               nr_iterations: int = NR_ITERATIONS) -> list[tuple]:
     """The correlated randomness one training step on ``rows`` needs, in order.
 
     Each item is ``(kind, shape, derived shape, row indices as bytes or None)``.
@@ -103,8 +104,8 @@ def batch_plan(*, rows: np.ndarray, d: int) -> list[tuple]:
             plan.append(("and", b, b, None))
     plan.append(("dabit", b, b, None))  # the sign bit back to arithmetic
     plan.append(("mul", b, b, None))  # |z| = z * sign
-    plan.extend([("square", b, b, None)] * EXP_ITERATIONS)
-    for _ in range(NR_ITERATIONS - 1):  # the first iteration has a public estimate
+    plan.extend([("square", b, b, None)] * exp_iterations)
+    for _ in range(nr_iterations - 1):  # the first iteration has a public estimate
         plan.extend([("square", b, b, None), ("mul", b, b, None)])
     plan.append(("mul", b, b, None))  # where(sign)
     plan.append(("fm_right", b, (d, 1), idx))  # X_b^T @ delta
@@ -212,6 +213,8 @@ class LeanParty:
     rank: int
     scale: int
     rand: Randomness
+    exp_iterations: int = EXP_ITERATIONS  # approximation settings (CrypTen's sigmoid values by default)
+    nr_iterations: int = NR_ITERATIONS
 
     def open(self, *xs: torch.Tensor) -> list[torch.Tensor]:
         import crypten.communicator as comm
@@ -275,8 +278,8 @@ class LeanParty:
 
     def exp(self, x):
         """CrypTen's limit approximation: ``(1 + x / 2^k)`` squared ``k`` times."""
-        result = x.div(2 ** EXP_ITERATIONS, rounding_mode="trunc") + self.public(torch.full_like(x, self.scale))
-        for _ in range(EXP_ITERATIONS):
+        result = x.div(2 ** self.exp_iterations, rounding_mode="trunc") + self.public(torch.full_like(x, self.scale))
+        for _ in range(self.exp_iterations):
             result = self.square(result)
         return result
 
@@ -285,7 +288,7 @@ class LeanParty:
         y0 = NR_INITIAL
         # first iteration: y = 2*y0 - y0^2 * x, local since y0 is public
         y = self.public(torch.full_like(x, round(2 * y0 * self.scale))) - self.trunc(x * round(y0 * y0 * self.scale))
-        for _ in range(NR_ITERATIONS - 1):
+        for _ in range(self.nr_iterations - 1):
             y = 2 * y - self.mul(self.square(y), x)
         return y
 
@@ -323,7 +326,8 @@ def train_logreg(*, party: LeanParty, E: torch.Tensor, y: torch.Tensor, w: torch
     batches = list(batches)
     for start in range(0, len(batches), chunk):
         part = batches[start: start + chunk]
-        party.rand.prepare([item for rows in part for item in batch_plan(rows=rows, d=d)])
+        party.rand.prepare([item for rows in part for item in batch_plan(
+            rows=rows, d=d, exp_iterations=party.exp_iterations, nr_iterations=party.nr_iterations)])
         for rows in part:
             index = torch.from_numpy(np.asarray(rows, dtype=np.int64))
             E_b, y_b = E[index], y[index]
@@ -376,7 +380,8 @@ def local_dealer(*, seed_own: int, seed_peer: int):
 
 #: What each kind of step item opens, in ring elements per element of its shape, and in
 #: how many rounds it does so (the comparison's ANDs are batched level by level).
-def step_cost(*, batch: int, d: int) -> list[dict]:
+def step_cost(*, batch: int, d: int, exp_iterations: int = EXP_ITERATIONS,
+              nr_iterations: int = NR_ITERATIONS) -> list[dict]:
     """The communication of one training step, per operation, counted from the protocol.
 
     ``opened``: ring elements each party sends (and receives) per step; ``rounds``:
@@ -394,27 +399,28 @@ def step_cost(*, batch: int, d: int) -> list[dict]:
          "dealt": 12 * B},
         {"operation": "sign: bit to arithmetic (daBit)", "opened": B, "rounds": 1, "dealt": B},
         {"operation": "|z| = z * sign", "opened": 2 * B, "rounds": 1, "dealt": B},
-        {"operation": f"exp: {EXP_ITERATIONS} squarings", "opened": EXP_ITERATIONS * B, "rounds": EXP_ITERATIONS,
-         "dealt": EXP_ITERATIONS * B},
-        {"operation": f"reciprocal: {NR_ITERATIONS - 1} Newton steps (square, product)",
-         "opened": (NR_ITERATIONS - 1) * 3 * B, "rounds": (NR_ITERATIONS - 1) * 2,
-         "dealt": (NR_ITERATIONS - 1) * 2 * B},
+        {"operation": f"exp: {exp_iterations} squarings", "opened": exp_iterations * B, "rounds": exp_iterations,
+         "dealt": exp_iterations * B},
+        {"operation": f"reciprocal: {nr_iterations - 1} Newton steps (square, product)",
+         "opened": (nr_iterations - 1) * 3 * B, "rounds": (nr_iterations - 1) * 2,
+         "dealt": (nr_iterations - 1) * 2 * B},
         {"operation": "select by sign", "opened": 2 * B, "rounds": 1, "dealt": B},
         {"operation": "X_b^T @ delta (fixed mask)", "opened": B, "rounds": 1, "dealt": d},
     ]
 
 
-def train_bytes(*, batches, d: int, provider: str, rank: int, chunk: int) -> dict:
+def train_bytes(*, batches, d: int, provider: str, rank: int, chunk: int, exp_iterations: int = EXP_ITERATIONS,
+                nr_iterations: int = NR_ITERATIONS) -> dict:
     """Bytes and rounds CrypTen's counters record for :func:`train_logreg` at party
     ``rank`` (8-byte elements, sent + received), from :func:`step_cost` alone.
 
     Under TTP party 0 also receives the dealer's corrections (one request per ``chunk``
     of steps: a pickled request, the result's size, then the result).
     """
-    sizes = [len(rows) for rows in batches]
-    opened = sum(sum(r["opened"] for r in step_cost(batch=B, d=d)) for B in sizes)
-    rounds = sum(sum(r["rounds"] for r in step_cost(batch=B, d=d)) for B in sizes)
-    out = {"bytes": 8 * 2 * opened, "rounds": rounds, "dealt_bytes": 0}
+    costs = [step_cost(batch=len(rows), d=d, exp_iterations=exp_iterations, nr_iterations=nr_iterations)
+             for rows in batches]
+    opened = sum(r["opened"] for cost in costs for r in cost)
+    out = {"bytes": 8 * 2 * opened, "rounds": sum(r["rounds"] for cost in costs for r in cost), "dealt_bytes": 0}
     if provider == "TTP" and rank == 0:
-        out["dealt_bytes"] = 8 * sum(sum(r["dealt"] for r in step_cost(batch=B, d=d)) for B in sizes)
+        out["dealt_bytes"] = 8 * sum(r["dealt"] for cost in costs for r in cost)
     return out

@@ -107,6 +107,7 @@ def _write_json(path: Path, payload: dict) -> None:
 def _configure_crypten(crypten, cfg: PocConfig) -> None:
     crypten.cfg.mpc.provider = cfg.mpc.provider
     crypten.cfg.communicator.verbose = True  # count bytes and rounds
+    crypten.cfg.encoder.precision_bits = cfg.mpc.precision_bits
     if cfg.mpc.fast_config:  # last: every setting above is kept
         from petlab.mpc.fastconfig import freeze_crypten_config
 
@@ -492,7 +493,8 @@ def _lean_setup(*, crypten, cfg: PocConfig, me: Party, X_shares: torch.Tensor):
     precision = crypten.cfg.encoder.precision_bits
     rand = lean.Randomness(rank=me.rank, gen=gen, fetch=fetch)
     rand.prepare([("fm_init", tuple(X_shares.shape), (0,), None)])
-    party = lean.LeanParty(rank=me.rank, scale=2**precision, rand=rand)
+    party = lean.LeanParty(rank=me.rank, scale=2**precision, rand=rand,
+                           exp_iterations=cfg.mpc.sigmoid_exp_iterations, nr_iterations=cfg.mpc.sigmoid_nr_iterations)
     E = torch.empty_like(X_shares)
     for i in range(0, E.shape[0], 65536):  # opened in row blocks: no second full-size temporary
         (E[i: i + 65536],) = party.open(X_shares[i: i + 65536] - rand.A[i: i + 65536])
