@@ -211,6 +211,8 @@ def validate(cfg: PocConfig) -> None:
         raise ConfigError(f"unknown data source {d.source!r}: expected one of {', '.join(DATA_SOURCES)}")
     if t.model not in MODELS:
         raise ConfigError(f"unknown model {t.model!r}: expected one of {', '.join(MODELS)}")
+    if d.source == "wide" and d.features < 2:
+        raise ConfigError(f"features must be at least 2 for the wide data (one column per party), got {d.features}")
     if d.alignment not in ALIGNMENTS:
         raise ConfigError(f"unknown alignment {d.alignment!r}: expected one of {', '.join(ALIGNMENTS)}")
     if m.engine not in ENGINES:

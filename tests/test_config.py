@@ -32,6 +32,14 @@ def test_defaults_and_overrides():
         ({"source": "s3"}, "unknown data source 's3'"),
         ({"overlap": 0}, "overlap must be in"),
         ({"wallet_extra": -0.1}, "wallet_extra must be >= 0"),
+        ({"engine": "spu"}, "unknown engine 'spu'"),
+        ({"engine": "petlab", "model": "mlp"}, "engine 'petlab' implements logistic regression"),
+        ({"triple_chunk": 0}, "triple_chunk must be at least 1"),
+        ({"sigmoid_exp_iterations": 0}, "sigmoid_exp_iterations must be between 1 and 16"),
+        ({"sigmoid_nr_iterations": 9}, "sigmoid_nr_iterations must be between 1 and 8"),
+        ({"precision_bits": 30}, "precision_bits must be between 8 and 24"),
+        ({"alignment": "fuzzy"}, "unknown alignment 'fuzzy'"),
+        ({"source": "wide", "features": 1}, "features must be at least 2"),
     ],
 )
 def test_bad_values_raise_one_line_errors(overrides, message):
@@ -56,3 +64,11 @@ def test_params_files(tmp_path):
         load_params_file(tmp_path / "bad.json")
     with pytest.raises(ConfigError, match="not found"):
         load_params_file(tmp_path / "missing.json")
+
+
+def test_auto_engine_is_petlab_for_logistic_regression_on_the_cpu_only():
+    from petlab.config import resolved_engine
+
+    assert resolved_engine(poc_config()) == "petlab"
+    assert resolved_engine(poc_config(model="mlp")) == "crypten"
+    assert resolved_engine(poc_config(engine="crypten")) == "crypten"

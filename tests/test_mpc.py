@@ -187,3 +187,16 @@ def test_direct_link_changes_only_the_transport(small_config, tmp_path):
         runs[link] = run_poc(config=config, runs_root=str(tmp_path / f"link-{link}"), progress=False)
     assert runs[True].metrics["comm"] == runs[False].metrics["comm"]
     assert abs(runs[True].metrics["auc"]["mpc"] - runs[False].metrics["auc"]["mpc"]) < 0.002
+
+
+def test_given_alignment_skips_psi_and_refuses_different_customers(small_config, tmp_path):
+    """``alignment='given'``: no PSI when both tables hold the same customers; tables
+    that do not are refused by the digest check, with the reason."""
+    config = small_config(source="wide", rows=800, features=6, alignment="given", epochs=1)
+    result = run_poc(config=config, runs_root=str(tmp_path / "given"), progress=False)
+    psi = result.metrics["psi"]["gateway"]
+    assert psi["alignment"] == "given" and psi["seconds"] == 0 and psi["intersection_size"] == 800
+    assert abs(result.metrics["auc"]["mpc"] - result.metrics["auc"]["plaintext"]) < 0.002
+    with pytest.raises(MPCRunError, match="alignment 'given' needs the same customers"):
+        run_poc(config=small_config(alignment="given", epochs=1), runs_root=str(tmp_path / "differ"),
+                progress=False)
