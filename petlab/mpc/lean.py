@@ -20,12 +20,14 @@ point scale), with the same algorithms and constants as CrypTen's operators:
   CrypTen's, accurate to ~2e-3 while ``|z| < 2^9``);
 - **truncation**: local (each party divides its share), as CrypTen does for 2 parties;
 - **correlated randomness in bulk**: every triple a chunk of batches needs is made in
-  one go: under TTP by the dealer in one request (:class:`DealerServer`, a subclass of
-  CrypTen's ``TTPServer``: same per-party seeded generators, one extra function), under
-  TFP by the gateway itself (CrypTen's TFP trust model: party 0 knows every triple).
+  one go: under TTP by the dealer in one request (:func:`dealer_server_class`: CrypTen's
+  ``TTPServer`` with one more request, same per-party seeded generators), under TFP by
+  the gateway itself (CrypTen's TFP trust model: party 0 knows every triple).
 
 A party's generator streams are consumed in the same order by it and by whoever deals,
-so only party 0's corrections travel. Each batch is 25 rounds (1 + 23 + 1).
+so only party 0's corrections travel. Each step is 25 rounds (1 + 23 + 1), counted per
+operation by :func:`step_cost`; a run's training traffic equals that count exactly
+(``tests/test_mpc.py``).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import numpy as np
 import torch
 
 __all__ = ["Randomness", "LeanParty", "batch_plan", "deal", "train_logreg", "dealer_server_class", "ttp_fetch",
-           "local_dealer"]
+           "local_dealer", "step_cost", "train_bytes"]
 
 AND_LEVELS = 6  # Kogge-Stone levels for 64-bit words
 EXP_ITERATIONS = 9  # CrypTen's sigmoid: exp_iterations 9
@@ -378,8 +380,6 @@ def local_dealer(*, seed_own: int, seed_peer: int):
     return own, (lambda plan: deal(plan=plan, gens=gens, fixed=fixed)), fixed
 
 
-#: What each kind of step item opens, in ring elements per element of its shape, and in
-#: how many rounds it does so (the comparison's ANDs are batched level by level).
 def step_cost(*, batch: int, d: int, exp_iterations: int = EXP_ITERATIONS,
               nr_iterations: int = NR_ITERATIONS) -> list[dict]:
     """The communication of one training step, per operation, counted from the protocol.
