@@ -92,6 +92,31 @@ MPC_CONFIGS = {
 
 #: Where the WAN section also keeps its points, for notebook 04.
 WAN_RESULTS = "benchmarks/wan.json"
+#: Where the mpc section keeps its rows: re-measuring some configurations keeps the others.
+MPC_RESULTS = "benchmarks/mpc.json"
+
+
+def _merge_rows(*, path: Path, rows: list[dict]) -> list[dict]:
+    """The rows in ``path`` with ``rows`` replacing those of the same configuration and
+    size; written back, and returned in configuration order.
+
+    >>> import tempfile; p = Path(tempfile.mkdtemp()) / "m.json"
+    >>> _ = _merge_rows(path=p, rows=[{"config": "petlab-TTP", "n_train": 10, "mpc_s": 1.0}])
+    >>> [r["mpc_s"] for r in _merge_rows(path=p, rows=[{"config": "petlab-TTP", "n_train": 10, "mpc_s": 2.0}])]
+    [2.0]
+    """
+    import json
+
+    old = json.loads(path.read_text())["rows"] if path.is_file() else []
+    new_keys = {(r["config"], r["n_train"]) for r in rows}
+    merged = [r for r in old if (r["config"], r["n_train"]) not in new_keys] + rows
+    order = {name: i for i, name in enumerate(MPC_CONFIGS)}
+    merged.sort(key=lambda r: (r["n_train"], order.get(r["config"], len(order))))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"rows": merged}, indent=1))
+    tmp.replace(path)
+    return merged
 
 HEADER = """# Benchmarks
 
@@ -166,12 +191,15 @@ def run_benchmarks(*, sizes, epochs: int, output: str, data_root: str, runs_root
     rendered: dict[str, str] = {}
     rows = []
     if "mpc" in sections:
-        rows = _bench_mpc(sizes=sizes, configs=mpc_configs or list(MPC_CONFIGS), epochs=epochs,
-                          slow_epochs=slow_epochs, features=features, data_root=data_root, root=root)
         command = "petlab bench --sections mpc " + " ".join(
             [f"--sizes {' '.join(map(str, sizes))}", f"--epochs {epochs}", f"--slow-epochs {slow_epochs}",
              f"--features {features}", f"--mpc-configs {' '.join(mpc_configs or list(MPC_CONFIGS))}"])
-        rendered["mpc"] = render_mpc(rows=rows, command=command, machine=_machine())
+        rows = _bench_mpc(sizes=sizes, configs=mpc_configs or list(MPC_CONFIGS), epochs=epochs,
+                          slow_epochs=slow_epochs, features=features, data_root=data_root, root=root)
+        for r in rows:
+            r.update(command=command, when=_stamp(), machine=_machine())
+        kept = _merge_rows(path=Path(MPC_RESULTS), rows=rows)
+        rendered["mpc"] = render_mpc(rows=kept)
     if "scale" in sections:
         scale_rows = _bench_mpc(sizes=[scale_rows_n], configs=["petlab-TTP"], epochs=scale_epochs,
                                 slow_epochs=scale_epochs, features=scale_features, data_root=data_root,
@@ -340,14 +368,16 @@ def _mb(x) -> str:
     return "—" if x is None else f"{x / 1e6:,.1f}"
 
 
-def render_mpc(*, rows: list[dict], command: str, machine: str) -> str:
-    """The MPC-vs-plaintext section for measured ``rows``."""
+def render_mpc(*, rows: list[dict]) -> str:
+    """The MPC-vs-plaintext section for measured ``rows`` (each with its command)."""
     from petlab.mpc.lean import step_cost
 
-    lines = [
-        "## MPC training against plaintext",
-        "",
-        f"Measured by `{command}` on {_stamp()}, on: {machine}.",
+    commands = list(dict.fromkeys((r["command"], r["when"], r["machine"]) for r in rows))
+    lines = ["## MPC training against plaintext", ""]
+    for i, (command, when, machine) in enumerate(commands, 1):
+        tag = f" [{i}]" if len(commands) > 1 else ""
+        lines.append(f"Measured{tag} by `{command}` on {when}, on: {machine}.")
+    lines += [
         "",
         "Data: the wide synthetic tables (`--source wide`): numeric columns split evenly between",
         "the parties, label at the gateway, the same customers at both (alignment given: PSI is",
@@ -367,9 +397,11 @@ def render_mpc(*, rows: list[dict], command: str, machine: str) -> str:
         "",
         "| configuration | model | train rows | epochs | plaintext s | MPC s | × plaintext | AUC MPC "
         "| AUC plaintext | max abs weight diff | MB gateway / wallet | rounds gateway / wallet "
-        "| train MB/epoch (wallet) | analytic MB/epoch | peak RSS MB gateway / wallet / dealer |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| train MB/epoch (wallet) | analytic MB/epoch | peak RSS MB gateway / wallet / dealer |"
+        + (" command |" if len(commands) > 1 else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if len(commands) > 1 else ""),
     ]
+    which = {c[0]: i for i, c in enumerate(commands, 1)}
     for r in rows:
         wd = "—" if r["max_abs_weight_diff"] is None else f"{r['max_abs_weight_diff']:.4f}"
         rss = r["peak_rss_mb"]
@@ -380,7 +412,8 @@ def render_mpc(*, rows: list[dict], command: str, machine: str) -> str:
             f"| {_mb(r['bytes']['gateway'])} / {_mb(r['bytes']['wallet'])} "
             f"| {r['rounds']['gateway']:,} / {r['rounds']['wallet']:,} "
             f"| {_mb(r['train_bytes_per_epoch']['wallet'])} | {_mb(r['analytic_bytes_per_epoch'])} "
-            f"| {rss['gateway']:,.0f} / {rss['wallet']:,.0f} / {dealer} |")
+            f"| {rss['gateway']:,.0f} / {rss['wallet']:,.0f} / {dealer} |"
+            + (f" [{which[r['command']]}] |" if len(commands) > 1 else ""))
     lines += ["", "Configurations:", ""]
     for name in dict.fromkeys(r["config"] for r in rows):
         lines.append(f"- `{name}`: {MPC_CONFIGS[name][0]}")

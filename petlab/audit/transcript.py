@@ -147,7 +147,10 @@ def wrap_communicator(communicator_cls, *, transcript: Transcript) -> None:
         @functools.wraps(fn)
         def recorded(self, *args, **kwargs):
             rank = self.get_rank()
-            if name in ("all_reduce", "reduce"):
+            # the other party's contribution to a reduction is only computed when the words
+            # are kept (audit runs); counting needs only its size, which is the result's
+            exact = transcript.keep_words and name in ("all_reduce", "reduce")
+            if exact:
                 own = args[0]
                 own = [t.clone() for t in own] if isinstance(own, list) else own.clone()
             result = fn(self, *args, **kwargs)
@@ -155,11 +158,13 @@ def wrap_communicator(communicator_cls, *, transcript: Transcript) -> None:
                 if name == "recv":
                     transcript.add(call=name, received=result, peer=str(kwargs.get("src", args[1] if len(args) > 1 else None)))
                 elif name == "all_reduce":
-                    transcript.add(call=name, received=_other_contribution(result, own, kwargs.get("op")))
+                    transcript.add(call=name, received=_other_contribution(result, own, kwargs.get("op"))
+                                   if exact else result)
                 elif name == "reduce":
                     dst = kwargs.get("dst", args[1] if len(args) > 1 else None)
                     if dst == rank and result is not None:
-                        transcript.add(call=name, received=_other_contribution(result, own, kwargs.get("op")))
+                        transcript.add(call=name, received=_other_contribution(result, own, kwargs.get("op"))
+                                       if exact else result)
                 elif name == "broadcast":
                     src = kwargs.get("src", args[1] if len(args) > 1 else None)
                     if src != rank:
