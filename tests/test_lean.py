@@ -97,11 +97,11 @@ def test_dealt_randomness_is_correlated_as_each_protocol_needs():
     parties, fixed, _ = _pair()
     n, d = 50, 4
     rows = np.array([3, 7, 1, 0, 49])
-    plan = [("fm_init", (n, d), (0,), None)] + [
-        ("mul", (5, 1), (5, 1), None), ("square", (5, 1), (5, 1), None), ("and", (5, 1), (5, 1), None),
-        ("dabit", (5, 1), (5, 1), None), ("fm_left", (d, 1), (5, 1), rows.tobytes()),
-        ("fm_right", (5, 1), (d, 1), rows.tobytes())]
+    plan = [("mul", (5, 1), (5, 1), None), ("square", (5, 1), (5, 1), None), ("and", (5, 1), (5, 1), None),
+            ("dabit", (5, 1), (5, 1), None), ("fm_left", (d, 1), (5, 1), rows.tobytes()),
+            ("fm_right", (5, 1), (d, 1), rows.tobytes())]
     for p in parties:
+        p.rand.prepare([("fm_init", (n, d), (0,), None)])  # the mask comes first, on its own
         p.rand.prepare(plan)
     A = parties[0].rand.A + parties[1].rand.A
     assert torch.equal(A, fixed["A"])  # the dealer's mask is the sum of the parties' shares
@@ -128,6 +128,8 @@ def test_randomness_taken_out_of_step_is_refused():
     parties[1].rand.prepare([("mul", (2, 1), (2, 1), None)])
     with pytest.raises(RuntimeError, match="out of step: wanted square"):
         parties[1].rand.take("square", (2, 1))
+    with pytest.raises(ValueError, match="prepared on its own"):
+        parties[1].rand.prepare([("fm_init", (4, 2), (0,), None), ("mul", (2, 1), (2, 1), None)])
 
 
 def test_products_comparison_and_sigmoid_on_shares():

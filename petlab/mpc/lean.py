@@ -116,40 +116,66 @@ def batch_plan(*, rows: np.ndarray, d: int, exp_iterations: int = EXP_ITERATIONS
 
 # -- the dealer: turns every party's random draws into party 0's corrections ----------
 
+def _groups(plan: list[tuple]) -> dict:
+    """Plan items of the same kind and shapes, in order of first appearance: each group
+    is drawn and dealt as one tensor (a chunk of steps costs a few dozen tensor
+    operations, not thousands). ``(kind, shape, out_shape) -> [(position, rows), ...]``.
+    """
+    groups: dict = {}
+    for pos, (kind, shape, out_shape, idx) in enumerate(plan):
+        if kind == "fm_init":
+            if len(plan) != 1:
+                raise ValueError("the feature mask (fm_init) is prepared on its own")
+            continue
+        if kind not in ("mul", "and", "square", "dabit", "fm_left", "fm_right"):
+            raise ValueError(f"unknown randomness request {kind!r}")
+        groups.setdefault((kind, tuple(shape), tuple(out_shape)), []).append((pos, idx))
+    return groups
+
+
+def _rows(members) -> torch.Tensor:
+    return torch.stack([_idx(idx) for _, idx in members])
+
+
+def _fm_product(kind: str, A_rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return A_rows @ mask if kind == "fm_left" else A_rows.transpose(1, 2) @ mask
+
+
 def deal(*, plan: list[tuple], gens: list, fixed: dict) -> torch.Tensor:
-    """Party 0's shares of every derived value in ``plan``, flattened in plan order.
+    """Party 0's shares of every derived value in ``plan``, flat, group by group.
 
     ``gens[p]`` is party ``p``'s stream; ``fixed["A"]`` keeps the feature mask (made by
-    an ``("fm_init", shape, (0,), None)`` item, which derives nothing).
+    an ``("fm_init", shape, (0,), None)`` plan of its own, which derives nothing). Each
+    stream is read in the same order as :meth:`Randomness.prepare` reads it.
     """
-    out = []
     s0, s1 = _Stream(gens[0]), _Stream(gens[1])
-    for kind, shape, _, idx in plan:
-        if kind == "fm_init":  # block by block: never three (n, d) matrices at once
-            A = torch.empty(tuple(shape), dtype=torch.long)
-            for i in range(0, shape[0], 65536):
-                rows = (min(65536, shape[0] - i),) + tuple(shape[1:])
-                A[i: i + rows[0]] = s0.take(rows) + s1.take(rows)
-            fixed["A"] = A
-            continue
+    if plan and plan[0][0] == "fm_init":
+        shape = plan[0][1]
+        A = torch.empty(tuple(shape), dtype=torch.long)
+        for i in range(0, shape[0], 65536):  # block by block: never three (n, d) matrices at once
+            rows = (min(65536, shape[0] - i),) + tuple(shape[1:])
+            A[i: i + rows[0]] = s0.take(rows) + s1.take(rows)
+        fixed["A"] = A
+        return torch.empty(0, dtype=torch.long)
+    out = []
+    for (kind, shape, out_shape), members in _groups(plan).items():
+        full, derived = (len(members),) + shape, (len(members),) + out_shape
         if kind in ("mul", "and"):
-            a = (s0.take(shape), s1.take(shape))
-            b = (s0.take(shape), s1.take(shape))
-            c = (a[0] + a[1]) * (b[0] + b[1]) if kind == "mul" else (a[0] ^ a[1]) & (b[0] ^ b[1])
-            out.append(c - s1.take(c.shape) if kind == "mul" else c ^ s1.take(c.shape))
+            a = (s0.take(full), s1.take(full))
+            b = (s0.take(full), s1.take(full))
+            if kind == "mul":
+                out.append((a[0] + a[1]) * (b[0] + b[1]) - s1.take(derived))
+            else:
+                out.append(((a[0] ^ a[1]) & (b[0] ^ b[1])) ^ s1.take(derived))
         elif kind == "square":
-            r = s0.take(shape) + s1.take(shape)
-            out.append(r * r - s1.take(r.shape))
+            r = s0.take(full) + s1.take(full)
+            out.append(r * r - s1.take(derived))
         elif kind == "dabit":
-            bit = s0.bits(shape) ^ s1.bits(shape)
-            out.append(bit - s1.take(shape))
-        elif kind in ("fm_left", "fm_right"):
-            rows_a = fixed["A"][_idx(idx)]
-            mask = s0.take(shape) + s1.take(shape)
-            c = rows_a @ mask if kind == "fm_left" else rows_a.t() @ mask
-            out.append(c - s1.take(c.shape))
-        else:
-            raise ValueError(f"unknown randomness request {kind!r}")
+            bit = s0.bits(full) ^ s1.bits(full)
+            out.append(bit - s1.take(derived))
+        else:  # fm_left, fm_right
+            mask = s0.take(full) + s1.take(full)
+            out.append(_fm_product(kind, fixed["A"][_rows(members)], mask) - s1.take(derived))
     return torch.cat([c.reshape(-1) for c in out]) if out else torch.empty(0, dtype=torch.long)
 
 
@@ -165,38 +191,46 @@ class Randomness:
     def prepare(self, plan: list[tuple]) -> None:
         """Make everything ``plan`` needs; party 0 asks the dealer once for all of it."""
         flat = self.fetch(plan) if self.rank == 0 else None
-        at = 0
         mine = _Stream(self.gen)
+        if plan and plan[0][0] == "fm_init":
+            _groups(plan)  # checks it is alone
+            self.A = mine.matrix(plan[0][1])  # this party's share of the feature mask, kept all run
+            return
+        at = 0
 
         def derived(shape):
             nonlocal at
             if self.rank != 0:
                 return mine.take(shape)
             n = _numel(shape)
+            if at + n > flat.numel():
+                raise RuntimeError(f"the dealer sent {flat.numel()} words, fewer than the plan needs")
             value = flat[at: at + n].view(tuple(shape))
             at += n
             return value
 
-        for kind, shape, out_shape, idx in plan:
-            if kind == "fm_init":
-                self.A = mine.matrix(shape)  # this party's share of the feature mask, kept all run
-            elif kind in ("mul", "and"):
-                a, b = mine.take(shape), mine.take(shape)
-                self.ready.append((kind, shape, (a, b, derived(out_shape))))
+        slots: list = [None] * len(plan)
+        for (kind, shape, out_shape), members in _groups(plan).items():
+            full, out = (len(members),) + shape, (len(members),) + out_shape
+            if kind in ("mul", "and"):
+                a, b = mine.take(full), mine.take(full)
+                values = [(a[j], b[j]) for j in range(len(members))]
             elif kind == "square":
-                r = mine.take(shape)
-                self.ready.append((kind, shape, (r, derived(out_shape))))
+                r = mine.take(full)
+                values = [(r[j],) for j in range(len(members))]
             elif kind == "dabit":
-                rb = mine.bits(shape)
-                self.ready.append((kind, shape, (rb, derived(out_shape))))
-            elif kind in ("fm_left", "fm_right"):
-                mask = mine.take(shape)
-                self.ready.append((kind, shape, (self.A[_idx(idx)], mask, derived(out_shape))))
-            else:
-                raise ValueError(f"unknown randomness request {kind!r}")
+                rb = mine.bits(full)
+                values = [(rb[j],) for j in range(len(members))]
+            else:  # fm_left, fm_right
+                mask = mine.take(full)
+                A_rows = self.A[_rows(members)]
+                values = [(A_rows[j], mask[j]) for j in range(len(members))]
+            c = derived(out)
+            for j, (pos, _) in enumerate(members):
+                slots[pos] = (kind, shape, values[j] + (c[j],))
         if self.rank == 0 and at != flat.numel():
             raise RuntimeError(f"the dealer sent {flat.numel()} words for a plan that needs {at}")
-        self.ready.reverse()  # take() pops from the end
+        self.ready = slots[::-1]  # take() pops from the end
 
     def take(self, kind: str, shape) -> tuple:
         got_kind, got_shape, values = self.ready.pop()
