@@ -26,8 +26,10 @@ import torch
 
 __all__ = ["PeerLink", "PeerLinkError", "open_peer_link", "install_peer_link", "restore"]
 
-#: How long a receiver polls before it sleeps in ``select`` (seconds).
-SPIN_S = 0.002
+#: How long a receiver polls before it sleeps in ``select`` (seconds). Measured here
+#: (two parties and a dealer on 2 cores): 0.5 ms beat 0.2, 2 and 5 ms; a longer poll
+#: takes the CPU from the dealer.
+SPIN_S = 0.0005
 _CHUNK = 1 << 20
 
 

@@ -170,7 +170,8 @@ def _run_dealer(*, job: Job, out: Path) -> None:
                               f"within {job.config.mpc.peer_timeout_s:g} s: "
                               f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     _write_json(out / "result.json", {"role": DEALER, "seconds": time.perf_counter() - t0,
-                                      "compat_fixes": applied_fixes(), "pid": os.getpid()})
+                                      "compat_fixes": applied_fixes(), "pid": os.getpid(),
+                                      "peak_rss_mb": _peak_rss_mb()})
 
 
 def _public_meta(job: Job, me: Party, feats, table_digest: str) -> dict:
