@@ -368,6 +368,36 @@ def _mb(x) -> str:
     return "—" if x is None else f"{x / 1e6:,.1f}"
 
 
+def _findings(rows: list[dict]) -> list[str]:
+    """Ratios the issue asks about, computed from the rows (per epoch where epochs differ).
+
+    >>> rows = [{"config": c, "n_train": 10_000, "epochs": 10, "mpc_s": s, "model": "logreg"}
+    ...         for c, s in (("petlab-TFP", 2.0), ("petlab-TTP", 3.0), ("crypten-TTP", 60.0))]
+    >>> print("\\n".join(_findings(rows)))
+    Findings at 10,000 training rows (seconds per epoch):
+    - TTP / TFP, petlab protocol: 1.50
+    - CrypTen operators as shipped (TTP) / petlab protocol (TTP): 20.0x
+    - petlab protocol (TTP) / SPU SEMI2K exact sigmoid (quoted): 2.1x (1.4 s for 10 epochs)
+    """
+    out = []
+    spu = {n: secs for system, model, secs_by_n, _ in SPU_QUOTED if "exact" in system
+           for n, secs in secs_by_n.items()}
+    for n in sorted({r["n_train"] for r in rows}):
+        per_epoch = {r["config"]: r["mpc_s"] / r["epochs"] for r in rows if r["n_train"] == n}
+        lines = []
+        if "petlab-TFP" in per_epoch and "petlab-TTP" in per_epoch:
+            lines.append(f"- TTP / TFP, petlab protocol: {per_epoch['petlab-TTP'] / per_epoch['petlab-TFP']:.2f}")
+        if "crypten-TTP" in per_epoch and "petlab-TTP" in per_epoch:
+            lines.append(f"- CrypTen operators as shipped (TTP) / petlab protocol (TTP): "
+                         f"{per_epoch['crypten-TTP'] / per_epoch['petlab-TTP']:.1f}x")
+        if "petlab-TTP" in per_epoch and n in spu:
+            lines.append(f"- petlab protocol (TTP) / SPU SEMI2K exact sigmoid (quoted): "
+                         f"{per_epoch['petlab-TTP'] / (spu[n] / 10):.1f}x ({spu[n]:g} s for 10 epochs)")
+        if lines:
+            out += [f"Findings at {n:,} training rows (seconds per epoch):", *lines]
+    return out
+
+
 def render_mpc(*, rows: list[dict]) -> str:
     """The MPC-vs-plaintext section for measured ``rows`` (each with its command)."""
     from petlab.mpc.lean import step_cost
@@ -414,7 +444,7 @@ def render_mpc(*, rows: list[dict]) -> str:
             f"| {_mb(r['train_bytes_per_epoch']['wallet'])} | {_mb(r['analytic_bytes_per_epoch'])} "
             f"| {rss['gateway']:,.0f} / {rss['wallet']:,.0f} / {dealer} |"
             + (f" [{which[r['command']]}] |" if len(commands) > 1 else ""))
-    lines += ["", "Configurations:", ""]
+    lines += ["", *_findings(rows), "", "Configurations:", ""]
     for name in dict.fromkeys(r["config"] for r in rows):
         lines.append(f"- `{name}`: {MPC_CONFIGS[name][0]}")
     lines += [

@@ -47,7 +47,7 @@ def notebook_parameters(*, config: PocConfig) -> dict:
         "GATEWAY_TABLE": d.gateway_table, "WALLET_TABLE": d.wallet_table, "ID_COLUMN": d.id_column,
         "LABEL_COLUMN": d.label_column, "LABEL_PARTY": d.label_party,
         "MODEL": t.model, "EPOCHS": t.epochs, "BATCH_SIZE": t.batch_size, "LR": t.lr,
-        "HIDDEN": t.hidden, "PROVIDER": m.provider, "DEVICE": m.device,
+        "HIDDEN": t.hidden, "PROVIDER": m.provider, "DEVICE": m.device, "ENGINE": m.engine,
         "REVEAL_WEIGHTS": m.reveal_weights, "TRACK_LOSS": m.track_loss,
     }
 
