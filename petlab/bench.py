@@ -30,11 +30,10 @@ def _psi_side(ids, listen, port, queue):
     from petlab.data.psi import private_intersection
 
     result = private_intersection(ids=ids, listen=listen, address="127.0.0.1", port=port, timeout_s=7200)
-    import resource
+    from petlab.mpc.party import _peak_rss_mb
 
     queue.put({"listen": listen, "seconds": result.seconds, "size": len(result.ids),
-               "bytes": result.bytes_sent + result.bytes_received,
-               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+               "bytes": result.bytes_sent + result.bytes_received, "peak_rss_mb": _peak_rss_mb()})
 
 
 def bench_psi(*, n: int, overlap: float = 0.7) -> dict:
@@ -277,6 +276,7 @@ def _bench_mpc(*, sizes, configs, epochs: int, slow_epochs: int, features: int, 
                 "train_bytes_per_epoch": {p: train[p]["bytes"] / n_epochs for p in train},
                 "analytic_bytes_per_epoch": analytic,
                 "peak_rss_mb": {**{p: records[p]["peak_rss_mb"] for p in records}, "dealer": dealer_rss},
+                "rss": "VmHWM",  # per process (see petlab.mpc.party._peak_rss_mb)
                 "run": str(result.run.path),
             })
     return rows
@@ -422,7 +422,9 @@ def render_mpc(*, rows: list[dict]) -> str:
         "- **MB, rounds**: CrypTen's communicator counts per party (8-byte elements, sent + received)",
         "  over sharing, masking, training and reveals. **train MB/epoch**: the SGD steps only",
         "  (wallet); **analytic**: what the petlab protocol must send by its own count (table below).",
-        "- **peak RSS**: peak resident memory of each process (gateway / wallet / dealer).",
+        "- **peak RSS**: peak resident memory of each process (gateway / wallet / dealer), from",
+        "  Linux's VmHWM. Rows marked † were read from `ru_maxrss`, which Linux carries over from",
+        "  the launching process (the benchmark, which had generated the tables): upper bounds.",
         "- **max |Δw|**: largest difference between the MPC and plaintext final weights.",
         "",
         "| configuration | model | train rows | epochs | plaintext s | MPC s | × plaintext | AUC MPC "
@@ -442,7 +444,7 @@ def render_mpc(*, rows: list[dict]) -> str:
             f"| {_mb(r['bytes']['gateway'])} / {_mb(r['bytes']['wallet'])} "
             f"| {r['rounds']['gateway']:,} / {r['rounds']['wallet']:,} "
             f"| {_mb(r['train_bytes_per_epoch']['wallet'])} | {_mb(r['analytic_bytes_per_epoch'])} "
-            f"| {rss['gateway']:,.0f} / {rss['wallet']:,.0f} / {dealer} |"
+            f"| {rss['gateway']:,.0f} / {rss['wallet']:,.0f} / {dealer}{'' if r.get('rss') == 'VmHWM' else ' †'} |"
             + (f" [{which[r['command']]}] |" if len(commands) > 1 else ""))
     lines += ["", *_findings(rows), "", "Configurations:", ""]
     for name in dict.fromkeys(r["config"] for r in rows):
@@ -501,8 +503,10 @@ def render_scale(*, rows: list[dict], command: str, machine: str) -> str:
             f"| {r['n_train']:,} | {r['features']} | {r['epochs']} | {r['mpc_s']:.1f} | {r['plaintext_s']:.2f} "
             f"| {r['auc_mpc']:.4f} | {r['auc_plaintext']:.4f} | {r['max_abs_weight_diff']:.4f} "
             f"| {_mb(r['bytes']['gateway'])} / {_mb(r['bytes']['wallet'])} "
-            f"| {rss['gateway']:,.0f} / {rss['wallet']:,.0f} / {dealer} |")
-    lines += ["", "Run folder (not committed): " + ", ".join(f"`{Path(r['run']).name}`" for r in rows)]
+            f"| {rss['gateway']:,.0f} / {rss['wallet']:,.0f} / {dealer}{'' if r.get('rss') == 'VmHWM' else ' †'} |")
+    lines += ["", "Peak RSS from Linux's VmHWM per process († : from `ru_maxrss`, which Linux carries over "
+              "from the launching process: an upper bound).",
+              "", "Run folder (not committed): " + ", ".join(f"`{Path(r['run']).name}`" for r in rows)]
     return "\n".join(lines)
 
 

@@ -516,7 +516,19 @@ def _uninit_quietly(crypten) -> None:
 
 
 def _peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MB (Linux reports KiB)."""
+    """Peak resident memory of this process so far, in MB.
+
+    Linux's ``VmHWM`` (this address space's high-water mark). Not ``ru_maxrss``: Linux
+    carries that across ``exec`` from the process that started this one, so a party
+    started by a large launcher would report the launcher's peak.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
