@@ -154,7 +154,7 @@ def merge_sections(*, text: str, sections: dict[str, str]) -> str:
 
 def run_benchmarks(*, sizes, epochs: int, output: str, data_root: str, runs_root: str = "runs",
                    mpc_configs=None, slow_epochs: int = 1, features: int = 30,
-                   psi_sizes=(10_000, 100_000), scale_rows_n: int = 1_250_000, scale_features: int = 100,
+                   psi_sizes=(10_000, 100_000), scale_rows_n: int = 1_000_000, scale_features: int = 100,
                    scale_epochs: int = 1, sections=SECTIONS, wan: dict | None = None) -> list[dict]:
     """Measure the requested sections and rewrite them in ``output`` (others are kept).
 
@@ -162,7 +162,8 @@ def run_benchmarks(*, sizes, epochs: int, output: str, data_root: str, runs_root
         sizes: training rows of the ``mpc`` section (the tables hold 25% more: the test split).
         epochs: epochs of each configuration; ``slow_epochs`` for the slow ones above 10,000.
         mpc_configs: names from :data:`MPC_CONFIGS` (default all); features: columns.
-        scale_rows_n, scale_features, scale_epochs: the ``scale`` section (one petlab TTP run).
+        scale_rows_n, scale_features, scale_epochs: the ``scale`` section (one petlab TTP run;
+            ``scale_rows_n`` training rows, as ``sizes``).
         psi_sizes: ids per side for section ``psi``.
         wan: keyword arguments of :func:`petlab.wan.measure_wan` for section ``wan``
             (rtts_ms, rates_mbit, providers, models, rows, epochs).

@@ -232,8 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--features", type=int, default=30, help="columns, split evenly (default 30)")
     bench.add_argument("--mpc-configs", nargs="+", default=None,
                        help="configurations of the mpc section (default all; see petlab.bench.MPC_CONFIGS)")
-    bench.add_argument("--scale-rows", type=int, default=1_250_000,
-                       help="customers of the scale section (80%% train; default 1250000)")
+    bench.add_argument("--scale-rows", type=int, default=1_000_000,
+                       help="training rows of the scale section (the tables hold 25%% more: the test split; "
+                       "default 1000000)")
     bench.add_argument("--scale-features", type=int, default=100, help="columns of the scale section (default 100)")
     bench.add_argument("--scale-epochs", type=int, default=1, help="epochs of the scale section (default 1)")
     bench.add_argument("--psi-sizes", type=int, nargs="*", default=[10_000, 100_000],

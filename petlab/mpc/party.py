@@ -39,6 +39,8 @@ from petlab.parties import DEALER, Party
 
 __all__ = ["run_party", "minibatches", "monitor_indices", "PeerLostError"]
 
+SHARE_BLOCK_ROWS = 65_536  # rows secret-shared at a time
+
 log = logging.getLogger("petlab.party")
 
 
@@ -300,15 +302,23 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
             data = torch.from_numpy(own) if party == me else torch.zeros(shape)
             return crypten.cryptensor(data.to(device), src=party.rank, device=device)
 
+        def share_columns(own: np.ndarray, rows: int) -> "crypten.CrypTensor":
+            """Every party's columns (gateway's first), shared block by block into one
+            share: no per-party parts to concatenate, bounded temporaries at scale."""
+            widths = [metas[str(p)]["n_features"] for p in Party]
+            out = torch.empty((rows, sum(widths)), dtype=torch.long, device=device)
+            col = 0
+            for party, d in zip(Party, widths):
+                for i in range(0, rows, SHARE_BLOCK_ROWS):
+                    j = min(rows, i + SHARE_BLOCK_ROWS)
+                    block = np.ascontiguousarray(own[i:j]) if party == me else None
+                    out[i:j, col:col + d] = share(block, party, (j - i, d)).share
+                col += d
+            return crypten.mpc.MPCTensor.from_shares(out)
+
         with meter.phase("share_inputs"):
-            X_train_parts, X_test_parts = [], []
-            for party in Party:  # gateway's columns first, then the wallet's
-                d = metas[str(party)]["n_features"]
-                X_train_parts.append(share(feats.X_train if party == me else None, party, (n_train, d)))
-                X_test_parts.append(share(feats.X_test if party == me else None, party, (n_test, d)))
-            X_train_enc = crypten.cat(X_train_parts, dim=1)
-            X_test_enc = crypten.cat(X_test_parts, dim=1)
-            del X_train_parts, X_test_parts
+            X_train_enc = share_columns(feats.X_train, n_train)
+            X_test_enc = share_columns(feats.X_test, n_test)
             # the plaintext features are shared now: keep only what the record needs (memory at scale)
             feats = dataclasses.replace(feats, X_train=feats.X_train[:0], X_test=feats.X_test[:0])
             y_own = feats.y_train[:, None] if holds_label else None
