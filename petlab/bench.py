@@ -394,8 +394,17 @@ def _findings(rows: list[dict]) -> list[str]:
         if "petlab-TTP" in per_epoch and n in spu:
             lines.append(f"- petlab protocol (TTP) / SPU SEMI2K exact sigmoid (quoted): "
                          f"{per_epoch['petlab-TTP'] / (spu[n] / 10):.1f}x ({spu[n]:g} s for 10 epochs)")
+        mlp_spu = {n: secs for system, model, secs_by_n, _ in SPU_QUOTED if model == "mlp"
+                   for n, secs in secs_by_n.items()}
+        for name in ("mlp-crypten+link-TFP", "mlp-crypten+link-TTP"):
+            row = next((r for r in rows if r["config"] == name and r["n_train"] == n), None)
+            if row is not None:
+                text = f"- {name}: {row['ratio']:,.0f}x plaintext"
+                if n in mlp_spu:
+                    text += f"; / SPU SEMI2K MLP (quoted): {per_epoch[name] / (mlp_spu[n] / 10):.2f}x"
+                lines.append(text)
         if lines:
-            out += [f"Findings at {n:,} training rows (seconds per epoch):", *lines]
+            out += ([""] if out else []) + [f"Findings at {n:,} training rows (seconds per epoch):", *lines]
     return out
 
 
