@@ -320,7 +320,7 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
             X_train_enc = share_columns(feats.X_train, n_train)
             X_test_enc = share_columns(feats.X_test, n_test)
             # the plaintext features are shared now: keep only what the record needs (memory at scale)
-            feats = dataclasses.replace(feats, X_train=feats.X_train[:0], X_test=feats.X_test[:0])
+            feats = dataclasses.replace(feats, X_train=feats.X_train[:0].copy(), X_test=feats.X_test[:0].copy())
             y_own = feats.y_train[:, None] if holds_label else None
             y_train_enc = share(y_own, label_party, (n_train, 1))
 
@@ -390,6 +390,7 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
                         losses.append(float(loss))
             progress.epoch_done(epoch + 1)
 
+        E = lean = None  # the masked features and the mask are not needed any more (memory at scale)
         with meter.phase("reveal"):
             probs_test, _ = forward(spec=spec, params=params, X=X_test_enc)
             scores = disclosure.reveal(probs_test, item="test_scores", ledger=ledger, me=me)
