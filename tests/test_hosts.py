@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -156,7 +157,9 @@ def test_a_peer_killed_mid_training_fails_the_survivor_within_the_bound(tmp_path
         if p.poll() is None:
             p.kill()
     assert code == 1, err
-    assert f"lost the {victim} during train" in err, err
+    # training steps are short with petlab's protocol: the loss of the peer may be noticed
+    # in the per-epoch loss check, also a training-time phase
+    assert re.search(rf"lost the {victim} during (train|loss_monitor)", err), err
     assert elapsed < PEER_TIMEOUT_S + 30
     status = _status(doc, "gateway")
     assert status["status"] == "failed" and victim in status["error"]

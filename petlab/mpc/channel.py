@@ -73,11 +73,15 @@ class PeerLink:
                     progress = True
                 except (BlockingIOError, InterruptedError):
                     pass
+                except OSError as err:  # reset, broken pipe: the peer is gone
+                    raise PeerLinkError(f"Connection to the peer lost (direct link): {err}") from None
             if got < n_in:
                 try:
                     k = self.sock.recv_into(into[got:], min(n_in - got, _CHUNK))
                 except (BlockingIOError, InterruptedError):
                     k = None
+                except OSError as err:
+                    raise PeerLinkError(f"Connection to the peer lost (direct link): {err}") from None
                 if k == 0:
                     raise PeerLinkError("Connection closed by peer (direct link)")
                 if k:
