@@ -323,13 +323,14 @@ def rounds_model(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _section_head(*, title: str, command: str, machine: str) -> list[str]:
+    """A measured section's first lines: its title and what measured it, when and where."""
+    return [f"## {title}", "", f"Measured by `{command}` on {_stamp()}, on: {machine}.", ""]
+
+
 def render_wan(*, rows: list[dict], command: str, machine: str) -> str:
     """The cross-border-link section for measured ``rows``."""
-    lines = [
-        "## Cross-border links (emulated WAN)",
-        "",
-        f"Measured by `{command}` on {_stamp()}, on: {machine}.",
-        "",
+    lines = _section_head(title="Cross-border links (emulated WAN)", command=command, machine=machine) + [
         "Each role (gateway, wallet and, under TTP, the dealer) ran `petlab party --config` in its",
         "own network namespace; the namespaces were joined by petlab's user-space link emulator",
         "(`petlab/wan.py`: TUN interfaces, each packet delayed by RTT/2 plus its serialisation time",
@@ -493,11 +494,7 @@ def render_mpc(*, rows: list[dict]) -> str:
 
 def render_scale(*, rows: list[dict], command: str, machine: str) -> str:
     """The one-machine scale section (petlab engine, TTP)."""
-    lines = [
-        "## Scale: a million rows on one machine",
-        "",
-        f"Measured by `{command}` on {_stamp()}, on: {machine}.",
-        "",
+    lines = _section_head(title="Scale: a million rows on one machine", command=command, machine=machine) + [
         "Logistic regression with the petlab protocol under TTP: gateway, wallet and dealer each in",
         "their own process on this machine; wide synthetic tables (Parquet), the same customers at",
         "both parties. The launcher shows a progress bar over the SGD steps with the time left.",
@@ -522,11 +519,7 @@ def render_scale(*, rows: list[dict], command: str, machine: str) -> str:
 
 def render_psi(*, rows: list[dict], command: str, machine: str) -> str:
     """The private-set-intersection section for measured ``rows``."""
-    lines = [
-        "## Private set intersection",
-        "",
-        f"Measured by `{command}` on {_stamp()}, on: {machine}.",
-        "",
+    lines = _section_head(title="Private set intersection", command=command, machine=machine) + [
         "OpenMined ECDH PSI in both directions at once (so both parties learn the intersection),",
         "between two processes on loopback, n ids per side, 70% shared; time of the slower",
         "party, bytes sent + received by one party, peak resident memory of the larger party",
