@@ -323,6 +323,13 @@ def rounds_model(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _rss_cell(r: dict) -> str:
+    """Peak memory of gateway / wallet / dealer; † where read from ``ru_maxrss`` (upper bound)."""
+    rss = r["peak_rss_mb"]
+    dealer = "—" if rss.get("dealer") is None else f"{rss['dealer']:,.0f}"
+    return f"{rss['gateway']:,.0f} / {rss['wallet']:,.0f} / {dealer}{'' if r.get('rss') == 'VmHWM' else ' †'}"
+
+
 def _section_head(*, title: str, command: str, machine: str) -> list[str]:
     """A measured section's first lines: its title and what measured it, when and where."""
     return [f"## {title}", "", f"Measured by `{command}` on {_stamp()}, on: {machine}.", ""]
@@ -447,15 +454,13 @@ def render_mpc(*, rows: list[dict]) -> str:
     which = {c[0]: i for i, c in enumerate(commands, 1)}
     for r in rows:
         wd = "—" if r["max_abs_weight_diff"] is None else f"{r['max_abs_weight_diff']:.4f}"
-        rss = r["peak_rss_mb"]
-        dealer = "—" if rss.get("dealer") is None else f"{rss['dealer']:,.0f}"
         lines.append(
             f"| {r['config']} | {r['model']} | {r['n_train']:,} | {r['epochs']} | {r['plaintext_s']:.4f} "
             f"| {r['mpc_s']:.1f} | {r['ratio']:,.0f} | {r['auc_mpc']:.4f} | {r['auc_plaintext']:.4f} | {wd} "
             f"| {_mb(r['bytes']['gateway'])} / {_mb(r['bytes']['wallet'])} "
             f"| {r['rounds']['gateway']:,} / {r['rounds']['wallet']:,} "
             f"| {_mb(r['train_bytes_per_epoch']['wallet'])} | {_mb(r['analytic_bytes_per_epoch'])} "
-            f"| {rss['gateway']:,.0f} / {rss['wallet']:,.0f} / {dealer}{'' if r.get('rss') == 'VmHWM' else ' †'} |"
+            f"| {_rss_cell(r)} |"
             + (f" [{which[r['command']]}] |" if len(commands) > 1 else ""))
     lines += ["", *_findings(rows), "", "Configurations:", ""]
     for name in dict.fromkeys(r["config"] for r in rows):
@@ -504,13 +509,11 @@ def render_scale(*, rows: list[dict], command: str, machine: str) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        rss = r["peak_rss_mb"]
-        dealer = "—" if rss.get("dealer") is None else f"{rss['dealer']:,.0f}"
         lines.append(
             f"| {r['n_train']:,} | {r['features']} | {r['epochs']} | {r['mpc_s']:.1f} | {r['plaintext_s']:.2f} "
             f"| {r['auc_mpc']:.4f} | {r['auc_plaintext']:.4f} | {r['max_abs_weight_diff']:.4f} "
             f"| {_mb(r['bytes']['gateway'])} / {_mb(r['bytes']['wallet'])} "
-            f"| {rss['gateway']:,.0f} / {rss['wallet']:,.0f} / {dealer}{'' if r.get('rss') == 'VmHWM' else ' †'} |")
+            f"| {_rss_cell(r)} |")
     lines += ["", "Peak RSS from Linux's VmHWM per process († : from `ru_maxrss`, which Linux carries over "
               "from the launching process: an upper bound).",
               "", "Run folder (not committed): " + ", ".join(f"`{Path(r['run']).name}`" for r in rows)]
