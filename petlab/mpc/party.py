@@ -497,7 +497,10 @@ def _lean_setup(*, crypten, cfg: PocConfig, me: Party, X_shares: torch.Tensor):
         gen, fetch = TTPClient.get().get_generator(), lean.ttp_fetch
     else:
         rng = np.random.default_rng()
-        seed_peer = comm.get().broadcast_obj(int(rng.integers(2**62)) if me.rank == 0 else None, 0)
+        # sent as 8 bytes, not an int: CrypTen counts a broadcast object by sys.getsizeof, which
+        # for an int depends on its magnitude, and the traffic count must not depend on the seed
+        seed_bytes = comm.get().broadcast_obj(rng.bytes(8) if me.rank == 0 else None, 0)
+        seed_peer = int.from_bytes(seed_bytes, "little") >> 1
         if me.rank == 0:
             gen, fetch, fixed = lean.local_dealer(seed_own=int(rng.integers(2**62)), seed_peer=seed_peer)
         else:
