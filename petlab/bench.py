@@ -72,15 +72,25 @@ MPC_CONFIGS = {
                     {"engine": "crypten", "provider": "TTP", "direct_link": False, "fast_config": False}, True),
     "crypten+link-TTP": ("CrypTen operators, petlab direct link + fast config, TTP", "logreg",
                          {"engine": "crypten", "provider": "TTP"}, True),
-    "petlab-TFP": ("petlab protocol (fixed-mask triples, bulk dealing, direct link), TFP", "logreg",
-                   {"engine": "petlab", "provider": "TFP"}, False),
-    "petlab-TTP": ("petlab protocol, TTP (dealer)", "logreg", {"engine": "petlab", "provider": "TTP"}, False),
-    "petlab-TTP-exp6": ("petlab protocol, TTP, exp with 6 squarings instead of 9 (3 rounds fewer per step)",
-                        "logreg", {"engine": "petlab", "provider": "TTP", "sigmoid_exp_iterations": 6}, False),
-    "petlab-TTP-nr2": ("petlab protocol, TTP, 2 Newton steps for the reciprocal instead of 3 (2 rounds fewer)",
-                       "logreg", {"engine": "petlab", "provider": "TTP", "sigmoid_nr_iterations": 2}, False),
-    "petlab-TTP-p12": ("petlab protocol, TTP, 12 fractional bits instead of 16", "logreg",
-                       {"engine": "petlab", "provider": "TTP", "precision_bits": 12}, False),
+    "petlab-TFP": ("petlab protocol (fixed-mask triples, bulk dealing, direct link), CrypTen's sigmoid, TFP",
+                   "logreg", {"engine": "petlab", "provider": "TFP", "sigmoid_method": "reciprocal"}, False),
+    "petlab-TTP": ("petlab protocol, CrypTen's sigmoid, TTP (dealer)", "logreg",
+                   {"engine": "petlab", "provider": "TTP", "sigmoid_method": "reciprocal"}, False),
+    "petlab-pw-TFP": ("petlab protocol, piecewise-polynomial sigmoid (11 rounds a step), TFP", "logreg",
+                      {"engine": "petlab", "provider": "TFP", "sigmoid_method": "piecewise"}, False),
+    "petlab-pw-TTP": ("petlab protocol, piecewise-polynomial sigmoid, TTP (dealer)", "logreg",
+                      {"engine": "petlab", "provider": "TTP", "sigmoid_method": "piecewise"}, False),
+    "petlab-TTP-exp6": ("petlab protocol, TTP, CrypTen's sigmoid with exp by 6 squarings instead of 9 (3 rounds "
+                        "fewer per step)", "logreg",
+                        {"engine": "petlab", "provider": "TTP", "sigmoid_method": "reciprocal",
+                         "sigmoid_exp_iterations": 6}, False),
+    "petlab-TTP-nr2": ("petlab protocol, TTP, CrypTen's sigmoid with 2 Newton steps for the reciprocal instead of 3 "
+                       "(2 rounds fewer)", "logreg",
+                       {"engine": "petlab", "provider": "TTP", "sigmoid_method": "reciprocal",
+                        "sigmoid_nr_iterations": 2}, False),
+    "petlab-TTP-p12": ("petlab protocol, TTP, CrypTen's sigmoid, 12 fractional bits instead of 16", "logreg",
+                       {"engine": "petlab", "provider": "TTP", "sigmoid_method": "reciprocal", "precision_bits": 12},
+                       False),
     "mlp-crypten-TFP": ("MLP, CrypTen operators as shipped, TFP", "mlp",
                         {"engine": "crypten", "provider": "TFP", "direct_link": False, "fast_config": False}, True),
     "mlp-crypten+link-TFP": ("MLP, CrypTen operators + direct link + fast config, TFP", "mlp",
@@ -232,7 +242,7 @@ def _bench_mpc(*, sizes, configs, epochs: int, slow_epochs: int, features: int, 
 
     from petlab.config import poc_config
     from petlab.mpc.lean import train_bytes
-    from petlab.mpc.party import minibatches
+    from petlab.mpc.party import minibatches, sigmoid_spec
     from petlab.pipeline import prepare_tables, run_poc, train_references
 
     rows = []
@@ -261,13 +271,13 @@ def _bench_mpc(*, sizes, configs, epochs: int, slow_epochs: int, features: int, 
                 steps = [b for e in range(n_epochs) for b in minibatches(
                     n=m["n_train"], batch_size=config.train.batch_size, seed=config.train.seed, epoch=e)]
                 count = train_bytes(batches=steps, d=features, provider=config.mpc.provider, rank=1,
-                                    chunk=config.mpc.triple_chunk,
-                                    exp_iterations=config.mpc.sigmoid_exp_iterations,
-                                    nr_iterations=config.mpc.sigmoid_nr_iterations)
+                                    chunk=config.mpc.triple_chunk, sigmoid=sigmoid_spec(config),
+                                    merged=config.mpc.direct_link)
                 analytic = count["bytes"] / n_epochs
             rows.append({
                 "config": name, "description": description, "model": model, "provider": config.mpc.provider,
-                "engine": records["gateway"].get("engine", "crypten"), "n_train": m["n_train"],
+                "engine": records["gateway"].get("engine", "crypten"),
+                "sigmoid_method": records["gateway"].get("sigmoid_method", "crypten"), "n_train": m["n_train"],
                 "features": features, "epochs": n_epochs, "plaintext_s": plain_s,
                 "mpc_s": m["seconds"]["mpc_train"], "ratio": m["seconds"]["mpc_train"] / plain_s,
                 "auc_mpc": m["auc"]["mpc"], "auc_plaintext": m["auc"]["plaintext"],
@@ -377,33 +387,43 @@ def _mb(x) -> str:
     return "—" if x is None else f"{x / 1e6:,.1f}"
 
 
+#: The petlab protocol's configurations the findings compare: prefix -> label.
+PETLAB_VARIANTS = {"petlab": "petlab protocol, CrypTen's sigmoid", "petlab-pw": "petlab protocol, piecewise sigmoid"}
+
+
 def _findings(rows: list[dict]) -> list[str]:
     """Ratios the issue asks about, computed from the rows (per epoch where epochs differ).
 
     >>> rows = [{"config": c, "n_train": 10_000, "epochs": 10, "mpc_s": s, "model": "logreg"}
-    ...         for c, s in (("petlab-TFP", 2.0), ("petlab-TTP", 3.0), ("crypten-TTP", 60.0))]
+    ...         for c, s in (("petlab-TFP", 2.0), ("petlab-TTP", 3.0), ("crypten-TTP", 60.0), ("petlab-pw-TTP", 1.0))]
     >>> print("\\n".join(_findings(rows)))
     Findings at 10,000 training rows (seconds per epoch):
-    - TTP / TFP, petlab protocol: 1.50
-    - CrypTen operators as shipped (TTP) / petlab protocol (TTP): 20.0x
-    - petlab protocol (TTP) / SPU SEMI2K exact sigmoid (quoted): 2.1x (1.4 s for 10 epochs)
+    - TTP / TFP, petlab protocol, CrypTen's sigmoid: 1.50
+    - CrypTen operators as shipped (TTP) / petlab protocol, CrypTen's sigmoid (TTP): 20.0x
+    - CrypTen operators as shipped (TTP) / petlab protocol, piecewise sigmoid (TTP): 60.0x
+    - petlab protocol, CrypTen's sigmoid (TTP) / SPU SEMI2K exact sigmoid (quoted): 2.1x (1.4 s for 10 epochs)
+    - petlab protocol, piecewise sigmoid (TTP) / SPU SEMI2K exact sigmoid (quoted): 0.7x (1.4 s for 10 epochs)
     """
     out = []
     spu = {n: secs for system, model, secs_by_n, _ in SPU_QUOTED if "exact" in system
            for n, secs in secs_by_n.items()}
+    mlp_spu = {n: secs for system, model, secs_by_n, _ in SPU_QUOTED if model == "mlp"
+               for n, secs in secs_by_n.items()}
     for n in sorted({r["n_train"] for r in rows}):
         per_epoch = {r["config"]: r["mpc_s"] / r["epochs"] for r in rows if r["n_train"] == n}
         lines = []
-        if "petlab-TFP" in per_epoch and "petlab-TTP" in per_epoch:
-            lines.append(f"- TTP / TFP, petlab protocol: {per_epoch['petlab-TTP'] / per_epoch['petlab-TFP']:.2f}")
-        if "crypten-TTP" in per_epoch and "petlab-TTP" in per_epoch:
-            lines.append(f"- CrypTen operators as shipped (TTP) / petlab protocol (TTP): "
-                         f"{per_epoch['crypten-TTP'] / per_epoch['petlab-TTP']:.1f}x")
-        if "petlab-TTP" in per_epoch and n in spu:
-            lines.append(f"- petlab protocol (TTP) / SPU SEMI2K exact sigmoid (quoted): "
-                         f"{per_epoch['petlab-TTP'] / (spu[n] / 10):.1f}x ({spu[n]:g} s for 10 epochs)")
-        mlp_spu = {n: secs for system, model, secs_by_n, _ in SPU_QUOTED if model == "mlp"
-                   for n, secs in secs_by_n.items()}
+        for prefix, label in PETLAB_VARIANTS.items():
+            tfp, ttp = per_epoch.get(f"{prefix}-TFP"), per_epoch.get(f"{prefix}-TTP")
+            if tfp and ttp:
+                lines.append(f"- TTP / TFP, {label}: {ttp / tfp:.2f}")
+        for prefix, label in PETLAB_VARIANTS.items():
+            if "crypten-TTP" in per_epoch and f"{prefix}-TTP" in per_epoch:
+                lines.append(f"- CrypTen operators as shipped (TTP) / {label} (TTP): "
+                             f"{per_epoch['crypten-TTP'] / per_epoch[f'{prefix}-TTP']:.1f}x")
+        for prefix, label in PETLAB_VARIANTS.items():
+            if f"{prefix}-TTP" in per_epoch and n in spu:
+                lines.append(f"- {label} (TTP) / SPU SEMI2K exact sigmoid (quoted): "
+                             f"{per_epoch[f'{prefix}-TTP'] / (spu[n] / 10):.1f}x ({spu[n]:g} s for 10 epochs)")
         for name in ("mlp-crypten+link-TFP", "mlp-crypten+link-TTP"):
             row = next((r for r in rows if r["config"] == name and r["n_train"] == n), None)
             if row is not None:
@@ -418,7 +438,7 @@ def _findings(rows: list[dict]) -> list[str]:
 
 def render_mpc(*, rows: list[dict]) -> str:
     """The MPC-vs-plaintext section for measured ``rows`` (each with its command)."""
-    from petlab.mpc.lean import step_cost
+    from petlab.mpc.lean import Sigmoid, step_cost
 
     commands = list(dict.fromkeys((r["command"], r["when"], r["machine"]) for r in rows))
     lines = ["## MPC training against plaintext", ""]
@@ -481,17 +501,19 @@ def render_mpc(*, rows: list[dict]) -> str:
         "",
         "Counted from the protocol (`petlab.mpc.lean.step_cost`); each party sends and receives",
         "each opened element (CrypTen counts both: 16 bytes per element). `tests/test_mpc.py`",
-        "checks that a run's training traffic equals this count exactly.",
-        "",
-        "| operation | opened elements | rounds | dealt to the gateway (TTP) |",
-        "|---|---|---|---|",
+        "checks that a run's training traffic equals this count exactly. The piecewise method's",
+        "rounds are over petlab's direct link (without it, through gloo, its powers take 3 more).",
     ]
-    cost = step_cost(batch=B, d=d)
-    for c in cost:
-        lines.append(f"| {c['operation']} | {c['opened']:,} | {c['rounds']} | {c['dealt']:,} |")
-    opened = sum(c["opened"] for c in cost)
-    lines.append(f"| **step** | **{opened:,}** ({16 * opened / 1e6:.2f} MB per party) "
-                 f"| **{sum(c['rounds'] for c in cost)}** | **{sum(c['dealt'] for c in cost):,}** |")
+    for method, title in (("reciprocal", "CrypTen's sigmoid (`sigmoid_method: reciprocal`)"),
+                          ("piecewise", "piecewise-polynomial sigmoid (`sigmoid_method: piecewise`)")):
+        lines += ["", f"With {title}:", "", "| operation | opened elements | rounds | dealt to the gateway (TTP) |",
+                  "|---|---|---|---|"]
+        cost = step_cost(batch=B, d=d, sigmoid=Sigmoid(method))
+        for c in cost:
+            lines.append(f"| {c['operation']} | {c['opened']:,} | {c['rounds']} | {c['dealt']:,} |")
+        opened = sum(c["opened"] for c in cost)
+        lines.append(f"| **step** | **{opened:,}** ({16 * opened / 1e6:.2f} MB per party) "
+                     f"| **{sum(c['rounds'] for c in cost)}** | **{sum(c['dealt'] for c in cost):,}** |")
     lines += ["", "Run folders of these measurements (not committed, under `runs/bench-*/`): "
               + ", ".join(f"`{Path(r['run']).name}`" for r in rows)]
     return "\n".join(lines)

@@ -36,3 +36,50 @@ def test_a_closed_peer_and_a_silent_peer_are_reported():
     right.close()
     with pytest.raises(PeerLinkError, match="closed by peer"):
         left.recv_like(torch.empty(4, dtype=torch.long))
+
+
+def test_mixed_openings_travel_in_one_message_and_are_counted_once():
+    """petlab's openings of XOR- and additively shared words in one all_reduce: each
+    tensor combined by its own reduction, CrypTen's counters see one round."""
+    from petlab.crypten_compat import import_crypten
+
+    crypten = import_crypten()
+    from crypten.communicator.communicator import Communicator
+    from torch.distributed import ReduceOp
+
+    from petlab.mpc.channel import install_peer_link, restore
+
+    left, right = _pair()
+    # one communicator class per side: each installs its own end of the link
+    sides = {}
+    for rank, link in ((0, left), (1, right)):
+        cls = type(f"Comm{rank}", (Communicator,), {
+            "BYTES_PER_ELEMENT": 8, "main_group": None, "get_world_size": lambda self: 2,
+            "get_rank": lambda self, r=rank: r, "all_reduce": lambda self, *a, **k: None,
+            "reduce": lambda self, *a, **k: None, "broadcast": lambda self, *a, **k: None})
+        originals = install_peer_link(cls, link=link)
+        comm = cls()
+        comm.reset_communication_stats()
+        sides[rank] = (cls, comm, originals)
+    xs = {0: [torch.tensor([0b1100, 7]), torch.tensor([5, -3, 10])],
+          1: [torch.tensor([0b1010, 7]), torch.tensor([1, 3, -4])]}
+    ops = [ReduceOp.BXOR, ReduceOp.SUM]
+    got = {}
+    verbose = crypten.cfg.communicator.verbose
+    crypten.cfg.communicator.verbose = True  # CrypTen counts only then (petlab's party processes set it)
+    try:
+        t = threading.Thread(target=lambda: got.__setitem__(1, sides[1][1].all_reduce(xs[1], op=ops, batched=True)))
+        t.start()
+        got[0] = sides[0][1].all_reduce(xs[0], op=ops, batched=True)
+        t.join(30)
+    finally:
+        crypten.cfg.communicator.verbose = verbose
+    for rank in (0, 1):
+        assert got[rank][0].tolist() == [0b0110, 0] and got[rank][1].tolist() == [6, 0, 6]
+        assert sides[rank][1].get_communication_stats()["rounds"] == 1
+        assert sides[rank][1].get_communication_stats()["bytes"] == 8 * 2 * 5
+        assert sides[rank][0].petlab_mixed_ops
+        with pytest.raises(ValueError, match="per-tensor reductions"):
+            sides[rank][1].all_reduce(xs[rank], op=ops[:1], batched=True)
+        restore(sides[rank][0], sides[rank][2])
+        assert not hasattr(sides[rank][0], "petlab_mixed_ops")

@@ -28,12 +28,16 @@ class _Wire:
         self.barrier = threading.Barrier(2, timeout=60)
         self.slots = [None, None]
         self.opened = []  # every opened value, for the audit-style checks
+        self.messages = [0, 0]  # exchanges per party (rounds)
 
     def exchange(self, rank, tensors, xor):
+        """``xor``: one flag for all tensors, or one per tensor (a mixed message)."""
+        xor = list(xor) if isinstance(xor, (list, tuple)) else [xor] * len(tensors)
         self.slots[rank] = [t.clone() for t in tensors]
         self.barrier.wait()
         theirs = self.slots[1 - rank]
-        out = [a ^ b if xor else a + b for a, b in zip(tensors, theirs)]
+        out = [a ^ b if x else a + b for a, b, x in zip(tensors, theirs, xor)]
+        self.messages[rank] += 1
         if rank == 0:
             self.opened.extend(t.clone() for t in out)
         self.barrier.wait()
@@ -41,8 +45,8 @@ class _Wire:
 
 
 class _SimParty(lean.LeanParty):
-    def __init__(self, *, rank, rand, wire):
-        super().__init__(rank=rank, scale=SCALE, rand=rand)
+    def __init__(self, *, rank, rand, wire, sigmoid=lean.Sigmoid()):
+        super().__init__(rank=rank, scale=SCALE, rand=rand, sigmoid_spec=sigmoid)
         self.wire = wire
 
     def open(self, *xs):
@@ -51,14 +55,19 @@ class _SimParty(lean.LeanParty):
     def open_xor(self, *xs):
         return self.wire.exchange(self.rank, xs, xor=True)
 
+    def open_mixed(self, xor, add):  # one message, as over petlab's direct link
+        out = self.wire.exchange(self.rank, list(xor) + list(add), xor=[True] * len(xor) + [False] * len(add))
+        return out[: len(xor)], out[len(xor):]
 
-def _pair(seed=0):
+
+def _pair(seed=0, sigmoid=lean.Sigmoid()):
     """Two parties whose randomness party 0 deals (the TFP arrangement)."""
     gen0, fetch, fixed = lean.local_dealer(seed_own=seed + 11, seed_peer=seed + 22)
     wire = _Wire()
     r0 = lean.Randomness(rank=0, gen=gen0, fetch=fetch)
     r1 = lean.Randomness(rank=1, gen=torch.Generator().manual_seed(seed + 22), fetch=None)
-    return [_SimParty(rank=0, rand=r0, wire=wire), _SimParty(rank=1, rand=r1, wire=wire)], fixed, wire
+    return [_SimParty(rank=0, rand=r0, wire=wire, sigmoid=sigmoid),
+            _SimParty(rank=1, rand=r1, wire=wire, sigmoid=sigmoid)], fixed, wire
 
 
 def _run(parties, fn):
@@ -132,28 +141,41 @@ def test_randomness_taken_out_of_step_is_refused():
         parties[1].rand.prepare([("fm_init", (4, 2), (0,), None), ("mul", (2, 1), (2, 1), None)])
 
 
-def test_products_comparison_and_sigmoid_on_shares():
-    parties, _, _ = _pair()
-    z = torch.cat([torch.linspace(-12, 12, 481), torch.tensor([0.0, 2.0**-16, -(2.0**-16), 300.0, -300.0])])[:, None]
+@pytest.mark.parametrize("method, bound", [("reciprocal", 3.5e-3), ("piecewise", 4e-4)])
+def test_products_comparison_and_sigmoid_on_shares(method, bound):
+    sigmoid = lean.Sigmoid(method)
+    parties, _, wire = _pair(sigmoid=sigmoid)
+    z = torch.cat([torch.linspace(-12, 12, 4801), torch.tensor([0.0, 2.0**-16, -(2.0**-16), 300.0, -300.0])])[:, None]
+    z = torch.cat([z, torch.tensor([-10.0, 10.0, 10 - 2.0**-16, -10 - 2.0**-16])[:, None]])
+    if method == "piecewise":  # no limit on |z| (the reciprocal method's is 2^9)
+        z = torch.cat([z, torch.tensor([511.0, -511.0, 3e4, -3e4])[:, None]])
     y = torch.linspace(-3, 3, z.shape[0])[:, None]
     zs, ys = _share(z, 1), _share(y, 2)
-    sig_plan = lean.batch_plan(rows=np.arange(z.shape[0]), d=1)[1:-1]  # the sigmoid's part of a step
-    b = (z.shape[0], 1)
-    plan = [("mul", b, b, None), ("square", b, b, None)] + sig_plan[:13] + sig_plan  # ltz is its first 13
+    n = z.shape[0]
+    b = (n, 1)
+    ltz_plan = lean.sigmoid_plan(n=n, sigmoid=lean.Sigmoid("reciprocal"))[:13]  # the plain comparison
+    plan = [("mul", b, b, None), ("square", b, b, None)] + ltz_plan + lean.sigmoid_plan(n=n, sigmoid=sigmoid)
 
     def work(p, rank):
         p.rand.prepare(plan)
-        return p.mul(zs[rank], ys[rank]), p.square(ys[rank]), p.ltz(zs[rank]), p.sigmoid(zs[rank])
+        out = p.mul(zs[rank], ys[rank]), p.square(ys[rank]), p.ltz(zs[rank])
+        before = wire.messages[rank]
+        return out + (p.sigmoid(zs[rank]), wire.messages[rank] - before)
 
-    (m0, s0, l0, g0), (m1, s1, l1, g1) = _run(parties, work)
+    (m0, s0, l0, g0, rounds), (m1, s1, l1, g1, _) = _run(parties, work)
     assert torch.allclose(_decode([m0, m1]), (z * y).double(), atol=1e-3)
     assert torch.allclose(_decode([s0, s1]), (y * y).double(), atol=1e-3)
     encoded = (z.double() * SCALE).round().long()
     assert torch.equal(l0 + l1, (encoded < 0).long())  # exact, down to one unit of the fixed point
     sig = _decode([g0, g1])
-    # CrypTen's method and accuracy; like CrypTen's, valid while |z| < 2^9 (the limit
-    # approximation's base 1 - |z| / 2^9 must stay in [0, 1])
-    assert (sig - torch.sigmoid(z).double()).abs().max() < 3e-3
+    # reciprocal: CrypTen's method and accuracy; like CrypTen's, valid while |z| < 2^9 (the
+    # limit approximation's base 1 - |z| / 2^9 must stay in [0, 1]). piecewise: within
+    # 4e-4 everywhere (the tail beyond 10 is at most 4.5e-5; the fit and the fixed point the rest)
+    assert (sig - torch.sigmoid(z).double()).abs().max() < bound
+    if method == "piecewise":
+        assert sig[z[:, 0] >= 10].eq(1.0).all() and sig[z[:, 0] < -10].eq(0.0).all()
+    # the rounds the protocol's own count says, less the two matrix products of a step
+    assert rounds == sum(c["rounds"] for c in lean.step_cost(batch=n, d=1, sigmoid=sigmoid)) - 2
 
 
 def test_opened_masked_features_look_uniform_and_unrelated_to_the_features():
@@ -177,12 +199,13 @@ def test_opened_masked_features_look_uniform_and_unrelated_to_the_features():
         assert result.passed, result
 
 
-def test_training_on_shares_matches_plaintext_sgd():
+@pytest.mark.parametrize("method", lean.SIGMOID_METHODS)
+def test_training_on_shares_matches_plaintext_sgd(method):
     gen = torch.Generator().manual_seed(0)
     n, d, epochs, batch, lr = 600, 5, 3, 128, 0.5
     X = torch.randn(n, d, generator=gen)
     y = (torch.rand(n, 1, generator=gen) < torch.sigmoid(X @ torch.randn(d, 1, generator=gen))).float()
-    parties, _, _ = _pair()
+    parties, _, _ = _pair(sigmoid=lean.Sigmoid(method))
     xs, ys = _share(X, 1), _share(y, 2)
 
     def work(p, rank):
@@ -205,3 +228,28 @@ def test_training_on_shares_matches_plaintext_sgd():
             params = sgd_step(params=params, grads=grads, lr=lr, batch_size=len(idx))
     assert np.max(np.abs(_decode([w0, w1]).numpy() - params["w"].numpy())) < 0.005
     assert abs(float(_decode([b0, b1])) - float(params["b"])) < 0.005
+
+
+def test_piecewise_sigmoid_openings_look_uniform_and_carry_no_input():
+    """Everything the piecewise sigmoid opens (the comparison's masked bits and, in the
+    same messages, the masked powers) is uniform on the ring; the comparison bits come
+    back to arithmetic through 1-bit openings that are balanced."""
+    sigmoid = lean.Sigmoid("piecewise")
+    parties, _, wire = _pair(sigmoid=sigmoid)
+    z = torch.randn(4000, 1, generator=torch.Generator().manual_seed(4)) * 4
+    zs = _share(z, 3)
+
+    def work(p, rank):
+        p.rand.prepare(lean.sigmoid_plan(n=z.shape[0], sigmoid=sigmoid))
+        return p.sigmoid(zs[rank])
+
+    _run(parties, work)
+    narrow = [t for t in wire.opened if bool(((t == 0) | (t == 1)).all())]
+    wide = np.concatenate([t.numpy().ravel() for t in wire.opened if not bool(((t == 0) | (t == 1)).all())])
+    assert len(narrow) == 1 and narrow[0].numel() == 3 * z.shape[0]  # the daBit openings of the 3 comparisons
+    assert wide.size > 50 * z.shape[0]
+    for result in (checks.bit_balance(words=wide, label="opened"), checks.byte_chi_square(words=wide, label="opened"),
+                   checks.ks_uniform(words=wide, label="opened"),
+                   checks.raw_value_matches(words=wide, secrets=z.numpy().ravel(), label="z"),
+                   checks.single_bit_balance(bits=narrow[0].numpy().ravel(), label="daBits")):
+        assert result.passed, result

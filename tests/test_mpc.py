@@ -141,13 +141,14 @@ def test_fast_config_gives_the_standard_results(small_config, tmp_path):
         assert np.max(np.abs(w[True][name] - w[False][name])) < 0.005
 
 
-@pytest.mark.parametrize("provider", ["TTP", "TFP"])
-def test_petlab_engine_gives_the_crypten_engine_results(small_config, tmp_path, provider):
+@pytest.mark.parametrize("provider, method", [("TTP", "piecewise"), ("TFP", "reciprocal")])
+def test_petlab_engine_gives_the_crypten_engine_results(small_config, tmp_path, provider, method):
     """petlab's own protocol (fixed-mask feature triples, bulk dealing, its comparison and
-    sigmoid) trains the same model as CrypTen's operators, with less traffic."""
+    sigmoid, either method) trains the same model as CrypTen's operators."""
     runs = {}
     for engine in ("crypten", "petlab"):
-        config = small_config(provider=provider, engine=engine)
+        config = small_config(provider=provider, engine=engine,
+                              **({"sigmoid_method": method} if engine == "petlab" else {}))
         runs[engine] = run_poc(config=config, runs_root=str(tmp_path / engine), progress=False)
     ours, theirs = runs["petlab"].metrics, runs["crypten"].metrics
     assert abs(ours["auc"]["mpc"] - theirs["auc"]["mpc"]) < 0.002
@@ -157,19 +158,23 @@ def test_petlab_engine_gives_the_crypten_engine_results(small_config, tmp_path, 
     for name in w["petlab"].files:
         assert np.max(np.abs(w["petlab"][name] - w["crypten"][name])) < 0.01
     from petlab.mpc.lean import train_bytes
-    from petlab.mpc.party import minibatches
+    from petlab.mpc.party import minibatches, sigmoid_spec
 
-    config = small_config(provider=provider, engine="petlab")
+    config = small_config(provider=provider, engine="petlab", sigmoid_method=method)
     n_train, d = ours["n_train"], sum(ours["n_features"].values())
     steps = [b for e in range(config.train.epochs)
              for b in minibatches(n=n_train, batch_size=config.train.batch_size, seed=config.train.seed, epoch=e)]
     for party in ("gateway", "wallet"):
-        assert ours["comm"][party]["bytes"] < theirs["comm"][party]["bytes"]
+        # CrypTen's method on petlab's protocol: fewer bytes (same rounds); the piecewise
+        # sigmoid trades bytes (its comparison on 3 breaks) for fewer rounds
+        key = "bytes" if method == "reciprocal" else "rounds"
+        assert ours["comm"][party][key] < theirs["comm"][party][key]
         record = json.loads((runs["petlab"].run.path / "parties" / party / "result.json").read_text())
-        assert record["engine"] == "petlab" and "mask_features" in record["phases"]
+        assert record["engine"] == "petlab" and record["sigmoid_method"] == method
+        assert "mask_features" in record["phases"]
         # the protocol's own count of what one training run sends is what crossed the wire
         count = train_bytes(batches=steps, d=d, provider=provider, rank=0 if party == "gateway" else 1,
-                            chunk=config.mpc.triple_chunk)
+                            chunk=config.mpc.triple_chunk, sigmoid=sigmoid_spec(config))
         train = record["phases"]["train"]
         if party == "wallet" or provider == "TFP":
             assert (train["bytes"], train["rounds"]) == (count["bytes"], count["rounds"])
@@ -187,6 +192,28 @@ def test_direct_link_changes_only_the_transport(small_config, tmp_path):
         runs[link] = run_poc(config=config, runs_root=str(tmp_path / f"link-{link}"), progress=False)
     assert runs[True].metrics["comm"] == runs[False].metrics["comm"]
     assert abs(runs[True].metrics["auc"]["mpc"] - runs[False].metrics["auc"]["mpc"]) < 0.002
+
+
+def test_petlab_mixed_openings_save_rounds_only_on_the_direct_link(small_config, tmp_path):
+    """The piecewise sigmoid's powers ride in the comparison's messages over the direct
+    link; through gloo they take messages of their own: same bytes, 3 rounds more a step."""
+    from petlab.mpc.lean import train_bytes
+    from petlab.mpc.party import minibatches, sigmoid_spec
+
+    records = {}
+    for link in (False, True):
+        config = small_config(provider="TFP", engine="petlab", sigmoid_method="piecewise", direct_link=link,
+                              epochs=1)
+        result = run_poc(config=config, runs_root=str(tmp_path / f"link-{link}"), progress=False)
+        records[link] = json.loads((result.run.path / "parties" / "wallet" / "result.json").read_text())
+        steps = minibatches(n=result.metrics["n_train"], batch_size=config.train.batch_size,
+                            seed=config.train.seed, epoch=0)
+        count = train_bytes(batches=steps, d=sum(result.metrics["n_features"].values()), provider="TFP", rank=1,
+                            chunk=config.mpc.triple_chunk, sigmoid=sigmoid_spec(config), merged=link)
+        train = records[link]["phases"]["train"]
+        assert (train["bytes"], train["rounds"]) == (count["bytes"], count["rounds"])
+    assert records[True]["direct_link"] and not records[False]["direct_link"]
+    assert records[False]["phases"]["train"]["rounds"] - records[True]["phases"]["train"]["rounds"] == 3 * len(steps)
 
 
 def test_given_alignment_skips_psi_and_refuses_different_customers(small_config, tmp_path):

@@ -28,7 +28,7 @@ _SKIP_FUNCS = {
     "reveal", "reveal_batch", "get_plain_text", "__beaver_protocol", "_beaver_protocol",
     "logging_wrapper", "staged", "wrapper", "recorded", "_get_autograd_forward_function",
     "autograd_forward", "unary_wrapper_function", "binary_wrapper_function",
-    "open", "open_xor",  # petlab.mpc.lean's openings: attributed to the operation that opens
+    "open", "open_xor", "open_mixed",  # petlab.mpc.lean's openings: attributed to the operation that opens
 }
 
 
@@ -124,6 +124,8 @@ def set_phase(name: str) -> None:
 
 def _other_contribution(result, own, op):
     """What the other party contributed to a two-party reduction."""
+    if isinstance(op, (list, tuple)):  # one reduction per tensor (petlab's mixed openings)
+        return [_other_contribution(r, o, each) for r, o, each in zip(result, own, op)]
     xor = op is not None and "BXOR" in str(op)
     if isinstance(result, list):
         return [(r ^ o) if xor else (r - o) for r, o in zip(result, own)]

@@ -186,6 +186,12 @@ def install_peer_link(communicator_cls, *, link: PeerLink) -> dict:
 
     def all_reduce(self, input, op=ReduceOp.SUM, batched=False):
         tensors = list(input) if batched else [input]
+        if isinstance(op, (list, tuple)):  # one reduction per tensor, in one message (petlab's own use)
+            if not batched or len(op) != len(tensors) or not usable(self, tensors):
+                raise ValueError("direct link: per-tensor reductions need a batched list on the two-party link")
+            mine = _flat(tensors)
+            theirs = _unflat(link.exchange(mine), tensors)
+            return [_combine(m, t, o) for m, t, o in zip(tensors, theirs, op)]
         if not usable(self, tensors):
             return originals["all_reduce"].__wrapped__(self, input, op=op, batched=batched)
         mine = _flat(tensors) if batched else input.contiguous()
@@ -217,6 +223,7 @@ def install_peer_link(communicator_cls, *, link: PeerLink) -> dict:
 
     for fn in (all_reduce, reduce, broadcast):
         setattr(communicator_cls, fn.__name__, _logging(fn))
+    communicator_cls.petlab_mixed_ops = True  # all_reduce takes one reduction per tensor (one message)
     link.originals = originals
     return originals
 
@@ -225,4 +232,6 @@ def restore(communicator_cls, originals: dict) -> None:
     """Undo :func:`install_peer_link`."""
     for name, fn in originals.items():
         setattr(communicator_cls, name, fn)
+    if "petlab_mixed_ops" in vars(communicator_cls):
+        delattr(communicator_cls, "petlab_mixed_ops")
 

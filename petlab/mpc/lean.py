@@ -13,11 +13,21 @@ point scale), with the same algorithms and constants as CrypTen's operators:
   ring: ``E`` is uniform and independent of ``X``). Each product ``X_b @ w`` then uses a
   triple ``(A_b, B, A_b @ B)`` with a fresh ``B``, and only ``w - B`` is opened (as in
   SecureML, Mohassel & Zhang 2017). ``A`` is never reused to mask anything else;
-- **sigmoid**: CrypTen's ``reciprocal`` method: sign by a comparison (arithmetic to
-  binary, carry-lookahead adder, 7 AND rounds, then a bit back to arithmetic with a
-  random shared bit), ``exp`` by the limit ``(1 + x/2^9)^(2^9)``, reciprocal by
-  Newton-Raphson from 0.75 (3 iterations), as CrypTen's ``sigmoid`` sets them (and, as
-  CrypTen's, accurate to ~2e-3 while ``|z| < 2^9``);
+- **sigmoid**, two methods (:class:`Sigmoid`):
+
+  - ``reciprocal``, CrypTen's: sign by a comparison (arithmetic to binary,
+    carry-lookahead adder, 7 AND rounds, then a bit back to arithmetic with a random
+    shared bit), ``exp`` by the limit ``(1 + x/2^9)^(2^9)``, reciprocal by
+    Newton-Raphson from 0.75 (3 iterations), as CrypTen's ``sigmoid`` sets them (and,
+    as CrypTen's, within ~3e-3 while ``|z| < 2^9``); 25 rounds a step; the default;
+  - ``piecewise``, petlab's: ``z`` compared with -10, 0 and 10 in one comparison (the
+    same adder on three times the words), a degree-8 polynomial on each of
+    ``[-10, 0)`` and ``[0, 10)`` (Chebyshev fits; the powers of the scaled ``z`` travel
+    in the comparison's first three messages), 0 and 1 outside; the pieces are
+    selected by one product with the comparison bits. Within 4e-4 of the sigmoid for
+    every ``z``, with no limit on ``|z|`` (``tests/test_lean.py``); 11 rounds a step,
+    but 2.3 times the opened words of ``reciprocal`` (the comparison runs on 3 words
+    per value);
 - **truncation**: local (each party divides its share), as CrypTen does for 2 parties;
 - **correlated randomness in bulk**: every triple a chunk of batches needs is made in
   one go: under TTP by the dealer in one request (:func:`dealer_server_class`: CrypTen's
@@ -25,7 +35,9 @@ point scale), with the same algorithms and constants as CrypTen's operators:
   the gateway itself (CrypTen's TFP trust model: party 0 knows every triple).
 
 A party's generator streams are consumed in the same order by it and by whoever deals,
-so only party 0's corrections travel. Each step is 25 rounds (1 + 23 + 1), counted per
+so only party 0's corrections travel. A step is 25 rounds (``reciprocal``) or 11
+(``piecewise``, over petlab's direct link: it carries sum- and XOR-openings in one
+message; CrypTen's gloo path needs two messages for those, 14 rounds), counted per
 operation by :func:`step_cost`; a run's training traffic equals that count exactly
 (``tests/test_mpc.py``).
 """
@@ -38,13 +50,71 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["Randomness", "LeanParty", "batch_plan", "deal", "train_logreg", "dealer_server_class", "ttp_fetch",
+__all__ = ["Sigmoid", "Randomness", "LeanParty", "batch_plan", "deal", "train_logreg", "dealer_server_class", "ttp_fetch",
            "local_dealer", "step_cost", "train_bytes"]
 
 AND_LEVELS = 6  # Kogge-Stone levels for 64-bit words
 EXP_ITERATIONS = 9  # CrypTen's sigmoid: exp_iterations 9
 NR_ITERATIONS = 3  # CrypTen's sigmoid: reciprocal_nr_iters 3
 NR_INITIAL = 0.75  # CrypTen's sigmoid: reciprocal_initial 0.75
+SIGMOID_METHODS = ("reciprocal", "piecewise")
+PIECE_BREAKS = (-10.0, 0.0, 10.0)  # piecewise sigmoid: 0 below the first, 1 above the last
+PIECE_DEGREE = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Sigmoid:
+    """How the protocol computes the sigmoid (public parameters of a run)."""
+
+    method: str = "reciprocal"
+    exp_iterations: int = EXP_ITERATIONS  # reciprocal method only
+    nr_iterations: int = NR_ITERATIONS  # reciprocal method only
+
+    def __post_init__(self):
+        if self.method not in SIGMOID_METHODS:
+            raise ValueError(f"sigmoid method must be one of {SIGMOID_METHODS}, got {self.method!r}")
+
+
+def _power_levels(degree: int) -> list[list[tuple[int, int]]]:
+    """Products that make ``u^2 .. u^degree`` from ``u``, level by level (each level one
+    round; a square where one will do).
+
+    >>> _power_levels(8)
+    [[(1, 1)], [(1, 2), (2, 2)], [(2, 3), (3, 3), (3, 4), (4, 4)]]
+    """
+    have, levels = {1}, []
+    while len(have) < degree:
+        level = []
+        for k in range(2, degree + 1):
+            if k in have:
+                continue
+            pairs = [(i, k - i) for i in sorted(have) if k - i in have and i <= k - i]
+            if pairs:
+                level.append(next((q for q in pairs if q[0] == q[1]), pairs[-1]))
+        have |= {i + j for i, j in level}
+        levels.append(level)
+    return levels
+
+
+POWER_LEVELS = _power_levels(PIECE_DEGREE)
+
+
+def _piece_segments() -> list[tuple[float, float, np.ndarray]]:
+    """Per segment between the inner breaks: centre, half-width and the monomial
+    coefficients of a degree-``PIECE_DEGREE`` Chebyshev fit of the sigmoid in
+    ``u = (z - centre) / half-width`` (public constants, the same in every party)."""
+    from numpy.polynomial import chebyshev
+
+    out = []
+    for lo, hi in zip(PIECE_BREAKS[:-1], PIECE_BREAKS[1:]):
+        centre, half = (lo + hi) / 2, (hi - lo) / 2
+        u = np.cos(np.linspace(0, np.pi, 2001))
+        fit = chebyshev.chebfit(u, 1 / (1 + np.exp(-(centre + half * u))), PIECE_DEGREE)
+        out.append((centre, half, chebyshev.cheb2poly(fit)))
+    return out
+
+
+PIECE_SEGMENTS = _piece_segments()
 
 
 def _idx(raw: bytes) -> torch.Tensor:
@@ -86,8 +156,37 @@ class _Stream:
 
 # -- what one batch needs, in the order the step consumes it --------------------------
 
-def batch_plan(*, rows: np.ndarray, d: int, exp_iterations: int = EXP_ITERATIONS,
-               nr_iterations: int = NR_ITERATIONS) -> list[tuple]:
+def _ltz_plan(b: tuple, extra_levels=()) -> list[tuple]:
+    """Randomness of :meth:`LeanParty.ltz` on words of shape ``b``; ``extra_levels[r]``
+    are the products that ride along in round ``r`` (shape, [(i, j), ...])."""
+    plan: list[tuple] = []
+    for r in range(AND_LEVELS + 1):  # round 0 generates bits (x0 & x1); then Kogge-Stone levels
+        ands = 1 if r in (0, AND_LEVELS) else 2  # G and P; P not needed at the last level
+        plan.extend([("and", b, b, None)] * ands)
+        if r < len(extra_levels):
+            shape, level = extra_levels[r]
+            plan.extend(("square" if i == j else "mul", shape, shape, None) for i, j in level)
+    plan.append(("dabit", b, b, None))  # the sign bit back to arithmetic
+    return plan
+
+
+def sigmoid_plan(*, n: int, sigmoid: Sigmoid = Sigmoid()) -> list[tuple]:
+    """The randomness :meth:`LeanParty.sigmoid` needs on ``n`` values, in order."""
+    b = (n, 1)
+    if sigmoid.method == "piecewise":
+        powers = (n * len(PIECE_SEGMENTS), 1)
+        words = (n * len(PIECE_BREAKS), 1)
+        return _ltz_plan(words, [(powers, level) for level in POWER_LEVELS]) + [("mul", words, words, None)]
+    plan = _ltz_plan(b)
+    plan.append(("mul", b, b, None))  # |z| = z * sign
+    plan.extend([("square", b, b, None)] * sigmoid.exp_iterations)
+    for _ in range(sigmoid.nr_iterations - 1):  # the first iteration has a public estimate
+        plan.extend([("square", b, b, None), ("mul", b, b, None)])
+    plan.append(("mul", b, b, None))  # where(sign)
+    return plan
+
+
+def batch_plan(*, rows: np.ndarray, d: int, sigmoid: Sigmoid = Sigmoid()) -> list[tuple]:
     """The correlated randomness one training step on ``rows`` needs, in order.
 
     Each item is ``(kind, shape, derived shape, row indices as bytes or None)``.
@@ -95,23 +194,15 @@ def batch_plan(*, rows: np.ndarray, d: int, exp_iterations: int = EXP_ITERATIONS
     >>> plan = batch_plan(rows=np.arange(4), d=3)
     >>> [r[0] for r in plan][:3], len(plan), sum(r[0] == "and" for r in plan)
     (['fm_left', 'and', 'and'], 30, 12)
+    >>> plan = batch_plan(rows=np.arange(4), d=3, sigmoid=Sigmoid("piecewise"))
+    >>> len(plan), sum(r[0] == "and" for r in plan), plan[1][1], plan[2][1]
+    (23, 12, (12, 1), (8, 1))
     """
     b = (len(rows), 1)
     idx = np.asarray(rows, dtype=np.int64).tobytes()
-    plan: list[tuple] = [("fm_left", (d, 1), b, idx)]  # X_b @ w
-    plan.append(("and", b, b, None))  # generate bits: x0 & x1
-    for level in range(AND_LEVELS):  # Kogge-Stone: G and P, P not needed at the last level
-        plan.append(("and", b, b, None))
-        if level < AND_LEVELS - 1:
-            plan.append(("and", b, b, None))
-    plan.append(("dabit", b, b, None))  # the sign bit back to arithmetic
-    plan.append(("mul", b, b, None))  # |z| = z * sign
-    plan.extend([("square", b, b, None)] * exp_iterations)
-    for _ in range(nr_iterations - 1):  # the first iteration has a public estimate
-        plan.extend([("square", b, b, None), ("mul", b, b, None)])
-    plan.append(("mul", b, b, None))  # where(sign)
-    plan.append(("fm_right", b, (d, 1), idx))  # X_b^T @ delta
-    return plan
+    return ([("fm_left", (d, 1), b, idx)]  # X_b @ w
+            + sigmoid_plan(n=len(rows), sigmoid=sigmoid)
+            + [("fm_right", b, (d, 1), idx)])  # X_b^T @ delta
 
 
 # -- the dealer: turns every party's random draws into party 0's corrections ----------
@@ -249,8 +340,7 @@ class LeanParty:
     rank: int
     scale: int
     rand: Randomness
-    exp_iterations: int = EXP_ITERATIONS  # approximation settings (CrypTen's sigmoid values by default)
-    nr_iterations: int = NR_ITERATIONS
+    sigmoid_spec: Sigmoid = Sigmoid()
 
     def open(self, *xs: torch.Tensor) -> list[torch.Tensor]:
         import crypten.communicator as comm
@@ -263,49 +353,93 @@ class LeanParty:
 
         return comm.get().all_reduce(list(xs), op=ReduceOp.BXOR, batched=True)
 
+    def open_mixed(self, xor: list[torch.Tensor], add: list[torch.Tensor]) -> tuple[list, list]:
+        """Open XOR-shared and additively shared words together: one message where the
+        transport can combine both (petlab's direct link), else one message each."""
+        import crypten.communicator as comm
+        from torch.distributed import ReduceOp
+
+        communicator = comm.get()
+        if not add or not xor or not getattr(communicator, "petlab_mixed_ops", False):
+            return (self.open_xor(*xor) if xor else []), (self.open(*add) if add else [])
+        ops = [ReduceOp.BXOR] * len(xor) + [ReduceOp.SUM] * len(add)
+        out = communicator.all_reduce(list(xor) + list(add), op=ops, batched=True)
+        return out[: len(xor)], out[len(xor):]
+
     def public(self, value: torch.Tensor) -> torch.Tensor:
         """A public ring value as this party's share (party 0 holds it)."""
         return value if self.rank == 0 else torch.zeros_like(value)
 
+    def constant(self, like: torch.Tensor, value: float) -> torch.Tensor:
+        """This party's share of the public fixed-point constant ``value``."""
+        return self.public(torch.full_like(like, round(value * self.scale)))
+
     def trunc(self, x: torch.Tensor) -> torch.Tensor:
         return x.div(self.scale, rounding_mode="trunc")
 
-    def mul(self, x, y, *, truncate=True):
+    # a product is staged: its masked inputs (to open), then its result from the openings
+    def _stage(self, kind: str, x, y=None, *, truncate: bool = True):
+        if kind == "square":
+            r, r2 = self.rand.take("square", x.shape)
+            return [x - r], lambda e: self.trunc(r2 + 2 * e * r + self.public(e * e))
         a, b, c = self.rand.take("mul", x.shape)
-        e, d = self.open(x - a, y - b)
-        z = c + e * b + a * d + self.public(e * d)
-        return self.trunc(z) if truncate else z
+
+        def finish(e, d):
+            z = c + e * b + a * d + self.public(e * d)
+            return self.trunc(z) if truncate else z
+        return [x - a, y - b], finish
+
+    def mul(self, x, y, *, truncate=True):
+        masked, finish = self._stage("mul", x, y, truncate=truncate)
+        return finish(*self.open(*masked))
 
     def square(self, x):
-        r, r2 = self.rand.take("square", x.shape)
-        (e,) = self.open(x - r)
-        return self.trunc(r2 + 2 * e * r + self.public(e * e))
+        masked, finish = self._stage("square", x)
+        return finish(*self.open(*masked))
 
-    def and_(self, pairs: list[tuple]) -> list[torch.Tensor]:
-        """Bitwise AND of XOR-shared words, all pairs in one round."""
+    def and_(self, pairs: list[tuple], products: list[tuple] = ()) -> list[torch.Tensor]:
+        """Bitwise AND of XOR-shared words, all pairs in one round; ``products`` (``(x, y)``
+        pairs, ``y`` None for a square) ride in the same round: their results follow."""
         triples = [self.rand.take("and", x.shape) for x, _ in pairs]
-        opened = self.open_xor(*[t for (x, y), (a, b, _) in zip(pairs, triples) for t in (x ^ a, y ^ b)])
+        staged = [self._stage("square" if y is None else "mul", x, y) for x, y in products]
+        xor_in = [t for (x, y), (a, b, _) in zip(pairs, triples) for t in (x ^ a, y ^ b)]
+        opened, opened_add = self.open_mixed(xor_in, [t for masked, _ in staged for t in masked])
         out = []
         for i, (a, b, c) in enumerate(triples):
             e, d = opened[2 * i], opened[2 * i + 1]
             out.append(c ^ (e & b) ^ (a & d) ^ self.public(e & d))
+        at = 0
+        for masked, finish in staged:
+            out.append(finish(*opened_add[at: at + len(masked)]))
+            at += len(masked)
         return out
 
-    def ltz(self, x: torch.Tensor) -> torch.Tensor:
+    def ltz(self, x: torch.Tensor, powers: dict | None = None) -> torch.Tensor:
         """Arithmetic shares (integer, not scaled) of ``x < 0``: the sign bit of
-        ``x0 + x1``, added in binary by a carry-lookahead adder."""
+        ``x0 + x1``, added in binary by a carry-lookahead adder.
+
+        ``powers`` (``{1: u}``): the powers of ``POWER_LEVELS`` are made in the adder's
+        first rounds, into the same dict."""
         u = x if self.rank == 0 else torch.zeros_like(x)  # party 0's share as a binary sharing
         v = x if self.rank == 1 else torch.zeros_like(x)  # party 1's share
+
+        def round_(r, pairs):
+            level = POWER_LEVELS[r] if powers is not None and r < len(POWER_LEVELS) else []
+            out = self.and_(pairs, [(powers[i], None if i == j else powers[j]) for i, j in level])
+            for (i, j), value in zip(level, out[len(pairs):]):
+                powers[i + j] = value
+            return out[: len(pairs)]
+
         p = u ^ v
-        (g,) = self.and_([(u, v)])
+        (g,) = round_(0, [(u, v)])
         prop = p
         for level in range(AND_LEVELS):
             shift = 1 << level
             if level < AND_LEVELS - 1:
-                gp, prop_next = self.and_([(prop, g << shift), (prop, prop << shift)])
+                gp, prop_next = round_(level + 1, [(prop, g << shift), (prop, prop << shift)])
                 g, prop = g ^ gp, prop_next
             else:
-                (gp,) = self.and_([(prop, g << shift)])
+                (gp,) = round_(level + 1, [(prop, g << shift)])
                 g = g ^ gp
         msb = (p ^ (g << 1)) >> 63 & 1  # sum bit 63 = p_63 xor carry into 63
         rb, ra = self.rand.take("dabit", x.shape)
@@ -314,8 +448,9 @@ class LeanParty:
 
     def exp(self, x):
         """CrypTen's limit approximation: ``(1 + x / 2^k)`` squared ``k`` times."""
-        result = x.div(2 ** self.exp_iterations, rounding_mode="trunc") + self.public(torch.full_like(x, self.scale))
-        for _ in range(self.exp_iterations):
+        k = self.sigmoid_spec.exp_iterations
+        result = x.div(2 ** k, rounding_mode="trunc") + self.public(torch.full_like(x, self.scale))
+        for _ in range(k):
             result = self.square(result)
         return result
 
@@ -324,11 +459,13 @@ class LeanParty:
         y0 = NR_INITIAL
         # first iteration: y = 2*y0 - y0^2 * x, local since y0 is public
         y = self.public(torch.full_like(x, round(2 * y0 * self.scale))) - self.trunc(x * round(y0 * y0 * self.scale))
-        for _ in range(self.nr_iterations - 1):
+        for _ in range(self.sigmoid_spec.nr_iterations - 1):
             y = 2 * y - self.mul(self.square(y), x)
         return y
 
     def sigmoid(self, z):
+        if self.sigmoid_spec.method == "piecewise":
+            return self.sigmoid_piecewise(z)
         ltz = self.ltz(z)  # integer 0/1 shares
         sign = self.public(torch.ones_like(z)) - 2 * ltz
         pos = self.mul(z, sign, truncate=False)
@@ -336,6 +473,28 @@ class LeanParty:
         pos_out = self.reciprocal(denominator)
         # where(1 - ltz, 1 - pos_out) = pos_out + ltz - 2 * pos_out * ltz
         return pos_out + ltz * self.scale - 2 * self.mul(pos_out, ltz, truncate=False)
+
+    def sigmoid_piecewise(self, z):
+        """0 below -10, a degree-8 polynomial on [-10, 0) and on [0, 10), 1 from 10 on.
+
+        The three comparisons share one adder run; the polynomials' powers are made in
+        its first rounds. With ``L_k = [z < break_k]`` (0/1 shares) the pieces are picked
+        by one product: ``s = 1 - L_0 P_left - L_1 (P_right - P_left) - L_2 (1 - P_right)``
+        (anything the unused pieces hold, even an overflow, cancels exactly in the ring).
+        """
+        n = z.shape[0]
+        below = torch.cat([z - self.constant(z, b) for b in PIECE_BREAKS])
+        # u = (z - centre) / half-width per segment, in [-1, 1] on its own segment
+        u = torch.cat([self.trunc((z - self.constant(z, c)) * round(self.scale / h)) for c, h, _ in PIECE_SEGMENTS])
+        powers = {1: u}
+        L = self.ltz(below, powers)
+        coef = [torch.cat([torch.full((n, 1), round(m[k] * self.scale), dtype=torch.long)
+                           for _, _, m in PIECE_SEGMENTS]) for k in range(PIECE_DEGREE + 1)]
+        P = self.trunc(sum(powers[k] * coef[k] for k in range(1, PIECE_DEGREE + 1))) + self.public(coef[0])
+        left, right = P[:n], P[n:]
+        one = self.constant(z, 1.0)
+        picked = self.mul(L, torch.cat([left, right - left, one - right]), truncate=False)
+        return one - picked[:n] - picked[n: 2 * n] - picked[2 * n:]
 
     def fm_left(self, E_rows: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """Shares of ``X_b @ w`` from the opened ``E_b`` and a fixed-mask triple."""
@@ -362,8 +521,7 @@ def train_logreg(*, party: LeanParty, E: torch.Tensor, y: torch.Tensor, w: torch
     batches = list(batches)
     for start in range(0, len(batches), chunk):
         part = batches[start: start + chunk]
-        party.rand.prepare([item for rows in part for item in batch_plan(
-            rows=rows, d=d, exp_iterations=party.exp_iterations, nr_iterations=party.nr_iterations)])
+        party.rand.prepare([item for rows in part for item in batch_plan(rows=rows, d=d, sigmoid=party.sigmoid_spec)])
         for rows in part:
             index = torch.from_numpy(np.asarray(rows, dtype=np.int64))
             E_b, y_b = E[index], y[index]
@@ -414,45 +572,60 @@ def local_dealer(*, seed_own: int, seed_peer: int):
     return own, (lambda plan: deal(plan=plan, gens=gens, fixed=fixed)), fixed
 
 
-def step_cost(*, batch: int, d: int, exp_iterations: int = EXP_ITERATIONS,
-              nr_iterations: int = NR_ITERATIONS) -> list[dict]:
+def step_cost(*, batch: int, d: int, sigmoid: Sigmoid = Sigmoid(), merged: bool = True) -> list[dict]:
     """The communication of one training step, per operation, counted from the protocol.
 
     ``opened``: ring elements each party sends (and receives) per step; ``rounds``:
-    sequential exchanges; ``dealt``: elements the dealer sends party 0 under TTP.
+    sequential exchanges (``merged``: sum- and XOR-openings of one round share a message,
+    as on petlab's direct link); ``dealt``: elements the dealer sends party 0 under TTP.
 
     >>> {r["operation"]: r["opened"] for r in step_cost(batch=4, d=3)}["X_b @ w (fixed mask)"]
     3
-    >>> sum(r["rounds"] for r in step_cost(batch=4, d=3))
-    25
+    >>> [sum(r["rounds"] for r in step_cost(batch=4, d=3, sigmoid=Sigmoid(s), merged=m))
+    ...  for s, m in (("reciprocal", True), ("piecewise", True), ("piecewise", False))]
+    [25, 11, 14]
     """
     B = batch
-    return [
-        {"operation": "X_b @ w (fixed mask)", "opened": d, "rounds": 1, "dealt": B},
-        {"operation": "sign: comparison (7 AND levels on 64-bit words)", "opened": 24 * B, "rounds": 7,
-         "dealt": 12 * B},
-        {"operation": "sign: bit to arithmetic (daBit)", "opened": B, "rounds": 1, "dealt": B},
-        {"operation": "absolute value: z * sign", "opened": 2 * B, "rounds": 1, "dealt": B},
-        {"operation": f"exp: {exp_iterations} squarings", "opened": exp_iterations * B, "rounds": exp_iterations,
-         "dealt": exp_iterations * B},
-        {"operation": f"reciprocal: {nr_iterations - 1} Newton steps (square, product)",
-         "opened": (nr_iterations - 1) * 3 * B, "rounds": (nr_iterations - 1) * 2,
-         "dealt": (nr_iterations - 1) * 2 * B},
-        {"operation": "select by sign", "opened": 2 * B, "rounds": 1, "dealt": B},
-        {"operation": "X_b^T @ delta (fixed mask)", "opened": B, "rounds": 1, "dealt": d},
-    ]
+    out = [{"operation": "X_b @ w (fixed mask)", "opened": d, "rounds": 1, "dealt": B}]
+    if sigmoid.method == "piecewise":
+        k, seg = len(PIECE_BREAKS), len(PIECE_SEGMENTS)
+        products = [pair for level in POWER_LEVELS for pair in level]
+        squares = sum(i == j for i, j in products)
+        out += [
+            {"operation": f"z against {k} breaks: comparison (7 AND levels on 64-bit words)",
+             "opened": 24 * k * B, "rounds": 7, "dealt": 12 * k * B},
+            {"operation": f"powers u^2..u^{PIECE_DEGREE} on {seg} segments ({squares} squares, "
+                          f"{len(products) - squares} products; inside the comparison's rounds)",
+             "opened": seg * B * (squares + 2 * (len(products) - squares)),
+             "rounds": 0 if merged else len(POWER_LEVELS), "dealt": seg * B * len(products)},
+            {"operation": "comparison bits to arithmetic (daBits)", "opened": k * B, "rounds": 1, "dealt": k * B},
+            {"operation": "select the pieces (one product)", "opened": 2 * k * B, "rounds": 1, "dealt": k * B},
+        ]
+    else:
+        e, r = sigmoid.exp_iterations, sigmoid.nr_iterations
+        out += [
+            {"operation": "sign: comparison (7 AND levels on 64-bit words)", "opened": 24 * B, "rounds": 7,
+             "dealt": 12 * B},
+            {"operation": "sign: bit to arithmetic (daBit)", "opened": B, "rounds": 1, "dealt": B},
+            {"operation": "absolute value: z * sign", "opened": 2 * B, "rounds": 1, "dealt": B},
+            {"operation": f"exp: {e} squarings", "opened": e * B, "rounds": e, "dealt": e * B},
+            {"operation": f"reciprocal: {r - 1} Newton steps (square, product)",
+             "opened": (r - 1) * 3 * B, "rounds": (r - 1) * 2, "dealt": (r - 1) * 2 * B},
+            {"operation": "select by sign", "opened": 2 * B, "rounds": 1, "dealt": B},
+        ]
+    out.append({"operation": "X_b^T @ delta (fixed mask)", "opened": B, "rounds": 1, "dealt": d})
+    return out
 
 
-def train_bytes(*, batches, d: int, provider: str, rank: int, chunk: int, exp_iterations: int = EXP_ITERATIONS,
-                nr_iterations: int = NR_ITERATIONS) -> dict:
+def train_bytes(*, batches, d: int, provider: str, rank: int, chunk: int, sigmoid: Sigmoid = Sigmoid(),
+                merged: bool = True) -> dict:
     """Bytes and rounds CrypTen's counters record for :func:`train_logreg` at party
     ``rank`` (8-byte elements, sent + received), from :func:`step_cost` alone.
 
     Under TTP party 0 also receives the dealer's corrections (one request per ``chunk``
     of steps: a pickled request, the result's size, then the result).
     """
-    costs = [step_cost(batch=len(rows), d=d, exp_iterations=exp_iterations, nr_iterations=nr_iterations)
-             for rows in batches]
+    costs = [step_cost(batch=len(rows), d=d, sigmoid=sigmoid, merged=merged) for rows in batches]
     opened = sum(r["opened"] for cost in costs for r in cost)
     out = {"bytes": 8 * 2 * opened, "rounds": sum(r["rounds"] for cost in costs for r in cost), "dealt_bytes": 0}
     if provider == "TTP" and rank == 0:

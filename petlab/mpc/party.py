@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from petlab.config import PocConfig, resolved_engine
+from petlab.config import PocConfig, resolved_engine, resolved_sigmoid_method
 from petlab.crypten_compat import applied_fixes, import_crypten
 from petlab.data.features import prepare_party_features
 from petlab.data.tables import file_sha256
@@ -52,6 +52,14 @@ def monitor_indices(*, n: int, rows: int, seed: int) -> np.ndarray:
     """
     order = np.random.default_rng([seed, 99]).permutation(n)
     return np.sort(order[: min(rows, n)])
+
+
+def sigmoid_spec(cfg: PocConfig):
+    """The petlab engine's sigmoid for ``cfg`` (a :class:`petlab.mpc.lean.Sigmoid`)."""
+    from petlab.mpc.lean import Sigmoid
+
+    return Sigmoid(method=resolved_sigmoid_method(cfg), exp_iterations=cfg.mpc.sigmoid_exp_iterations,
+                   nr_iterations=cfg.mpc.sigmoid_nr_iterations)
 
 
 def minibatches(*, n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
@@ -422,6 +430,7 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
         "device": str(device),
         "provider": cfg.mpc.provider,
         "engine": engine,
+        "sigmoid_method": resolved_sigmoid_method(cfg) if engine == "petlab" else "crypten",
         "direct_link": bool(link is not None),
         "meta": my_meta,
         "peers": metas,
@@ -508,8 +517,7 @@ def _lean_setup(*, crypten, cfg: PocConfig, me: Party, X_shares: torch.Tensor):
     precision = crypten.cfg.encoder.precision_bits
     rand = lean.Randomness(rank=me.rank, gen=gen, fetch=fetch)
     rand.prepare([("fm_init", tuple(X_shares.shape), (0,), None)])
-    party = lean.LeanParty(rank=me.rank, scale=2**precision, rand=rand,
-                           exp_iterations=cfg.mpc.sigmoid_exp_iterations, nr_iterations=cfg.mpc.sigmoid_nr_iterations)
+    party = lean.LeanParty(rank=me.rank, scale=2**precision, rand=rand, sigmoid_spec=sigmoid_spec(cfg))
     E = torch.empty_like(X_shares)
     for i in range(0, E.shape[0], 65536):  # opened in row blocks: no second full-size temporary
         (E[i: i + 65536],) = party.open(X_shares[i: i + 65536] - rand.A[i: i + 65536])
