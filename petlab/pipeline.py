@@ -290,6 +290,8 @@ def write_record(*, config: PocConfig, tables: dict, mpc: MPCRun, references: di
         "model": config.train.model,
         "provider": config.mpc.provider,
         "device": gateway["device"],
+        "engine": gateway.get("engine", "crypten"),
+        "sigmoid_method": gateway.get("sigmoid_method", "crypten"),
         "disclosures": {str(p): mpc.records[str(p)]["disclosure_summary"] for p in Party},
         "received_by_operation": {str(p): _by_operation(mpc.records[str(p)].get("transcript_summary", []))
                                   for p in Party},

@@ -84,6 +84,21 @@ def _audit_section(run_dir: Path) -> str:
     return "\n".join(parts)
 
 
+def _mpc_method(metrics: dict) -> str:
+    """How the run computed, in words (older run folders lack the engine: CrypTen's).
+
+    >>> _mpc_method({"engine": "petlab", "sigmoid_method": "piecewise"})
+    "petlab's own protocol on CrypTen shares, with its piecewise-polynomial sigmoid (within 4e-4)"
+    >>> _mpc_method({})
+    "CrypTen's operators and CrypTen's sigmoid approximation"
+    """
+    if metrics.get("engine") != "petlab":
+        return "CrypTen's operators and CrypTen's sigmoid approximation"
+    if metrics.get("sigmoid_method") == "piecewise":
+        return "petlab's own protocol on CrypTen shares, with its piecewise-polynomial sigmoid (within 4e-4)"
+    return "petlab's own protocol on CrypTen shares, with CrypTen's sigmoid approximation (within ~3e-3)"
+
+
 def render_report(*, run_dir: Path) -> str:
     """HTML text of the report for the run folder ``run_dir``."""
     run_dir = Path(run_dir)
@@ -108,9 +123,9 @@ def render_report(*, run_dir: Path) -> str:
         f"<b>{metrics['collaboration_gain_auc']:+.4f}</b>. MPC minus plaintext AUC: "
         f"<b>{metrics['mpc_vs_plaintext_auc']:+.4f}</b>. Largest absolute difference between "
         f"MPC and plaintext final weights: <b>{_fmt(metrics['max_abs_weight_diff'])}</b> "
-        f"(same initial weights, hyper-parameters and minibatch order; MPC uses 16-bit "
-        f"fixed point and CrypTen's sigmoid approximation). n_train={metrics['n_train']}, "
-        f"n_test={metrics['n_test']}.</p>")
+        f"(same initial weights, hyper-parameters and minibatch order; MPC uses "
+        f"{config.mpc.precision_bits}-bit fixed point and {_e(_mpc_method(metrics))}). "
+        f"n_train={metrics['n_train']}, n_test={metrics['n_test']}.</p>")
     parts.append(_img(run_dir / "figures" / "roc.png", "ROC curves"))
     parts.append(_img(run_dir / "figures" / "loss.png", "training loss"))
 

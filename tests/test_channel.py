@@ -83,3 +83,16 @@ def test_mixed_openings_travel_in_one_message_and_are_counted_once():
             sides[rank][1].all_reduce(xs[rank], op=ops[:1], batched=True)
         restore(sides[rank][0], sides[rank][2])
         assert not hasattr(sides[rank][0], "petlab_mixed_ops")
+
+
+def test_a_peer_that_never_opens_the_link_is_reported_on_both_sides():
+    """The gateway waits for the wallet's connection, the wallet retries until the
+    gateway listens: each gives up with a one-line reason after its timeout."""
+    from petlab.mpc.channel import open_peer_link
+    from petlab.net import free_port
+
+    port = free_port()
+    with pytest.raises(PeerLinkError, match=f"the peer did not open the direct link to 127.0.0.1:{port} within 0.3 s"):
+        open_peer_link(listen=True, address="127.0.0.1", port=port, timeout_s=0.3)
+    with pytest.raises(PeerLinkError, match=f"could not open the direct link to 127.0.0.1:{port} within 0.3 s"):
+        open_peer_link(listen=False, address="127.0.0.1", port=port, timeout_s=0.3)

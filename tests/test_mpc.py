@@ -157,6 +157,9 @@ def test_petlab_engine_gives_the_crypten_engine_results(small_config, tmp_path, 
     w = {e: np.load(r.run.path / "parties" / "gateway" / "weights.npz") for e, r in runs.items()}
     for name in w["petlab"].files:
         assert np.max(np.abs(w["petlab"][name] - w["crypten"][name])) < 0.01
+    assert (ours["engine"], ours["sigmoid_method"], theirs["engine"]) == ("petlab", method, "crypten")
+    words = {"piecewise": "piecewise-polynomial sigmoid", "reciprocal": "with CrypTen's sigmoid approximation"}
+    assert words[method] in (runs["petlab"].run.path / "report.html").read_text()
     from petlab.mpc.lean import train_bytes
     from petlab.mpc.party import minibatches, sigmoid_spec
 
