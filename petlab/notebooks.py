@@ -48,6 +48,7 @@ def notebook_parameters(*, config: PocConfig) -> dict:
         "LABEL_COLUMN": d.label_column, "LABEL_PARTY": d.label_party,
         "MODEL": t.model, "EPOCHS": t.epochs, "BATCH_SIZE": t.batch_size, "LR": t.lr,
         "HIDDEN": t.hidden, "PROVIDER": m.provider, "DEVICE": m.device, "ENGINE": m.engine,
+        "SIGMOID_METHOD": m.sigmoid_method,
         "REVEAL_WEIGHTS": m.reveal_weights, "TRACK_LOSS": m.track_loss,
     }
 
