@@ -50,6 +50,8 @@ import math
 import numpy as np
 import torch
 
+from petlab.config import SIGMOID_METHODS
+
 __all__ = ["Sigmoid", "Randomness", "LeanParty", "batch_plan", "deal", "train_logreg", "dealer_server_class", "ttp_fetch",
            "local_dealer", "step_cost", "train_bytes"]
 
@@ -57,7 +59,6 @@ AND_LEVELS = 6  # Kogge-Stone levels for 64-bit words
 EXP_ITERATIONS = 9  # CrypTen's sigmoid: exp_iterations 9
 NR_ITERATIONS = 3  # CrypTen's sigmoid: reciprocal_nr_iters 3
 NR_INITIAL = 0.75  # CrypTen's sigmoid: reciprocal_initial 0.75
-SIGMOID_METHODS = ("reciprocal", "piecewise")
 PIECE_BREAKS = (-10.0, 0.0, 10.0)  # piecewise sigmoid: 0 below the first, 1 above the last
 PIECE_DEGREE = 8
 
@@ -449,7 +450,7 @@ class LeanParty:
     def exp(self, x):
         """CrypTen's limit approximation: ``(1 + x / 2^k)`` squared ``k`` times."""
         k = self.sigmoid_spec.exp_iterations
-        result = x.div(2 ** k, rounding_mode="trunc") + self.public(torch.full_like(x, self.scale))
+        result = x.div(2 ** k, rounding_mode="trunc") + self.constant(x, 1.0)
         for _ in range(k):
             result = self.square(result)
         return result
@@ -458,7 +459,7 @@ class LeanParty:
         """Newton-Raphson for 1/x (x > 0) from a public first estimate."""
         y0 = NR_INITIAL
         # first iteration: y = 2*y0 - y0^2 * x, local since y0 is public
-        y = self.public(torch.full_like(x, round(2 * y0 * self.scale))) - self.trunc(x * round(y0 * y0 * self.scale))
+        y = self.constant(x, 2 * y0) - self.trunc(x * round(y0 * y0 * self.scale))
         for _ in range(self.sigmoid_spec.nr_iterations - 1):
             y = 2 * y - self.mul(self.square(y), x)
         return y
@@ -469,7 +470,7 @@ class LeanParty:
         ltz = self.ltz(z)  # integer 0/1 shares
         sign = self.public(torch.ones_like(z)) - 2 * ltz
         pos = self.mul(z, sign, truncate=False)
-        denominator = self.exp(-pos) + self.public(torch.full_like(z, self.scale))
+        denominator = self.exp(-pos) + self.constant(z, 1.0)
         pos_out = self.reciprocal(denominator)
         # where(1 - ltz, 1 - pos_out) = pos_out + ltz - 2 * pos_out * ltz
         return pos_out + ltz * self.scale - 2 * self.mul(pos_out, ltz, truncate=False)
