@@ -518,10 +518,11 @@ def _lean_setup(*, crypten, cfg: PocConfig, me: Party, X_shares: torch.Tensor):
     rand = lean.Randomness(rank=me.rank, gen=gen, fetch=fetch)
     rand.prepare([("fm_init", tuple(X_shares.shape), (0,), None)])
     party = lean.LeanParty(rank=me.rank, scale=2**precision, rand=rand, sigmoid_spec=sigmoid_spec(cfg))
+    X = X_shares.numpy()
     E = torch.empty_like(X_shares)
     for i in range(0, E.shape[0], 65536):  # opened in row blocks: no second full-size temporary
-        (E[i: i + 65536],) = party.open(X_shares[i: i + 65536] - rand.A[i: i + 65536])
-    a_view = fixed["A"] if fixed is not None else rand.A  # what party 0 knows of the mask
+        (E[i: i + 65536],) = (torch.from_numpy(t) for t in party.open(X[i: i + 65536] - rand.A[i: i + 65536]))
+    a_view = torch.from_numpy(fixed["A"] if fixed is not None else rand.A)  # what party 0 knows of the mask
     return {"party": party, "precision": precision, "a_view": a_view}, E
 
 
