@@ -99,6 +99,28 @@ MPC_CONFIGS = {
                              {"engine": "crypten", "provider": "TTP"}, True),
 }
 
+#: SecretFlow SPU on the same work, measured by ``petlab/spu/run_lr.py`` in SPU's own
+#: environment (``make venv-spu``; it pins jax and numpy, so it cannot share petlab's):
+#: name -> (description, SPU sigmoid mode).
+SPU_CONFIGS = {
+    "spu-SEMI2K": ("SecretFlow SPU 0.9.5, SEMI2K, FM64, exact sigmoid (SIGMOID_REAL); Beaver triples made by "
+                   "party 0 (SPU's TrustedFirstParty: a dealer assumption, as CrypTen's TFP)", "real"),
+    "spu-SEMI2K-seg3": ("SecretFlow SPU 0.9.5, SEMI2K, FM64, clipped linear sigmoid (SIGMOID_SEG3), "
+                        "TrustedFirstParty", "seg3"),
+}
+SPU_RUNNER = Path(__file__).parent / "spu" / "run_lr.py"
+#: Where ``make venv-spu`` puts SPU's interpreter.
+SPU_VENV_PYTHON = ".venv-spu/bin/python"
+
+
+def spu_python(explicit: str | None = None) -> str | None:
+    """The interpreter that has SPU: ``explicit``, ``$PETLAB_SPU_PYTHON``, or ``.venv-spu``."""
+    for candidate in (explicit, os.environ.get("PETLAB_SPU_PYTHON"), SPU_VENV_PYTHON):
+        if candidate and Path(candidate).is_file():
+            return str(candidate)
+    return None
+
+
 #: Where the WAN section also keeps its points, for notebook 04.
 WAN_RESULTS = "benchmarks/wan.json"
 #: Where the mpc section keeps its rows: re-measuring some configurations keeps the others.
@@ -165,7 +187,8 @@ def merge_sections(*, text: str, sections: dict[str, str]) -> str:
 def run_benchmarks(*, sizes, epochs: int, output: str, data_root: str, runs_root: str = "runs",
                    mpc_configs=None, slow_epochs: int = 1, features: int = 30,
                    psi_sizes=(10_000, 100_000), scale_rows_n: int = 1_000_000, scale_features: int = 100,
-                   scale_epochs: int = 1, sections=SECTIONS, wan: dict | None = None) -> list[dict]:
+                   scale_epochs: int = 1, sections=SECTIONS, wan: dict | None = None,
+                   spu: str | None = None) -> list[dict]:
     """Measure the requested sections and rewrite them in ``output`` (others are kept).
 
     Args:
@@ -180,15 +203,23 @@ def run_benchmarks(*, sizes, epochs: int, output: str, data_root: str, runs_root
         output: the markdown file to update.
         data_root, runs_root: where party tables and run folders go.
         sections: which of :data:`SECTIONS` to measure.
+        spu: the Python interpreter with SecretFlow SPU, for :data:`SPU_CONFIGS` (default:
+            :func:`spu_python`).
     """
     from petlab.config import ConfigError
 
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         raise ConfigError(f"unknown benchmark section(s) {sorted(unknown)}: expected {', '.join(SECTIONS)}")
-    unknown = [c for c in (mpc_configs or []) if c not in MPC_CONFIGS]
+    unknown = [c for c in (mpc_configs or []) if c not in MPC_CONFIGS and c not in SPU_CONFIGS]
     if unknown:
-        raise ConfigError(f"unknown benchmark configuration(s) {unknown}: expected {', '.join(MPC_CONFIGS)}")
+        raise ConfigError(f"unknown benchmark configuration(s) {unknown}: expected "
+                          f"{', '.join([*MPC_CONFIGS, *SPU_CONFIGS])}")
+    spu_configs = [c for c in (mpc_configs or []) if c in SPU_CONFIGS] if "mpc" in sections else []
+    spu = spu_python(spu)
+    if spu_configs and spu is None:
+        raise ConfigError(f"{', '.join(spu_configs)} need SecretFlow SPU 0.9.5 in its own environment: "
+                          "run `make venv-spu` (or pass --spu-python / set PETLAB_SPU_PYTHON)")
     if "wan" in sections:  # before anything is measured: fail fast, not after an hour
         from petlab.wan import unavailable_reason
 
@@ -205,7 +236,7 @@ def run_benchmarks(*, sizes, epochs: int, output: str, data_root: str, runs_root
             [f"--sizes {' '.join(map(str, sizes))}", f"--epochs {epochs}", f"--slow-epochs {slow_epochs}",
              f"--features {features}", f"--mpc-configs {' '.join(mpc_configs or list(MPC_CONFIGS))}"])
         rows = _bench_mpc(sizes=sizes, configs=mpc_configs or list(MPC_CONFIGS), epochs=epochs,
-                          slow_epochs=slow_epochs, features=features, data_root=data_root, root=root)
+                          slow_epochs=slow_epochs, features=features, data_root=data_root, root=root, spu=spu)
         for r in rows:
             r.update(command=command, when=_stamp(), machine=_machine())
         kept = _merge_rows(path=Path(MPC_RESULTS), rows=rows)
@@ -235,7 +266,7 @@ def run_benchmarks(*, sizes, epochs: int, output: str, data_root: str, runs_root
 
 
 def _bench_mpc(*, sizes, configs, epochs: int, slow_epochs: int, features: int, data_root: str, root: Path,
-               plaintext_repeats: int = PLAINTEXT_REPEATS) -> list[dict]:
+               plaintext_repeats: int = PLAINTEXT_REPEATS, spu: str | None = None) -> list[dict]:
     """Each configuration on the wide synthetic data (``features`` columns split evenly,
     label at the gateway, the same customers at both parties: no PSI)."""
     import statistics as stats
@@ -249,6 +280,11 @@ def _bench_mpc(*, sizes, configs, epochs: int, slow_epochs: int, features: int, 
     for n_train in sizes:
         table_rows = int(round(n_train / 0.8))  # 20% of the customers are held out for the test
         for name in configs:
+            if name in SPU_CONFIGS:
+                rows.append(_bench_spu(name=name, n_train=n_train, epochs=epochs, features=features,
+                                       data_root=data_root, root=root, python=spu,
+                                       plaintext_repeats=plaintext_repeats))
+                continue
             description, model, overrides, slow = MPC_CONFIGS[name]
             n_epochs = slow_epochs if slow and n_train > 10_000 else epochs
             config = poc_config(source="wide", rows=table_rows, features=features, alignment="given",
@@ -291,6 +327,73 @@ def _bench_mpc(*, sizes, configs, epochs: int, slow_epochs: int, features: int, 
                 "run": str(result.run.path),
             })
     return rows
+
+
+def _bench_spu(*, name: str, n_train: int, epochs: int, features: int, data_root: str, root: Path, python: str,
+               plaintext_repeats: int) -> dict:
+    """SecretFlow SPU on the same tables, features, minibatches and SGD arithmetic as the
+    petlab rows (its two parties in their own processes over loopback, in SPU's own
+    environment); the plaintext reference is petlab's."""
+    import json
+    import statistics as stats
+    import subprocess
+
+    import numpy as np
+
+    from petlab.config import poc_config
+    from petlab.metrics import binary_metrics
+    from petlab.mpc.party import minibatches
+    from petlab.parties import Party
+    from petlab.pipeline import prepare_tables, reference_features, train_references
+
+    description, sigmoid = SPU_CONFIGS[name]
+    config = poc_config(source="wide", rows=int(round(n_train / 0.8)), features=features, alignment="given",
+                        model="logreg", epochs=epochs, root=data_root, track_loss=False)
+    tables = prepare_tables(config=config)
+    feats = reference_features(config=config, tables=tables)
+    gateway, wallet = feats[Party.GATEWAY], feats[Party.WALLET]
+    t = config.train
+    steps = [rows for e in range(epochs)
+             for rows in minibatches(n=len(gateway.X_train), batch_size=t.batch_size, seed=t.seed, epoch=e)]
+    folder = root / f"{name}-n{n_train}"
+    folder.mkdir(parents=True, exist_ok=True)
+    X_test = np.hstack([gateway.X_test, wallet.X_test])
+    np.savez(folder / "inputs.npz", X_gateway=gateway.X_train, X_wallet=wallet.X_train, y=gateway.y_train,
+             X_test=X_test, y_test=gateway.y_test, batches=np.concatenate(steps),
+             batch_sizes=np.array([len(rows) for rows in steps]), lr=t.lr, epochs=epochs)
+    print(f"[bench] {name}: {n_train:,} training rows x {features} features, {epochs} epoch(s)",
+          file=sys.stderr, flush=True)
+    proc = subprocess.run([python, str(SPU_RUNNER), "--data", str(folder / "inputs.npz"),
+                           "--out", str(folder / "result.json"), "--sigmoid", sigmoid],
+                          capture_output=True, text=True, timeout=6 * 3600)
+    (folder / "spu.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"the SPU run {name} failed (exit {proc.returncode}): {last}; log in {folder / 'spu.log'}")
+    out = json.loads((folder / "result.json").read_text())
+    fits = [train_references(config=config, tables=tables)["plaintext"] for _ in range(plaintext_repeats)]
+    plain_s = stats.median(f.train_seconds for f in fits)
+    w, b = np.asarray(out["w"], dtype=float).reshape(-1, 1), float(out["b"])
+    scores = 1 / (1 + np.exp(-(X_test @ w + b)))
+    plain = fits[0].weights
+    diff = max(float(np.max(np.abs(w - plain["w"].reshape(-1, 1)))), abs(b - float(plain["b"].ravel()[0])))
+    traffic = {p: (out["bytes_sent"][str(i)] or 0) + ((out.get("bytes_received") or {}).get(str(i)) or 0)
+               for i, p in enumerate(("gateway", "wallet"))}
+    mpc_s = out["input_s"] + out["train_s"]  # as the petlab rows: sharing the inputs and the steps
+    return {
+        "config": name, "description": description, "model": "logreg", "provider": "SPU TrustedFirstParty",
+        "engine": out.get("system", "spu"), "sigmoid_method": f"spu-{sigmoid}", "n_train": len(gateway.X_train),
+        "features": features, "epochs": epochs, "plaintext_s": plain_s, "mpc_s": mpc_s, "ratio": mpc_s / plain_s,
+        "auc_mpc": binary_metrics(y_true=gateway.y_test, scores=scores.ravel()).auc,
+        "auc_plaintext": binary_metrics(y_true=gateway.y_test, scores=fits[0].test_scores).auc,
+        "max_abs_weight_diff": diff, "bytes": traffic, "rounds": {"gateway": None, "wallet": None},
+        "train_bytes_per_epoch": {"wallet": None}, "analytic_bytes_per_epoch": None,
+        "peak_rss_mb": {"gateway": out["peak_rss_mb"]["0"], "wallet": out["peak_rss_mb"]["1"], "dealer": None},
+        "rss": "VmHWM", "run": str(folder), "spu": {k: out.get(k) for k in ("compile_s", "input_s", "train_s",
+                                                                           "reveal_s", "fxp_fraction_bits",
+                                                                           "security_model", "bytes_sent",
+                                                                           "bytes_received")},
+    }
 
 
 def _bench_wan(*, wan: dict, root: Path) -> str:
@@ -387,6 +490,10 @@ def _mb(x) -> str:
     return "—" if x is None else f"{x / 1e6:,.1f}"
 
 
+def _count(x) -> str:
+    return "—" if x is None else f"{x:,}"
+
+
 #: The petlab protocol's configurations the findings compare: prefix -> label.
 PETLAB_VARIANTS = {"petlab": "petlab protocol, CrypTen's sigmoid", "petlab-pw": "petlab protocol, piecewise sigmoid"}
 
@@ -411,6 +518,7 @@ def _findings(rows: list[dict]) -> list[str]:
                for n, secs in secs_by_n.items()}
     for n in sorted({r["n_train"] for r in rows}):
         per_epoch = {r["config"]: r["mpc_s"] / r["epochs"] for r in rows if r["n_train"] == n}
+        command = {r["config"]: r.get("command") for r in rows if r["n_train"] == n}
         lines = []
         for prefix, label in PETLAB_VARIANTS.items():
             tfp, ttp = per_epoch.get(f"{prefix}-TFP"), per_epoch.get(f"{prefix}-TTP")
@@ -420,6 +528,13 @@ def _findings(rows: list[dict]) -> list[str]:
             if "crypten-TTP" in per_epoch and f"{prefix}-TTP" in per_epoch:
                 lines.append(f"- CrypTen operators as shipped (TTP) / {label} (TTP): "
                              f"{per_epoch['crypten-TTP'] / per_epoch[f'{prefix}-TTP']:.1f}x")
+        for prefix, label in PETLAB_VARIANTS.items():
+            for spu_name in SPU_CONFIGS:
+                if f"{prefix}-TTP" in per_epoch and spu_name in per_epoch:
+                    same = command.get(f"{prefix}-TTP") == command.get(spu_name)
+                    lines.append(f"- {label} (TTP) / {spu_name} (measured, "
+                                 f"{'same command' if same else 'different commands'}): "
+                                 f"{per_epoch[f'{prefix}-TTP'] / per_epoch[spu_name]:.2f}x")
         for prefix, label in PETLAB_VARIANTS.items():
             if f"{prefix}-TTP" in per_epoch and n in spu:
                 lines.append(f"- {label} (TTP) / SPU SEMI2K exact sigmoid (quoted): "
@@ -478,16 +593,18 @@ def render_mpc(*, rows: list[dict]) -> str:
             f"| {r['config']} | {r['model']} | {r['n_train']:,} | {r['epochs']} | {r['plaintext_s']:.4f} "
             f"| {r['mpc_s']:.1f} | {r['ratio']:,.0f} | {r['auc_mpc']:.4f} | {r['auc_plaintext']:.4f} | {wd} "
             f"| {_mb(r['bytes']['gateway'])} / {_mb(r['bytes']['wallet'])} "
-            f"| {r['rounds']['gateway']:,} / {r['rounds']['wallet']:,} "
+            f"| {_count(r['rounds']['gateway'])} / {_count(r['rounds']['wallet'])} "
             f"| {_mb(r['train_bytes_per_epoch']['wallet'])} | {_mb(r['analytic_bytes_per_epoch'])} "
             f"| {_rss_cell(r)} |"
             + (f" [{which[r['command']]}] |" if len(commands) > 1 else ""))
     lines += ["", *_findings(rows), "", "Configurations:", ""]
+    described = {**MPC_CONFIGS, **SPU_CONFIGS}
     for name in dict.fromkeys(r["config"] for r in rows):
-        lines.append(f"- `{name}`: {MPC_CONFIGS[name][0]}")
+        lines.append(f"- `{name}`: {described[name][0]}")
     lines += [
         "",
-        "Quoted, not measured here (issue 6; SecretFlow SPU 0.9.5 is not installed on this machine):",
+        "Quoted from issue 6 (measured by its author, on this kind of machine at another time; the `spu-*` rows",
+        "above, where present, were measured here by `petlab/spu/run_lr.py`):",
         "",
         "| system | model | 10k train rows, 10 epochs, s | 100k, s | traffic |",
         "|---|---|---|---|---|",

@@ -149,7 +149,7 @@ def _bench(args) -> int:
                    mpc_configs=args.mpc_configs, scale_rows_n=args.scale_rows, scale_features=args.scale_features,
                    scale_epochs=args.scale_epochs,
                    output=args.output, data_root=args.data_root, psi_sizes=args.psi_sizes,
-                   sections=args.sections,
+                   sections=args.sections, spu=args.spu_python,
                    wan={"rtts_ms": args.wan_rtts, "rates_mbit": args.wan_rates, "providers": args.wan_providers,
                         "models": args.wan_models, "rows": args.wan_rows, "epochs": args.wan_epochs})
     return 0
@@ -235,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--features", type=int, default=30, help="columns, split evenly (default 30)")
     bench.add_argument("--mpc-configs", nargs="+", default=None,
                        help="configurations of the mpc section (default all; see petlab.bench.MPC_CONFIGS)")
+    bench.add_argument("--spu-python", default=None,
+                       help="Python with SecretFlow SPU 0.9.5, for the spu-* configurations (default: "
+                       "$PETLAB_SPU_PYTHON, else .venv-spu/bin/python as `make venv-spu` makes it)")
     bench.add_argument("--scale-rows", type=int, default=1_000_000,
                        help="training rows of the scale section (the tables hold 25%% more: the test split; "
                        "default 1000000)")

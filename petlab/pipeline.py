@@ -170,6 +170,13 @@ def _party_features(config: PocConfig, tables: dict, party: Party, keep_ids=None
     )
 
 
+def reference_features(*, config: PocConfig, tables: dict) -> dict:
+    """Each party's prepared features on the shared customers, as its own process makes
+    them (research harness only: it reads both tables). Party -> PartyFeatures."""
+    shared = plain_intersection(tables=tables)
+    return {p: _party_features(config, tables, p, keep_ids=shared) for p in Party}
+
+
 def train_references(*, config: PocConfig, tables: dict) -> dict[str, PlaintextFit]:
     """Plaintext models: pooled (same features, order and settings as MPC), gateway
     only and wallet only (a counterfactual: the labels are at the gateway).
@@ -177,8 +184,7 @@ def train_references(*, config: PocConfig, tables: dict) -> dict[str, PlaintextF
     This is the research harness: it reads both parties' tables, which only a
     simulation may do (see :data:`petlab.mpc.trust.REFERENCE_NOTE`).
     """
-    shared = plain_intersection(tables=tables)
-    feats = {p: _party_features(config, tables, p, keep_ids=shared) for p in Party}
+    feats = reference_features(config=config, tables=tables)
     label = feats[label_party(config)]
     t = config.train
     common = dict(model=t.model, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, seed=t.seed,

@@ -6,6 +6,7 @@ import socket
 import threading
 
 import pytest
+import numpy as np
 import torch
 
 from petlab.mpc.channel import PeerLink, PeerLinkError
@@ -38,14 +39,14 @@ def test_a_closed_peer_and_a_silent_peer_are_reported():
         left.recv_like(torch.empty(4, dtype=torch.long))
 
 
-def test_mixed_openings_travel_in_one_message_and_are_counted_once():
-    """petlab's openings of XOR- and additively shared words in one all_reduce: each
-    tensor combined by its own reduction, CrypTen's counters see one round."""
+def test_petlab_openings_travel_in_one_message_and_are_counted_as_crypten_counts():
+    """petlab's protocol opens numpy arrays of XOR- and additively shared words in one
+    message over the link; CrypTen's counters see one round and every element twice
+    (sent and received), as for its own all_reduce; ``restore`` removes the method."""
     from petlab.crypten_compat import import_crypten
 
-    crypten = import_crypten()
+    import_crypten()
     from crypten.communicator.communicator import Communicator
-    from torch.distributed import ReduceOp
 
     from petlab.mpc.channel import install_peer_link, restore
 
@@ -61,28 +62,28 @@ def test_mixed_openings_travel_in_one_message_and_are_counted_once():
         comm = cls()
         comm.reset_communication_stats()
         sides[rank] = (cls, comm, originals)
-    xs = {0: [torch.tensor([0b1100, 7]), torch.tensor([5, -3, 10])],
-          1: [torch.tensor([0b1010, 7]), torch.tensor([1, 3, -4])]}
-    ops = [ReduceOp.BXOR, ReduceOp.SUM]
+    xs = {0: [np.array([0b1100, 7]), np.array([[5], [-3], [10]])],
+          1: [np.array([0b1010, 7]), np.array([[1], [3], [-4]])]}
+    ops = ["xor", "sum"]
     got = {}
-    verbose = crypten.cfg.communicator.verbose
-    crypten.cfg.communicator.verbose = True  # CrypTen counts only then (petlab's party processes set it)
-    try:
-        t = threading.Thread(target=lambda: got.__setitem__(1, sides[1][1].all_reduce(xs[1], op=ops, batched=True)))
-        t.start()
-        got[0] = sides[0][1].all_reduce(xs[0], op=ops, batched=True)
-        t.join(30)
-    finally:
-        crypten.cfg.communicator.verbose = verbose
+    t = threading.Thread(target=lambda: got.__setitem__(1, sides[1][1].petlab_open(xs[1], ops)))
+    t.start()
+    got[0] = sides[0][1].petlab_open(xs[0], ops)
+    t.join(30)
     for rank in (0, 1):
-        assert got[rank][0].tolist() == [0b0110, 0] and got[rank][1].tolist() == [6, 0, 6]
+        assert got[rank][0].tolist() == [0b0110, 0] and got[rank][1].tolist() == [[6], [0], [6]]
         assert sides[rank][1].get_communication_stats()["rounds"] == 1
         assert sides[rank][1].get_communication_stats()["bytes"] == 8 * 2 * 5
-        assert sides[rank][0].petlab_mixed_ops
-        with pytest.raises(ValueError, match="per-tensor reductions"):
-            sides[rank][1].all_reduce(xs[rank], op=ops[:1], batched=True)
+    with pytest.raises(ValueError, match="unknown reduction 'max'"):  # checked after the exchange: both sides send
+        t = threading.Thread(target=lambda: sides[1][1].petlab_open([np.array([1])], ["sum"]))
+        t.start()
+        try:
+            sides[0][1].petlab_open([np.array([1])], ["max"])
+        finally:
+            t.join(30)
+    for rank in (0, 1):
         restore(sides[rank][0], sides[rank][2])
-        assert not hasattr(sides[rank][0], "petlab_mixed_ops")
+        assert not hasattr(sides[rank][0], "petlab_open")
 
 
 def test_a_peer_that_never_opens_the_link_is_reported_on_both_sides():

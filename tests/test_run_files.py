@@ -74,3 +74,34 @@ def test_unknown_benchmark_configurations_fail_before_measuring(tmp_path):
         run_benchmarks(sizes=[10], epochs=1, output=str(tmp_path / "B.md"), data_root=str(tmp_path),
                        sections=["mpc"], mpc_configs=["petlab-TTP", "spu"], runs_root=str(tmp_path / "runs"))
     assert not (tmp_path / "B.md").exists() and not (tmp_path / "runs").exists()
+
+
+def test_spu_configurations_without_spu_fail_before_measuring(tmp_path, monkeypatch):
+    monkeypatch.delenv("PETLAB_SPU_PYTHON", raising=False)
+    monkeypatch.chdir(tmp_path)  # no .venv-spu here
+    with pytest.raises(ConfigError, match=r"spu-SEMI2K need SecretFlow SPU 0.9.5 .*make venv-spu"):
+        run_benchmarks(sizes=[10], epochs=1, output=str(tmp_path / "B.md"), data_root=str(tmp_path),
+                       sections=["mpc"], mpc_configs=["petlab-TTP", "spu-SEMI2K"], runs_root=str(tmp_path / "runs"),
+                       spu=str(tmp_path / "missing" / "python"))
+    assert not (tmp_path / "B.md").exists() and not (tmp_path / "runs").exists()
+
+
+def test_spu_rows_render_without_rounds():
+    """SPU's link does not count rounds: its rows show a dash, and the findings compare it
+    with petlab only when both were measured."""
+    from petlab.bench import render_mpc
+
+    base = {"model": "logreg", "n_train": 10_000, "features": 30, "epochs": 10, "plaintext_s": 0.01,
+            "auc_mpc": 0.86, "auc_plaintext": 0.86, "max_abs_weight_diff": 0.001, "command": "petlab bench x",
+            "when": "now", "machine": "here", "rss": "VmHWM", "run": "runs/x", "analytic_bytes_per_epoch": None}
+    rows = [{**base, "config": "spu-SEMI2K", "mpc_s": 2.0, "ratio": 200, "bytes": {"gateway": 1e6, "wallet": 2e6},
+             "rounds": {"gateway": None, "wallet": None}, "train_bytes_per_epoch": {"wallet": None},
+             "peak_rss_mb": {"gateway": 300, "wallet": 310, "dealer": None}},
+            {**base, "config": "petlab-TTP", "mpc_s": 1.0, "ratio": 100, "bytes": {"gateway": 1e6, "wallet": 1e6},
+             "rounds": {"gateway": 5, "wallet": 5}, "train_bytes_per_epoch": {"wallet": 1e6},
+             "peak_rss_mb": {"gateway": 300, "wallet": 310, "dealer": 200}}]
+    text = render_mpc(rows=rows)
+    assert "| spu-SEMI2K | logreg | 10,000 | 10 | 0.0100 | 2.0 | 200 |" in text
+    assert "| 1.0 / 2.0 | — / — | — |" in text
+    assert "petlab protocol, CrypTen's sigmoid (TTP) / spu-SEMI2K (measured, same command): 0.50x" in text
+    assert "- `spu-SEMI2K`: SecretFlow SPU 0.9.5, SEMI2K" in text

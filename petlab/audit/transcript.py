@@ -28,7 +28,8 @@ _SKIP_FUNCS = {
     "reveal", "reveal_batch", "get_plain_text", "__beaver_protocol", "_beaver_protocol",
     "logging_wrapper", "staged", "wrapper", "recorded", "_get_autograd_forward_function",
     "autograd_forward", "unary_wrapper_function", "binary_wrapper_function",
-    "open", "open_xor", "open_mixed",  # petlab.mpc.lean's openings: attributed to the operation that opens
+    # petlab.mpc.lean's openings: attributed to the operation that opens
+    "open", "open_xor", "open_mixed", "_all_reduce",
 }
 
 
@@ -124,8 +125,6 @@ def set_phase(name: str) -> None:
 
 def _other_contribution(result, own, op):
     """What the other party contributed to a two-party reduction."""
-    if isinstance(op, (list, tuple)):  # one reduction per tensor (petlab's mixed openings)
-        return [_other_contribution(r, o, each) for r, o, each in zip(result, own, op)]
     xor = op is not None and "BXOR" in str(op)
     if isinstance(result, list):
         return [(r ^ o) if xor else (r - o) for r, o in zip(result, own)]
@@ -151,13 +150,20 @@ def wrap_communicator(communicator_cls, *, transcript: Transcript) -> None:
             rank = self.get_rank()
             # the other party's contribution to a reduction is only computed when the words
             # are kept (audit runs); counting needs only its size, which is the result's
-            exact = transcript.keep_words and name in ("all_reduce", "reduce")
+            exact = transcript.keep_words and name in ("all_reduce", "reduce", "petlab_open")
             if exact:
                 own = args[0]
-                own = [t.clone() for t in own] if isinstance(own, list) else own.clone()
+                own = [t.copy() if isinstance(t, np.ndarray) else t.clone() for t in own] \
+                    if isinstance(own, list) else own.clone()
             result = fn(self, *args, **kwargs)
             try:
-                if name == "recv":
+                if name == "petlab_open":  # petlab's protocol over the direct link: an all_reduce in numpy
+                    opened = [torch.from_numpy(t) for t in result]
+                    if exact:
+                        opened = [torch.from_numpy((r ^ o) if op == "xor" else (r - o))
+                                  for r, o, op in zip(result, own, args[1])]
+                    transcript.add(call="all_reduce", received=opened)
+                elif name == "recv":
                     transcript.add(call=name, received=result, peer=str(kwargs.get("src", args[1] if len(args) > 1 else None)))
                 elif name == "all_reduce":
                     transcript.add(call=name, received=_other_contribution(result, own, kwargs.get("op"))
@@ -192,6 +198,6 @@ def wrap_communicator(communicator_cls, *, transcript: Transcript) -> None:
         return recorded
 
     for name in ("recv", "all_reduce", "reduce", "broadcast", "scatter", "gather", "all_gather",
-                 "recv_obj", "broadcast_obj"):
+                 "recv_obj", "broadcast_obj", "petlab_open"):
         if hasattr(communicator_cls, name):
             setattr(communicator_cls, name, wrap(name, getattr(communicator_cls, name)))

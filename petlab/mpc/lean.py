@@ -55,7 +55,9 @@ from petlab.config import SIGMOID_METHODS
 __all__ = ["Sigmoid", "Randomness", "LeanParty", "batch_plan", "deal", "train_logreg", "dealer_server_class", "ttp_fetch",
            "local_dealer", "step_cost", "train_bytes"]
 
-AND_LEVELS = 6  # Kogge-Stone levels for 64-bit words
+AND_LEVELS = 6  # levels of the carry tree over 64-bit words (blocks of 1, 2, 4, ... 32 bits combine)
+PACK = 1 << (AND_LEVELS - 1)  # values per word at the last level: a comparison pads its values to a multiple
+LOW63 = np.int64(2**63 - 1)  # bits 0..62
 EXP_ITERATIONS = 9  # CrypTen's sigmoid: exp_iterations 9
 NR_ITERATIONS = 3  # CrypTen's sigmoid: reciprocal_nr_iters 3
 NR_INITIAL = 0.75  # CrypTen's sigmoid: reciprocal_initial 0.75
@@ -156,13 +158,23 @@ class _Stream:
 
 # -- what one batch needs, in the order the step consumes it --------------------------
 
+def _and_words(n: int) -> list[int]:
+    """Words of each AND round of a comparison of ``n`` values: round 0 on every value's
+    word, then the carry tree's levels, each on half the words of the one before.
+
+    >>> _and_words(1024), _and_words(1000)[0]
+    ([1024, 1024, 512, 256, 128, 64, 32], 1024)
+    """
+    padded = -(-n // PACK) * PACK
+    return [padded] + [padded >> level for level in range(AND_LEVELS)]
+
+
 def _ltz_plan(b: tuple, extra_levels=()) -> list[tuple]:
     """Randomness of :meth:`LeanParty.ltz` on words of shape ``b``; ``extra_levels[r]``
     are the products that ride along in round ``r`` (shape, [(i, j), ...])."""
     plan: list[tuple] = []
-    for r in range(AND_LEVELS + 1):  # round 0 generates bits (x0 & x1); then Kogge-Stone levels
-        ands = 1 if r in (0, AND_LEVELS) else 2  # G and P; P not needed at the last level
-        plan.extend([("and", b, b, None)] * ands)
+    for r, words in enumerate(_and_words(_numel(b))):  # round 0: x0 & x1; then the tree's levels
+        plan.append(("and", (words,), (words,), None))
         if r < len(extra_levels):
             shape, level = extra_levels[r]
             plan.extend(("square" if i == j else "mul", shape, shape, None) for i, j in level)
@@ -193,10 +205,10 @@ def batch_plan(*, rows: np.ndarray, d: int, sigmoid: Sigmoid = Sigmoid()) -> lis
 
     >>> plan = batch_plan(rows=np.arange(4), d=3)
     >>> [r[0] for r in plan][:3], len(plan), sum(r[0] == "and" for r in plan)
-    (['fm_left', 'and', 'and'], 30, 12)
+    (['fm_left', 'and', 'and'], 25, 7)
     >>> plan = batch_plan(rows=np.arange(4), d=3, sigmoid=Sigmoid("piecewise"))
     >>> len(plan), sum(r[0] == "and" for r in plan), plan[1][1], plan[2][1]
-    (23, 12, (12, 1), (8, 1))
+    (18, 7, (32,), (8, 1))
     """
     b = (len(rows), 1)
     idx = np.asarray(rows, dtype=np.int64).tobytes()
@@ -334,6 +346,46 @@ class Randomness:
 
 # -- the protocol on raw shares --------------------------------------------------------
 
+def _int64(bits: int) -> np.int64:
+    """A 64-bit pattern as a signed word."""
+    return np.int64(bits - (1 << 64) if bits >> 63 else bits)
+
+
+_TREE_MASKS: dict = {}
+
+
+def _tree_masks(s: int):
+    """Constants of the carry tree's level joining blocks of ``s`` bits: the upper
+    blocks' tops, the lower blocks' tops, both, and for packing ``s`` values per word
+    the shifts and the masks of the shifted bits (``(s, 1)`` arrays)."""
+    if s not in _TREE_MASKS:
+        top = sum(1 << i for i in range(2 * s - 1, 64, 2 * s))
+        used = top | top >> s
+        _TREE_MASKS[s] = (_int64(top), _int64(top >> s), _int64(used), np.arange(s, dtype=np.int64).reshape(s, 1),
+                          np.array([_int64(used >> k) for k in range(s)], dtype=np.int64).reshape(s, 1))
+    return _TREE_MASKS[s]
+
+
+def _pack(x: np.ndarray, shifts: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """``s`` values' bits in one word: the ``k``-th group of values shifted down by ``k``
+    (masked: numpy's right shift of int64 copies the sign bit).
+
+    >>> top, low, used, shifts, masks = _tree_masks(2)
+    >>> x = np.array([used, used], dtype=np.int64)
+    >>> bool(_pack(x, shifts, masks)[0] == -1), np.array_equal(_unpack(_pack(x, shifts, masks), shifts, used), x)
+    (True, True)
+    """
+    if len(shifts) == 1:
+        return x
+    return np.bitwise_or.reduce((x.reshape(len(shifts), -1) >> shifts) & masks, axis=0)
+
+
+def _unpack(w: np.ndarray, shifts: np.ndarray, used) -> np.ndarray:
+    if len(shifts) == 1:
+        return w
+    return ((w[None, :] << shifts) & used).reshape(-1)
+
+
 def _to_numpy(x) -> np.ndarray:
     return x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.int64)
 
@@ -356,31 +408,37 @@ class LeanParty:
             raise ValueError(f"the fixed-point scale must be a power of two, not {self.scale}")
         self.bits = self.scale.bit_length() - 1
 
-    def _all_reduce(self, xs, op):
+    def _all_reduce(self, xs, ops: list[str]) -> list[np.ndarray]:
+        """Open ``xs`` (``ops``: ``"sum"`` or ``"xor"`` each) in one message: straight over
+        petlab's direct link when it is installed, else through CrypTen's communicator
+        (torch tensors sharing the arrays' memory; one message per kind of reduction)."""
         import crypten.communicator as comm
 
-        out = comm.get().all_reduce([torch.from_numpy(np.ascontiguousarray(x)) for x in xs], op=op, batched=True)
-        return [t.numpy() for t in out]
+        communicator = comm.get()
+        if getattr(communicator, "petlab_open", None) is not None:
+            return communicator.petlab_open(list(xs), ops)
+        from torch.distributed import ReduceOp
+
+        out = [None] * len(xs)
+        for kind, op in (("xor", ReduceOp.BXOR), ("sum", ReduceOp.SUM)):
+            at = [i for i, k in enumerate(ops) if k == kind]
+            if at:
+                opened = communicator.all_reduce([torch.from_numpy(np.ascontiguousarray(xs[i])) for i in at],
+                                                 op=op, batched=True)
+                for i, t in zip(at, opened):
+                    out[i] = t.numpy()
+        return out
 
     def open(self, *xs: np.ndarray) -> list[np.ndarray]:
-        from torch.distributed import ReduceOp
-
-        return self._all_reduce(xs, ReduceOp.SUM)
+        return self._all_reduce(xs, ["sum"] * len(xs))
 
     def open_xor(self, *xs: np.ndarray) -> list[np.ndarray]:
-        from torch.distributed import ReduceOp
-
-        return self._all_reduce(xs, ReduceOp.BXOR)
+        return self._all_reduce(xs, ["xor"] * len(xs))
 
     def open_mixed(self, xor: list[np.ndarray], add: list[np.ndarray]) -> tuple[list, list]:
-        """Open XOR-shared and additively shared words together: one message where the
-        transport can combine both (petlab's direct link), else one message each."""
-        import crypten.communicator as comm
-        from torch.distributed import ReduceOp
-
-        if not add or not xor or not getattr(comm.get(), "petlab_mixed_ops", False):
-            return (self.open_xor(*xor) if xor else []), (self.open(*add) if add else [])
-        out = self._all_reduce(list(xor) + list(add), [ReduceOp.BXOR] * len(xor) + [ReduceOp.SUM] * len(add))
+        """Open XOR-shared and additively shared words together: one message over
+        petlab's direct link, one message each through CrypTen's gloo path."""
+        out = self._all_reduce(list(xor) + list(add), ["xor"] * len(xor) + ["sum"] * len(add))
         return out[: len(xor)], out[len(xor):]
 
     def public(self, value: np.ndarray) -> np.ndarray:
@@ -454,33 +512,48 @@ class LeanParty:
 
     def ltz(self, x: np.ndarray, powers: dict | None = None) -> np.ndarray:
         """Arithmetic shares (integer, not scaled) of ``x < 0``: the sign bit of
-        ``x0 + x1``, added in binary by a carry-lookahead adder.
+        ``x0 + x1`` = bit 63 of ``x0`` xor bit 63 of ``x1`` xor the carry out of bits 0..62.
 
-        ``powers`` (``{1: u}``): the powers of ``POWER_LEVELS`` are made in the adder's
-        first rounds, into the same dict."""
-        u = x if self.rank == 0 else np.zeros_like(x)  # party 0's share as a binary sharing
-        v = x if self.rank == 1 else np.zeros_like(x)  # party 1's share
+        The carry comes from a tree of (generate, propagate) blocks: level ``j`` joins
+        blocks of ``2^j`` bits in pairs. Both ANDs a join needs share one word (the upper
+        block's propagate bit is copied down next to the lower block's top), and since a
+        level's blocks use half the bits of the one before, level ``j`` packs ``2^j``
+        values into each word: 2.97 words of ANDs per value instead of 12 for a full
+        carry-lookahead adder, in the same 7 rounds.
 
-        def round_(r, pairs):
+        ``powers`` (``{1: u}``): the powers of ``POWER_LEVELS`` are made in the first
+        rounds, into the same dict."""
+        shape, n = x.shape, x.size
+        words = _and_words(n)
+        flat = np.zeros(words[0], dtype=np.int64)
+        flat[:n] = x.reshape(-1)
+        zero = np.zeros_like(flat)
+        u, v = (flat, zero) if self.rank == 0 else (zero, flat)  # each share, as a binary sharing
+
+        def round_(r, pair):
             level = POWER_LEVELS[r] if powers is not None and r < len(POWER_LEVELS) else []
-            out = self.and_(pairs, [(powers[i], None if i == j else powers[j]) for i, j in level])
-            for (i, j), value in zip(level, out[len(pairs):]):
+            out = self.and_([pair], [(powers[i], None if i == j else powers[j]) for i, j in level])
+            for (i, j), value in zip(level, out[1:]):
                 powers[i + j] = value
-            return out[: len(pairs)]
+            return out[0]
 
-        p = u ^ v
-        (g,) = round_(0, [(u, v)])
-        prop = p
+        # bit 63 only passes the carry on (generate 0, propagate 1): the tree's carry out of
+        # all 64 bits is then the carry into bit 63
+        G = round_(0, (u & LOW63, v & LOW63))
+        P = (u ^ v) & LOW63
+        if self.rank == 0:
+            P |= ~LOW63
         for level in range(AND_LEVELS):
-            shift = 1 << level
-            if level < AND_LEVELS - 1:
-                gp, prop_next = round_(level + 1, [(prop, g << shift), (prop, prop << shift)])
-                g, prop = g ^ gp, prop_next
-            else:
-                (gp,) = round_(level + 1, [(prop, g << shift)])
-                g = g ^ gp
-        msb = (p ^ (g << 1)) >> 63 & 1  # sum bit 63 = p_63 xor carry into 63
-        rb, ra = self.rand.take("dabit", x.shape)
+            s = 1 << level
+            top, low, used, shifts, masks = _tree_masks(s)
+            upper = P & top
+            left = upper | ((upper >> s) & low)  # P[t] at t, and a copy at t - s
+            right = ((G << s) & top) | (P & low)  # G[t - s] at t, P[t - s] at t - s
+            both = _unpack(round_(level + 1, (_pack(left, shifts, masks), _pack(right, shifts, masks))), shifts, used)
+            G = (G ^ both) & top  # G[t] ^ P[t] G[t - s]
+            P = (both & low) << s  # P[t] P[t - s]
+        msb = (((u ^ v) ^ G) >> 63 & 1)[:n].reshape(shape)
+        rb, ra = self.rand.take("dabit", shape)
         (e,) = self.open_xor(msb ^ rb)
         out = ra - 2 * e * ra
         if self.rank == 0:
@@ -650,8 +723,8 @@ def step_cost(*, batch: int, d: int, sigmoid: Sigmoid = Sigmoid(), merged: bool 
         products = [pair for level in POWER_LEVELS for pair in level]
         squares = sum(i == j for i, j in products)
         out += [
-            {"operation": f"z against {k} breaks: comparison (7 AND levels on 64-bit words)",
-             "opened": 24 * k * B, "rounds": 7, "dealt": 12 * k * B},
+            {"operation": f"z against {k} breaks: comparison (7 AND rounds, packed carry tree)",
+             "opened": 2 * sum(_and_words(k * B)), "rounds": 7, "dealt": sum(_and_words(k * B))},
             {"operation": f"powers u^2..u^{PIECE_DEGREE} on {seg} segments ({squares} squares, "
                           f"{len(products) - squares} products; inside the comparison's rounds)",
              "opened": seg * B * (squares + 2 * (len(products) - squares)),
@@ -662,8 +735,8 @@ def step_cost(*, batch: int, d: int, sigmoid: Sigmoid = Sigmoid(), merged: bool 
     else:
         e, r = sigmoid.exp_iterations, sigmoid.nr_iterations
         out += [
-            {"operation": "sign: comparison (7 AND levels on 64-bit words)", "opened": 24 * B, "rounds": 7,
-             "dealt": 12 * B},
+            {"operation": "sign: comparison (7 AND rounds, packed carry tree)", "opened": 2 * sum(_and_words(B)),
+             "rounds": 7, "dealt": sum(_and_words(B))},
             {"operation": "sign: bit to arithmetic (daBit)", "opened": B, "rounds": 1, "dealt": B},
             {"operation": "absolute value: z * sign", "opened": 2 * B, "rounds": 1, "dealt": B},
             {"operation": f"exp: {e} squarings", "opened": e * B, "rounds": e, "dealt": e * B},
