@@ -597,6 +597,15 @@ def render_mpc(*, rows: list[dict]) -> str:
             f"| {_mb(r['train_bytes_per_epoch']['wallet'])} | {_mb(r['analytic_bytes_per_epoch'])} "
             f"| {_rss_cell(r)} |"
             + (f" [{which[r['command']]}] |" if len(commands) > 1 else ""))
+    spu_rows = [r for r in rows if r.get("spu")]
+    if spu_rows:
+        lines += ["", "SecretFlow SPU rows (`petlab/spu/run_lr.py`: two processes over SPU's brpc link on loopback; "
+                  "**MPC s** = sharing the inputs + training; compiling excluded, as petlab's start-up is):", ""]
+        for r in spu_rows:
+            x = r["spu"]
+            lines.append(f"- `{r['config']}`, {r['n_train']:,} rows: inputs {x['input_s']:.1f} s, training "
+                         f"{x['train_s']:.1f} s, compile {x['compile_s']:.1f} s; fixed point "
+                         f"{x['fxp_fraction_bits']} fractional bits; {x['security_model'].split('.')[0]}.")
     lines += ["", *_findings(rows), "", "Configurations:", ""]
     described = {**MPC_CONFIGS, **SPU_CONFIGS}
     for name in dict.fromkeys(r["config"] for r in rows):

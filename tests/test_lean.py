@@ -141,6 +141,51 @@ def test_randomness_taken_out_of_step_is_refused():
         parties[1].rand.prepare([("fm_init", (4, 2), (0,), None), ("mul", (2, 1), (2, 1), None)])
 
 
+def test_randomness_requested_ahead_is_what_the_next_step_takes():
+    """Under TTP party 0 asks the dealer for the next chunk before it trains on this one:
+    the same corrections as asked on time, and a different plan next is refused."""
+    gen_seed = 7
+    dealer_gens = [torch.Generator().manual_seed(11), torch.Generator().manual_seed(22)]
+    fixed: dict = {}
+
+    class AheadDealer:  # the dealer's side of lean._TTPFetch, in-process
+        def __init__(self):
+            self.queue, self.calls = [], []
+
+        def request(self, plan):
+            self.calls.append("request")
+            self.queue.append(lean.deal(plan=plan, gens=dealer_gens, fixed=fixed))
+
+        def collect(self):
+            self.calls.append("collect")
+            return self.queue.pop(0)
+
+        def __call__(self, plan):
+            self.request(plan)
+            return self.collect()
+
+    first, second = [("mul", (3, 1), (3, 1), None)], [("square", (2, 1), (2, 1), None)]
+    dealer = AheadDealer()
+    rand = lean.Randomness(rank=0, gen=torch.Generator().manual_seed(gen_seed), fetch=dealer)
+    rand.prepare(first, upcoming=second)
+    assert dealer.calls == ["request", "collect", "request"] and rand.pending is second
+    rand.take("mul", (3, 1))
+    rand.prepare(second)
+    assert dealer.calls[-1] == "collect" and rand.pending is None
+    r, r2 = rand.take("square", (2, 1))
+    # the same words as a dealer asked on time gives (a fresh pair of identical streams)
+    dealer_gens[:] = [torch.Generator().manual_seed(11), torch.Generator().manual_seed(22)]
+    on_time = lean.Randomness(rank=0, gen=torch.Generator().manual_seed(gen_seed),
+                              fetch=lambda plan: lean.deal(plan=plan, gens=dealer_gens, fixed=fixed))
+    on_time.prepare(first)
+    on_time.take("mul", (3, 1))
+    on_time.prepare(second)
+    assert all(np.array_equal(a, b) for a, b in zip((r, r2), on_time.take("square", (2, 1))))
+    rand.prepare(first, upcoming=second)
+    with pytest.raises(RuntimeError, match="a different plan was requested ahead"):
+        rand.prepare(first)
+
+
 @pytest.mark.parametrize("method, bound", [("reciprocal", 3.5e-3), ("piecewise", 4e-4)])
 def test_products_comparison_and_sigmoid_on_shares(method, bound):
     sigmoid = lean.Sigmoid(method)

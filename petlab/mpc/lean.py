@@ -7,7 +7,9 @@ parties' additive shares (``MPCTensor.share``, int64 ring elements with CrypTen'
 point scale), with the same algorithms and constants as CrypTen's operators:
 
 - **products**: Beaver triples; the opened differences go through CrypTen's
-  communicator (so its counters and petlab's privacy audit see every word);
+  communicator, or, where petlab's direct link is installed, through the link's numpy
+  path on the communicator (``petlab_open``): either way CrypTen's counters and petlab's
+  privacy audit see every word;
 - **fixed-mask feature triples**: the feature matrix never changes, so it is masked
   once by a random matrix ``A`` and ``E = X - A`` is opened once (``A`` uniform on the
   ring: ``E`` is uniform and independent of ``X``). Each product ``X_b @ w`` then uses a
@@ -15,29 +17,32 @@ point scale), with the same algorithms and constants as CrypTen's operators:
   SecureML, Mohassel & Zhang 2017). ``A`` is never reused to mask anything else;
 - **sigmoid**, two methods (:class:`Sigmoid`):
 
-  - ``reciprocal``, CrypTen's: sign by a comparison (arithmetic to binary,
-    carry-lookahead adder, 7 AND rounds, then a bit back to arithmetic with a random
-    shared bit), ``exp`` by the limit ``(1 + x/2^9)^(2^9)``, reciprocal by
+  - ``reciprocal``, CrypTen's: sign by a comparison (each share as a binary sharing,
+    the carry into bit 63 by a packed carry tree: 7 AND rounds on 2.97 words per value,
+    then the bit back to arithmetic with a random shared bit), ``exp`` by the limit ``(1 + x/2^9)^(2^9)``, reciprocal by
     Newton-Raphson from 0.75 (3 iterations), as CrypTen's ``sigmoid`` sets them (and,
-    as CrypTen's, within ~3e-3 while ``|z| < 2^9``); 25 rounds a step; the default;
+    as CrypTen's, within ~3e-3 while ``|z| < 2^9``); ``exp(-z)`` and ``exp(z)`` squared
+    side by side during the comparison, the sign picking one; 17 rounds a step; the default;
   - ``piecewise``, petlab's: ``z`` compared with -10, 0 and 10 in one comparison (the
-    same adder on three times the words), a degree-8 polynomial on each of
+    same tree on three times the words), a degree-8 polynomial on each of
     ``[-10, 0)`` and ``[0, 10)`` (Chebyshev fits; the powers of the scaled ``z`` travel
     in the comparison's first three messages), 0 and 1 outside; the pieces are
     selected by one product with the comparison bits. Within 4e-4 of the sigmoid for
     every ``z``, with no limit on ``|z|`` (``tests/test_lean.py``); 11 rounds a step,
-    but 2.3 times the opened words of ``reciprocal`` (the comparison runs on 3 words
-    per value);
+    but 1.3 times the opened words of ``reciprocal`` (three comparisons per value, and
+    the powers);
 - **truncation**: local (each party divides its share), as CrypTen does for 2 parties;
+- **numpy, not torch**, for the arithmetic on shares: on a batch's arrays the cost is
+  the per-operation overhead, and numpy's is a third of torch's;
 - **correlated randomness in bulk**: every triple a chunk of batches needs is made in
   one go: under TTP by the dealer in one request (:func:`dealer_server_class`: CrypTen's
   ``TTPServer`` with one more request, same per-party seeded generators), under TFP by
   the gateway itself (CrypTen's TFP trust model: party 0 knows every triple).
 
 A party's generator streams are consumed in the same order by it and by whoever deals,
-so only party 0's corrections travel. A step is 25 rounds (``reciprocal``) or 11
-(``piecewise``, over petlab's direct link: it carries sum- and XOR-openings in one
-message; CrypTen's gloo path needs two messages for those, 14 rounds), counted per
+so only party 0's corrections travel. A step is 17 rounds (``reciprocal``) or 11
+(``piecewise``) over petlab's direct link: it carries sum- and XOR-openings in one
+message; CrypTen's gloo path needs two messages for those (25 and 14 rounds), counted per
 operation by :func:`step_cost`; a run's training traffic equals that count exactly
 (``tests/test_mpc.py``).
 """
@@ -169,17 +174,27 @@ def _and_words(n: int) -> list[int]:
     return [padded] + [padded >> level for level in range(AND_LEVELS)]
 
 
+#: Messages of a comparison that products can ride in: its 7 AND rounds and the daBit opening.
+LTZ_ROUNDS = AND_LEVELS + 2
+
+
 def _ltz_plan(b: tuple, extra_levels=()) -> list[tuple]:
     """Randomness of :meth:`LeanParty.ltz` on words of shape ``b``; ``extra_levels[r]``
-    are the products that ride along in round ``r`` (shape, [(i, j), ...])."""
+    are the products that ride along in round ``r`` (shape, [(i, j), ...]; ``i == j``: a
+    square), ``r < LTZ_ROUNDS`` (the last is the daBit opening)."""
     plan: list[tuple] = []
-    for r, words in enumerate(_and_words(_numel(b))):  # round 0: x0 & x1; then the tree's levels
-        plan.append(("and", (words,), (words,), None))
+    rounds = [("and", (words,)) for words in _and_words(_numel(b))] + [("dabit", b)]  # the bit back to arithmetic
+    for r, (kind, shape) in enumerate(rounds):
+        plan.append((kind, shape, shape, None))
         if r < len(extra_levels):
-            shape, level = extra_levels[r]
-            plan.extend(("square" if i == j else "mul", shape, shape, None) for i, j in level)
-    plan.append(("dabit", b, b, None))  # the sign bit back to arithmetic
+            extra_shape, level = extra_levels[r]
+            plan.extend(("square" if i == j else "mul", extra_shape, extra_shape, None) for i, j in level)
     return plan
+
+
+def _riding_squarings(exp_iterations: int) -> int:
+    """The reciprocal method's squarings that travel in the comparison's messages."""
+    return min(exp_iterations, LTZ_ROUNDS)
 
 
 def sigmoid_plan(*, n: int, sigmoid: Sigmoid = Sigmoid()) -> list[tuple]:
@@ -189,9 +204,11 @@ def sigmoid_plan(*, n: int, sigmoid: Sigmoid = Sigmoid()) -> list[tuple]:
         powers = (n * len(PIECE_SEGMENTS), 1)
         words = (n * len(PIECE_BREAKS), 1)
         return _ltz_plan(words, [(powers, level) for level in POWER_LEVELS]) + [("mul", words, words, None)]
-    plan = _ltz_plan(b)
-    plan.append(("mul", b, b, None))  # |z| = z * sign
-    plan.extend([("square", b, b, None)] * sigmoid.exp_iterations)
+    both = (2 * n, 1)  # exp(-z) and exp(z), squared side by side
+    riding = _riding_squarings(sigmoid.exp_iterations)
+    plan = _ltz_plan(b, [(both, [(1, 1)])] * riding)
+    plan.extend([("square", both, both, None)] * (sigmoid.exp_iterations - riding))
+    plan.append(("mul", b, b, None))  # exp(-|z|): the one of the two the sign picks
     for _ in range(sigmoid.nr_iterations - 1):  # the first iteration has a public estimate
         plan.extend([("square", b, b, None), ("mul", b, b, None)])
     plan.append(("mul", b, b, None))  # where(sign)
@@ -205,7 +222,7 @@ def batch_plan(*, rows: np.ndarray, d: int, sigmoid: Sigmoid = Sigmoid()) -> lis
 
     >>> plan = batch_plan(rows=np.arange(4), d=3)
     >>> [r[0] for r in plan][:3], len(plan), sum(r[0] == "and" for r in plan)
-    (['fm_left', 'and', 'and'], 25, 7)
+    (['fm_left', 'and', 'square'], 25, 7)
     >>> plan = batch_plan(rows=np.arange(4), d=3, sigmoid=Sigmoid("piecewise"))
     >>> len(plan), sum(r[0] == "and" for r in plan), plan[1][1], plan[2][1]
     (18, 7, (32,), (8, 1))
@@ -290,11 +307,28 @@ class Randomness:
     def __init__(self, *, rank: int, gen, fetch):
         self.rank, self.gen, self.fetch = rank, gen, fetch  # fetch(plan) -> flat corrections (rank 0)
         self.ready: list = []
+        self.pending = None  # the plan requested ahead from the dealer, not yet collected
         self.A = None
 
-    def prepare(self, plan: list[tuple]) -> None:
-        """Make everything ``plan`` needs; party 0 asks the dealer once for all of it."""
-        flat = self.fetch(plan).numpy() if self.rank == 0 else None
+    def prepare(self, plan: list[tuple], *, upcoming: list[tuple] | None = None) -> None:
+        """Make everything ``plan`` needs; party 0 asks the dealer once for all of it.
+
+        ``upcoming``: the plan of the next call, requested now (where the dealer takes
+        requests ahead, under TTP) so that the dealer makes it while this party works;
+        the next call must then be ``prepare(upcoming)``."""
+        flat = None
+        if self.rank == 0:
+            ahead = hasattr(self.fetch, "request")
+            if self.pending is not None and self.pending is not plan:
+                raise RuntimeError("correlated randomness out of step: a different plan was requested ahead")
+            if self.pending is None:
+                flat = self.fetch(plan)
+            else:
+                flat, self.pending = self.fetch.collect(), None
+            flat = flat.numpy()
+            if upcoming is not None and ahead:
+                self.fetch.request(upcoming)
+                self.pending = upcoming
         mine = _Stream(self.gen)
         if plan and plan[0][0] == "fm_init":
             _groups(plan)  # checks it is alone
@@ -384,6 +418,36 @@ def _unpack(w: np.ndarray, shifts: np.ndarray, used) -> np.ndarray:
     if len(shifts) == 1:
         return w
     return ((w[None, :] << shifts) & used).reshape(-1)
+
+
+class _Powers:
+    """The piecewise method's powers ``u^2 .. u^PIECE_DEGREE``, made level by level
+    (``POWER_LEVELS``) in a comparison's first rounds."""
+
+    def __init__(self, u: np.ndarray):
+        self.values = {1: u}
+
+    def products(self, r: int) -> list[tuple]:
+        level = POWER_LEVELS[r] if r < len(POWER_LEVELS) else []
+        return [(self.values[i], None if i == j else self.values[j]) for i, j in level]
+
+    def landed(self, r: int, results: list) -> None:
+        for (i, j), value in zip(POWER_LEVELS[r] if r < len(POWER_LEVELS) else [], results):
+            self.values[i + j] = value
+
+
+class _Squarings:
+    """A value squared once in each of a comparison's first ``count`` messages."""
+
+    def __init__(self, value: np.ndarray, count: int):
+        self.value, self.count = value, count
+
+    def products(self, r: int) -> list[tuple]:
+        return [(self.value, None)] if r < self.count else []
+
+    def landed(self, r: int, results: list) -> None:
+        if r < self.count:
+            (self.value,) = results
 
 
 def _to_numpy(x) -> np.ndarray:
@@ -489,13 +553,23 @@ class LeanParty:
         masked, finish = self._stage("square", x)
         return finish(*self.open(*masked))
 
+    def _message(self, xor_words: list[np.ndarray], products: list[tuple]) -> tuple[list, list]:
+        """One message: open XOR-masked words, and the products (``(x, y)``, ``y`` None for
+        a square; their randomness taken after the caller's) riding along."""
+        staged = [self._stage("square" if y is None else "mul", x, y) for x, y in products]
+        opened, opened_add = self.open_mixed(xor_words, [t for masked, _ in staged for t in masked])
+        results, at = [], 0
+        for masked, finish in staged:
+            results.append(finish(*opened_add[at: at + len(masked)]))
+            at += len(masked)
+        return opened, results
+
     def and_(self, pairs: list[tuple], products: list[tuple] = ()) -> list[np.ndarray]:
         """Bitwise AND of XOR-shared words, all pairs in one round; ``products`` (``(x, y)``
         pairs, ``y`` None for a square) ride in the same round: their results follow."""
         triples = [self.rand.take("and", x.shape) for x, _ in pairs]
-        staged = [self._stage("square" if y is None else "mul", x, y) for x, y in products]
         xor_in = [t for (x, y), (a, b, _) in zip(pairs, triples) for t in (x ^ a, y ^ b)]
-        opened, opened_add = self.open_mixed(xor_in, [t for masked, _ in staged for t in masked])
+        opened, results = self._message(xor_in, products)
         out = []
         for i, (a, b, c) in enumerate(triples):
             e, d = opened[2 * i], opened[2 * i + 1]
@@ -504,13 +578,9 @@ class LeanParty:
             if self.rank == 0:
                 z ^= e & d
             out.append(z)
-        at = 0
-        for masked, finish in staged:
-            out.append(finish(*opened_add[at: at + len(masked)]))
-            at += len(masked)
-        return out
+        return out + results
 
-    def ltz(self, x: np.ndarray, powers: dict | None = None) -> np.ndarray:
+    def ltz(self, x: np.ndarray, ride=None) -> np.ndarray:
         """Arithmetic shares (integer, not scaled) of ``x < 0``: the sign bit of
         ``x0 + x1`` = bit 63 of ``x0`` xor bit 63 of ``x1`` xor the carry out of bits 0..62.
 
@@ -521,8 +591,9 @@ class LeanParty:
         values into each word: 2.97 words of ANDs per value instead of 12 for a full
         carry-lookahead adder, in the same 7 rounds.
 
-        ``powers`` (``{1: u}``): the powers of ``POWER_LEVELS`` are made in the first
-        rounds, into the same dict."""
+        ``ride``: products that travel in the comparison's messages (``ride.products(r)``
+        in round ``r < LTZ_ROUNDS``, results handed to ``ride.landed(r, results)``): the
+        piecewise method's powers, the reciprocal method's squarings."""
         shape, n = x.shape, x.size
         words = _and_words(n)
         flat = np.zeros(words[0], dtype=np.int64)
@@ -531,10 +602,9 @@ class LeanParty:
         u, v = (flat, zero) if self.rank == 0 else (zero, flat)  # each share, as a binary sharing
 
         def round_(r, pair):
-            level = POWER_LEVELS[r] if powers is not None and r < len(POWER_LEVELS) else []
-            out = self.and_([pair], [(powers[i], None if i == j else powers[j]) for i, j in level])
-            for (i, j), value in zip(level, out[1:]):
-                powers[i + j] = value
+            out = self.and_([pair], ride.products(r) if ride is not None else [])
+            if ride is not None:
+                ride.landed(r, out[1:])
             return out[0]
 
         # bit 63 only passes the carry on (generate 0, propagate 1): the tree's carry out of
@@ -554,19 +624,14 @@ class LeanParty:
             P = (both & low) << s  # P[t] P[t - s]
         msb = (((u ^ v) ^ G) >> 63 & 1)[:n].reshape(shape)
         rb, ra = self.rand.take("dabit", shape)
-        (e,) = self.open_xor(msb ^ rb)
+        last = AND_LEVELS + 1
+        (e,), results = self._message([msb ^ rb], ride.products(last) if ride is not None else [])
+        if ride is not None:
+            ride.landed(last, results)
         out = ra - 2 * e * ra
         if self.rank == 0:
             out += e
         return out
-
-    def exp(self, x):
-        """CrypTen's limit approximation: ``(1 + x / 2^k)`` squared ``k`` times."""
-        k = self.sigmoid_spec.exp_iterations
-        result = self.shift_trunc(x, k) + self.constant(x, 1.0)
-        for _ in range(k):
-            result = self.square(result)
-        return result
 
     def reciprocal(self, x):
         """Newton-Raphson for 1/x (x > 0) from a public first estimate."""
@@ -578,12 +643,26 @@ class LeanParty:
         return y
 
     def sigmoid(self, z):
+        """CrypTen's method: ``1 / (1 + exp(-|z|))``, mirrored for ``z < 0``.
+
+        ``exp(-|z|)`` is CrypTen's ``(1 - |z| / 2^k)^(2^k)``. Instead of waiting for the
+        sign to form ``|z|``, both ``(1 - z/2^k)`` and ``(1 + z/2^k)`` are squared side by
+        side, the first squarings in the comparison's own messages; the sign then picks
+        one (the other may have overflowed: a product with a 0 bit cancels it exactly).
+        """
         if self.sigmoid_spec.method == "piecewise":
             return self.sigmoid_piecewise(z)
-        ltz = self.ltz(z)  # integer 0/1 shares
-        sign = self.public(np.ones_like(z)) - 2 * ltz
-        pos = self.mul(z, sign, truncate=False)
-        denominator = self.exp(-pos) + self.constant(z, 1.0)
+        k = self.sigmoid_spec.exp_iterations
+        step = self.shift_trunc(z, k)
+        one = self.constant(z, 1.0)
+        ride = _Squarings(np.concatenate([one - step, one + step]), _riding_squarings(k))
+        ltz = self.ltz(z, ride)  # integer 0/1 shares
+        both = ride.value
+        for _ in range(k - ride.count):
+            both = self.square(both)
+        n = z.shape[0]
+        exp_neg, exp_pos = both[:n], both[n:]  # exp(-z), exp(z)
+        denominator = exp_neg + self.mul(ltz, exp_pos - exp_neg, truncate=False) + one  # 1 + exp(-|z|)
         pos_out = self.reciprocal(denominator)
         # where(1 - ltz, 1 - pos_out) = pos_out + ltz - 2 * pos_out * ltz
         return pos_out + ltz * self.scale - 2 * self.mul(pos_out, ltz, truncate=False)
@@ -610,8 +689,9 @@ class LeanParty:
         # u = (z - centre) / half-width per segment, in [-1, 1] on its own segment
         u = np.concatenate([self.trunc((z - self.constant(z, c)) * round(self.scale / h))
                             for c, h, _ in PIECE_SEGMENTS])
-        powers = {1: u}
+        powers = _Powers(u)
         L = self.ltz(below, powers)
+        powers = powers.values
         coef = self._piece_coefficients(n)
         P = self.trunc(sum(powers[k] * coef[k] for k in range(1, PIECE_DEGREE + 1))) + self.public(coef[0])
         left, right = P[:n], P[n:]
@@ -650,9 +730,12 @@ def train_logreg(*, party: LeanParty, E, y, w, b, batches, lr: float, chunk: int
     E, y, w, b = (_to_numpy(t) for t in (E, y, w, b))
     d = E.shape[1]
     batches = list(batches)
-    for start in range(0, len(batches), chunk):
-        part = batches[start: start + chunk]
-        party.rand.prepare([item for rows in part for item in batch_plan(rows=rows, d=d, sigmoid=party.sigmoid_spec)])
+    parts = [batches[start: start + chunk] for start in range(0, len(batches), chunk)]
+    plans = [[item for rows in part for item in batch_plan(rows=rows, d=d, sigmoid=party.sigmoid_spec)]
+             for part in parts]
+    for i, part in enumerate(parts):
+        # the next chunk's randomness is requested now: the dealer makes it during this chunk
+        party.rand.prepare(plans[i], upcoming=plans[i + 1] if i + 1 < len(plans) else None)
         for rows in part:
             index = np.asarray(rows, dtype=np.int64)
             E_b, y_b = E[index], y[index]
@@ -685,11 +768,37 @@ def dealer_server_class():
     return type("DealerServer", (_DealerMixin, TTPServer), {})
 
 
-def ttp_fetch(plan: list[tuple]) -> torch.Tensor:
-    """Party 0 under TTP: one request to the dealer for a whole plan."""
-    from crypten.mpc.provider.ttp_provider import TTPClient
+class _TTPFetch:
+    """Party 0 under TTP: one request to the dealer for a whole plan, sent ahead of use.
 
-    return TTPClient.get().ttp_request("petlab_bulk", None, plan)
+    ``request`` sends the plan (CrypTen's TTP message: function name and arguments) and
+    returns; ``collect`` receives the answer (its size, then the words), as CrypTen's
+    ``TTPClient.ttp_request`` does in one call. In between the dealer works while this
+    party trains; nothing else may talk to the dealer until the answer is collected.
+    """
+
+    def request(self, plan: list[tuple]) -> None:
+        import crypten.communicator as comm
+        from crypten.mpc.provider.ttp_provider import TTPClient
+
+        message = {"function": "petlab_bulk", "device": None, "args": (plan,), "kwargs": {}}
+        comm.get().send_obj(message, comm.get().get_ttp_rank(), TTPClient.get().ttp_group)
+
+    def collect(self) -> torch.Tensor:
+        import crypten.communicator as comm
+        from crypten.mpc.provider.ttp_provider import TTPClient
+
+        client, dealer = TTPClient.get(), comm.get().get_ttp_rank()
+        result = torch.empty(comm.get().recv_obj(dealer, client.ttp_group), dtype=torch.long)
+        comm.get().broadcast(result, dealer, client.comm_group)
+        return result
+
+    def __call__(self, plan: list[tuple]) -> torch.Tensor:
+        self.request(plan)
+        return self.collect()
+
+
+ttp_fetch = _TTPFetch()
 
 
 def local_dealer(*, seed_own: int, seed_peer: int):
@@ -714,7 +823,7 @@ def step_cost(*, batch: int, d: int, sigmoid: Sigmoid = Sigmoid(), merged: bool 
     3
     >>> [sum(r["rounds"] for r in step_cost(batch=4, d=3, sigmoid=Sigmoid(s), merged=m))
     ...  for s, m in (("reciprocal", True), ("piecewise", True), ("piecewise", False))]
-    [25, 11, 14]
+    [17, 11, 14]
     """
     B = batch
     out = [{"operation": "X_b @ w (fixed mask)", "opened": d, "rounds": 1, "dealt": B}]
@@ -734,12 +843,15 @@ def step_cost(*, batch: int, d: int, sigmoid: Sigmoid = Sigmoid(), merged: bool 
         ]
     else:
         e, r = sigmoid.exp_iterations, sigmoid.nr_iterations
+        riding = _riding_squarings(e)
         out += [
             {"operation": "sign: comparison (7 AND rounds, packed carry tree)", "opened": 2 * sum(_and_words(B)),
              "rounds": 7, "dealt": sum(_and_words(B))},
             {"operation": "sign: bit to arithmetic (daBit)", "opened": B, "rounds": 1, "dealt": B},
-            {"operation": "absolute value: z * sign", "opened": 2 * B, "rounds": 1, "dealt": B},
-            {"operation": f"exp: {e} squarings", "opened": e * B, "rounds": e, "dealt": e * B},
+            {"operation": f"exp(-z) and exp(z): {e} squarings of both, {riding} inside the sign's rounds",
+             "opened": 2 * e * B, "rounds": e if not merged else e - riding, "dealt": 2 * e * B},
+            {"operation": "exp(-|z|): pick one by the sign (one product)", "opened": 2 * B, "rounds": 1,
+             "dealt": B},
             {"operation": f"reciprocal: {r - 1} Newton steps (square, product)",
              "opened": (r - 1) * 3 * B, "rounds": (r - 1) * 2, "dealt": (r - 1) * 2 * B},
             {"operation": "select by sign", "opened": 2 * B, "rounds": 1, "dealt": B},
