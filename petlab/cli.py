@@ -55,8 +55,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--engine", help=f"petlab (its own protocol, logistic regression), crypten (CrypTen's operators) "
                    f"or auto (default {_M.engine}: petlab where it applies)")
     g.add_argument("--sigmoid-method", dest="sigmoid_method",
-                   help=f"petlab engine: reciprocal (CrypTen's method, 17 rounds a step) or piecewise (petlab's "
-                   f"polynomial pieces: 11 rounds, 1.3x the bytes, ~10x more accurate) (default {_M.sigmoid_method})")
+                   help=f"petlab engine: reciprocal (CrypTen's method, 25 rounds a step) or piecewise (petlab's "
+                   f"polynomial pieces: 11 rounds, 1.8x the bytes, ~10x more accurate) (default {_M.sigmoid_method})")
     g.add_argument("--no-direct-link", dest="direct_link", action="store_false", default=None,
                    help="openings through gloo instead of petlab's direct TCP link between the parties")
     g.add_argument("--no-reveal-weights", dest="reveal_weights", action="store_false", default=None,

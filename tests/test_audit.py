@@ -143,19 +143,3 @@ def test_keeping_the_transcript_does_not_change_results(small_config, tmp_path):
     assert audited.metrics["max_abs_weight_diff"] < 0.02
     assert plain.metrics["comm"] == audited.metrics["comm"]
 
-
-def test_one_bit_shares_are_split_from_full_words_riding_in_the_same_message(tmp_path):
-    """petlab's comparison opens its sign bits in a message that may also carry full-width
-    words (the reciprocal sigmoid's squarings): the 0/1 words are the 1-bit shares, every
-    other word is checked as a full word, and other operations' words stay whole."""
-    from petlab.audit.run import received_words
-
-    folder = tmp_path / "audit"
-    folder.mkdir()
-    words = _uniform(64)
-    bits = np.array([0, 1, 1, 0, 1], dtype=np.int64)
-    np.savez(folder / "received_words.npz", m0=np.concatenate([bits, words[:32]]), m1=np.concatenate([words[32:], [1]]))
-    (folder / "transcript.json").write_text(json.dumps({"messages": [{"op": "lean.ltz"}, {"op": "lean.and_"}]}))
-    wide, narrow = received_words(tmp_path, narrow_ops={"lean.ltz"})
-    assert narrow.tolist() == bits.tolist()
-    assert wide.tolist() == words[:32].tolist() + words[32:].tolist() + [1]

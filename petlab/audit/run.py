@@ -62,26 +62,19 @@ class AuditResult:
 #: z = x XOR r and both shares are uniform *bits*: value search is meaningless there (any
 #: word is 0 or 1), and uniformity is tested on bit 0, with all higher bits zero.
 #: petlab's own comparison (``lean.ltz``) opens its sign bit the same way, under both
-#: providers; in the same message it may carry full-width words (the reciprocal sigmoid's
-#: squarings ride along), so in these messages only the words that are 0 or 1 count as
-#: 1-bit shares (a uniform word is 0 or 1 with probability 2^-63) and the rest are
-#: checked with every other word.
+#: providers.
 NARROW_OPS = {"TTP": {"beaver.B2A_single_bit", "lean.ltz"}, "TFP": {"lean.ltz"}}
 
 
 def received_words(party_dir: Path, *, narrow_ops: set[str] = frozenset()) -> tuple[np.ndarray, np.ndarray]:
     """Every ring element a party received, split into full-width words and the 1-bit
-    shares of ``narrow_ops`` (the 0/1 words of their messages)."""
+    shares of ``narrow_ops``."""
     npz = np.load(party_dir / "audit" / "received_words.npz")
     messages = json.loads((party_dir / "audit" / "transcript.json").read_text())["messages"]
     wide, narrow = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for key in npz.files:
-        words = npz[key].astype(np.int64)
-        if messages[int(key[1:])]["op"] in narrow_ops:
-            bit = (words == 0) | (words == 1)
-            narrow.append(words[bit])
-            words = words[~bit]
-        wide.append(words)
+        op = messages[int(key[1:])]["op"]
+        (narrow if op in narrow_ops else wide).append(npz[key].astype(np.int64))
     return np.concatenate(wide), np.concatenate(narrow)
 
 

@@ -29,7 +29,7 @@ _SKIP_FUNCS = {
     "logging_wrapper", "staged", "wrapper", "recorded", "_get_autograd_forward_function",
     "autograd_forward", "unary_wrapper_function", "binary_wrapper_function",
     # petlab.mpc.lean's openings: attributed to the operation that opens
-    "open", "open_xor", "open_mixed", "_all_reduce", "_message",
+    "open", "open_xor", "open_mixed", "_all_reduce",
 }
 
 

@@ -21,15 +21,14 @@ point scale), with the same algorithms and constants as CrypTen's operators:
     the carry into bit 63 by a packed carry tree: 7 AND rounds on 2.97 words per value,
     then the bit back to arithmetic with a random shared bit), ``exp`` by the limit ``(1 + x/2^9)^(2^9)``, reciprocal by
     Newton-Raphson from 0.75 (3 iterations), as CrypTen's ``sigmoid`` sets them (and,
-    as CrypTen's, within ~3e-3 while ``|z| < 2^9``); ``exp(-z)`` and ``exp(z)`` squared
-    side by side during the comparison, the sign picking one; 17 rounds a step; the default;
+    as CrypTen's, within ~3e-3 while ``|z| < 2^9``); 25 rounds a step; the default;
   - ``piecewise``, petlab's: ``z`` compared with -10, 0 and 10 in one comparison (the
     same tree on three times the words), a degree-8 polynomial on each of
     ``[-10, 0)`` and ``[0, 10)`` (Chebyshev fits; the powers of the scaled ``z`` travel
     in the comparison's first three messages), 0 and 1 outside; the pieces are
     selected by one product with the comparison bits. Within 4e-4 of the sigmoid for
     every ``z``, with no limit on ``|z|`` (``tests/test_lean.py``); 11 rounds a step,
-    but 1.3 times the opened words of ``reciprocal`` (three comparisons per value, and
+    but 1.8 times the opened words of ``reciprocal`` (three comparisons per value, and
     the powers);
 - **truncation**: local (each party divides its share), as CrypTen does for 2 parties;
 - **numpy, not torch**, for the arithmetic on shares: on a batch's arrays the cost is
@@ -40,9 +39,9 @@ point scale), with the same algorithms and constants as CrypTen's operators:
   the gateway itself (CrypTen's TFP trust model: party 0 knows every triple).
 
 A party's generator streams are consumed in the same order by it and by whoever deals,
-so only party 0's corrections travel. A step is 17 rounds (``reciprocal``) or 11
-(``piecewise``) over petlab's direct link: it carries sum- and XOR-openings in one
-message; CrypTen's gloo path needs two messages for those (25 and 14 rounds), counted per
+so only party 0's corrections travel. A step is 25 rounds (``reciprocal``) or 11
+(``piecewise``, over petlab's direct link: it carries sum- and XOR-openings in one
+message; CrypTen's gloo path needs two messages for those, 14 rounds), counted per
 operation by :func:`step_cost`; a run's training traffic equals that count exactly
 (``tests/test_mpc.py``).
 """
@@ -174,27 +173,17 @@ def _and_words(n: int) -> list[int]:
     return [padded] + [padded >> level for level in range(AND_LEVELS)]
 
 
-#: Messages of a comparison that products can ride in: its 7 AND rounds and the daBit opening.
-LTZ_ROUNDS = AND_LEVELS + 2
-
-
 def _ltz_plan(b: tuple, extra_levels=()) -> list[tuple]:
     """Randomness of :meth:`LeanParty.ltz` on words of shape ``b``; ``extra_levels[r]``
-    are the products that ride along in round ``r`` (shape, [(i, j), ...]; ``i == j``: a
-    square), ``r < LTZ_ROUNDS`` (the last is the daBit opening)."""
+    are the products that ride along in round ``r`` (shape, [(i, j), ...])."""
     plan: list[tuple] = []
-    rounds = [("and", (words,)) for words in _and_words(_numel(b))] + [("dabit", b)]  # the bit back to arithmetic
-    for r, (kind, shape) in enumerate(rounds):
-        plan.append((kind, shape, shape, None))
+    for r, words in enumerate(_and_words(_numel(b))):  # round 0: x0 & x1; then the tree's levels
+        plan.append(("and", (words,), (words,), None))
         if r < len(extra_levels):
-            extra_shape, level = extra_levels[r]
-            plan.extend(("square" if i == j else "mul", extra_shape, extra_shape, None) for i, j in level)
+            shape, level = extra_levels[r]
+            plan.extend(("square" if i == j else "mul", shape, shape, None) for i, j in level)
+    plan.append(("dabit", b, b, None))  # the sign bit back to arithmetic
     return plan
-
-
-def _riding_squarings(exp_iterations: int) -> int:
-    """The reciprocal method's squarings that travel in the comparison's messages."""
-    return min(exp_iterations, LTZ_ROUNDS)
 
 
 def sigmoid_plan(*, n: int, sigmoid: Sigmoid = Sigmoid()) -> list[tuple]:
@@ -204,11 +193,9 @@ def sigmoid_plan(*, n: int, sigmoid: Sigmoid = Sigmoid()) -> list[tuple]:
         powers = (n * len(PIECE_SEGMENTS), 1)
         words = (n * len(PIECE_BREAKS), 1)
         return _ltz_plan(words, [(powers, level) for level in POWER_LEVELS]) + [("mul", words, words, None)]
-    both = (2 * n, 1)  # exp(-z) and exp(z), squared side by side
-    riding = _riding_squarings(sigmoid.exp_iterations)
-    plan = _ltz_plan(b, [(both, [(1, 1)])] * riding)
-    plan.extend([("square", both, both, None)] * (sigmoid.exp_iterations - riding))
-    plan.append(("mul", b, b, None))  # exp(-|z|): the one of the two the sign picks
+    plan = _ltz_plan(b)
+    plan.append(("mul", b, b, None))  # |z| = z * sign
+    plan.extend([("square", b, b, None)] * sigmoid.exp_iterations)
     for _ in range(sigmoid.nr_iterations - 1):  # the first iteration has a public estimate
         plan.extend([("square", b, b, None), ("mul", b, b, None)])
     plan.append(("mul", b, b, None))  # where(sign)
@@ -222,7 +209,7 @@ def batch_plan(*, rows: np.ndarray, d: int, sigmoid: Sigmoid = Sigmoid()) -> lis
 
     >>> plan = batch_plan(rows=np.arange(4), d=3)
     >>> [r[0] for r in plan][:3], len(plan), sum(r[0] == "and" for r in plan)
-    (['fm_left', 'and', 'square'], 25, 7)
+    (['fm_left', 'and', 'and'], 25, 7)
     >>> plan = batch_plan(rows=np.arange(4), d=3, sigmoid=Sigmoid("piecewise"))
     >>> len(plan), sum(r[0] == "and" for r in plan), plan[1][1], plan[2][1]
     (18, 7, (32,), (8, 1))
@@ -420,36 +407,6 @@ def _unpack(w: np.ndarray, shifts: np.ndarray, used) -> np.ndarray:
     return ((w[None, :] << shifts) & used).reshape(-1)
 
 
-class _Powers:
-    """The piecewise method's powers ``u^2 .. u^PIECE_DEGREE``, made level by level
-    (``POWER_LEVELS``) in a comparison's first rounds."""
-
-    def __init__(self, u: np.ndarray):
-        self.values = {1: u}
-
-    def products(self, r: int) -> list[tuple]:
-        level = POWER_LEVELS[r] if r < len(POWER_LEVELS) else []
-        return [(self.values[i], None if i == j else self.values[j]) for i, j in level]
-
-    def landed(self, r: int, results: list) -> None:
-        for (i, j), value in zip(POWER_LEVELS[r] if r < len(POWER_LEVELS) else [], results):
-            self.values[i + j] = value
-
-
-class _Squarings:
-    """A value squared once in each of a comparison's first ``count`` messages."""
-
-    def __init__(self, value: np.ndarray, count: int):
-        self.value, self.count = value, count
-
-    def products(self, r: int) -> list[tuple]:
-        return [(self.value, None)] if r < self.count else []
-
-    def landed(self, r: int, results: list) -> None:
-        if r < self.count:
-            (self.value,) = results
-
-
 def _to_numpy(x) -> np.ndarray:
     return x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.int64)
 
@@ -553,23 +510,13 @@ class LeanParty:
         masked, finish = self._stage("square", x)
         return finish(*self.open(*masked))
 
-    def _message(self, xor_words: list[np.ndarray], products: list[tuple]) -> tuple[list, list]:
-        """One message: open XOR-masked words, and the products (``(x, y)``, ``y`` None for
-        a square; their randomness taken after the caller's) riding along."""
-        staged = [self._stage("square" if y is None else "mul", x, y) for x, y in products]
-        opened, opened_add = self.open_mixed(xor_words, [t for masked, _ in staged for t in masked])
-        results, at = [], 0
-        for masked, finish in staged:
-            results.append(finish(*opened_add[at: at + len(masked)]))
-            at += len(masked)
-        return opened, results
-
     def and_(self, pairs: list[tuple], products: list[tuple] = ()) -> list[np.ndarray]:
         """Bitwise AND of XOR-shared words, all pairs in one round; ``products`` (``(x, y)``
         pairs, ``y`` None for a square) ride in the same round: their results follow."""
         triples = [self.rand.take("and", x.shape) for x, _ in pairs]
+        staged = [self._stage("square" if y is None else "mul", x, y) for x, y in products]
         xor_in = [t for (x, y), (a, b, _) in zip(pairs, triples) for t in (x ^ a, y ^ b)]
-        opened, results = self._message(xor_in, products)
+        opened, opened_add = self.open_mixed(xor_in, [t for masked, _ in staged for t in masked])
         out = []
         for i, (a, b, c) in enumerate(triples):
             e, d = opened[2 * i], opened[2 * i + 1]
@@ -578,9 +525,13 @@ class LeanParty:
             if self.rank == 0:
                 z ^= e & d
             out.append(z)
-        return out + results
+        at = 0
+        for masked, finish in staged:
+            out.append(finish(*opened_add[at: at + len(masked)]))
+            at += len(masked)
+        return out
 
-    def ltz(self, x: np.ndarray, ride=None) -> np.ndarray:
+    def ltz(self, x: np.ndarray, powers: dict | None = None) -> np.ndarray:
         """Arithmetic shares (integer, not scaled) of ``x < 0``: the sign bit of
         ``x0 + x1`` = bit 63 of ``x0`` xor bit 63 of ``x1`` xor the carry out of bits 0..62.
 
@@ -591,9 +542,8 @@ class LeanParty:
         values into each word: 2.97 words of ANDs per value instead of 12 for a full
         carry-lookahead adder, in the same 7 rounds.
 
-        ``ride``: products that travel in the comparison's messages (``ride.products(r)``
-        in round ``r < LTZ_ROUNDS``, results handed to ``ride.landed(r, results)``): the
-        piecewise method's powers, the reciprocal method's squarings."""
+        ``powers`` (``{1: u}``): the powers of ``POWER_LEVELS`` are made in the first
+        rounds, into the same dict."""
         shape, n = x.shape, x.size
         words = _and_words(n)
         flat = np.zeros(words[0], dtype=np.int64)
@@ -602,9 +552,10 @@ class LeanParty:
         u, v = (flat, zero) if self.rank == 0 else (zero, flat)  # each share, as a binary sharing
 
         def round_(r, pair):
-            out = self.and_([pair], ride.products(r) if ride is not None else [])
-            if ride is not None:
-                ride.landed(r, out[1:])
+            level = POWER_LEVELS[r] if powers is not None and r < len(POWER_LEVELS) else []
+            out = self.and_([pair], [(powers[i], None if i == j else powers[j]) for i, j in level])
+            for (i, j), value in zip(level, out[1:]):
+                powers[i + j] = value
             return out[0]
 
         # bit 63 only passes the carry on (generate 0, propagate 1): the tree's carry out of
@@ -624,14 +575,19 @@ class LeanParty:
             P = (both & low) << s  # P[t] P[t - s]
         msb = (((u ^ v) ^ G) >> 63 & 1)[:n].reshape(shape)
         rb, ra = self.rand.take("dabit", shape)
-        last = AND_LEVELS + 1
-        (e,), results = self._message([msb ^ rb], ride.products(last) if ride is not None else [])
-        if ride is not None:
-            ride.landed(last, results)
+        (e,) = self.open_xor(msb ^ rb)
         out = ra - 2 * e * ra
         if self.rank == 0:
             out += e
         return out
+
+    def exp(self, x):
+        """CrypTen's limit approximation: ``(1 + x / 2^k)`` squared ``k`` times."""
+        k = self.sigmoid_spec.exp_iterations
+        result = self.shift_trunc(x, k) + self.constant(x, 1.0)
+        for _ in range(k):
+            result = self.square(result)
+        return result
 
     def reciprocal(self, x):
         """Newton-Raphson for 1/x (x > 0) from a public first estimate."""
@@ -643,26 +599,12 @@ class LeanParty:
         return y
 
     def sigmoid(self, z):
-        """CrypTen's method: ``1 / (1 + exp(-|z|))``, mirrored for ``z < 0``.
-
-        ``exp(-|z|)`` is CrypTen's ``(1 - |z| / 2^k)^(2^k)``. Instead of waiting for the
-        sign to form ``|z|``, both ``(1 - z/2^k)`` and ``(1 + z/2^k)`` are squared side by
-        side, the first squarings in the comparison's own messages; the sign then picks
-        one (the other may have overflowed: a product with a 0 bit cancels it exactly).
-        """
         if self.sigmoid_spec.method == "piecewise":
             return self.sigmoid_piecewise(z)
-        k = self.sigmoid_spec.exp_iterations
-        step = self.shift_trunc(z, k)
-        one = self.constant(z, 1.0)
-        ride = _Squarings(np.concatenate([one - step, one + step]), _riding_squarings(k))
-        ltz = self.ltz(z, ride)  # integer 0/1 shares
-        both = ride.value
-        for _ in range(k - ride.count):
-            both = self.square(both)
-        n = z.shape[0]
-        exp_neg, exp_pos = both[:n], both[n:]  # exp(-z), exp(z)
-        denominator = exp_neg + self.mul(ltz, exp_pos - exp_neg, truncate=False) + one  # 1 + exp(-|z|)
+        ltz = self.ltz(z)  # integer 0/1 shares
+        sign = self.public(np.ones_like(z)) - 2 * ltz
+        pos = self.mul(z, sign, truncate=False)
+        denominator = self.exp(-pos) + self.constant(z, 1.0)
         pos_out = self.reciprocal(denominator)
         # where(1 - ltz, 1 - pos_out) = pos_out + ltz - 2 * pos_out * ltz
         return pos_out + ltz * self.scale - 2 * self.mul(pos_out, ltz, truncate=False)
@@ -689,9 +631,8 @@ class LeanParty:
         # u = (z - centre) / half-width per segment, in [-1, 1] on its own segment
         u = np.concatenate([self.trunc((z - self.constant(z, c)) * round(self.scale / h))
                             for c, h, _ in PIECE_SEGMENTS])
-        powers = _Powers(u)
+        powers = {1: u}
         L = self.ltz(below, powers)
-        powers = powers.values
         coef = self._piece_coefficients(n)
         P = self.trunc(sum(powers[k] * coef[k] for k in range(1, PIECE_DEGREE + 1))) + self.public(coef[0])
         left, right = P[:n], P[n:]
@@ -823,7 +764,7 @@ def step_cost(*, batch: int, d: int, sigmoid: Sigmoid = Sigmoid(), merged: bool 
     3
     >>> [sum(r["rounds"] for r in step_cost(batch=4, d=3, sigmoid=Sigmoid(s), merged=m))
     ...  for s, m in (("reciprocal", True), ("piecewise", True), ("piecewise", False))]
-    [17, 11, 14]
+    [25, 11, 14]
     """
     B = batch
     out = [{"operation": "X_b @ w (fixed mask)", "opened": d, "rounds": 1, "dealt": B}]
@@ -843,15 +784,12 @@ def step_cost(*, batch: int, d: int, sigmoid: Sigmoid = Sigmoid(), merged: bool 
         ]
     else:
         e, r = sigmoid.exp_iterations, sigmoid.nr_iterations
-        riding = _riding_squarings(e)
         out += [
             {"operation": "sign: comparison (7 AND rounds, packed carry tree)", "opened": 2 * sum(_and_words(B)),
              "rounds": 7, "dealt": sum(_and_words(B))},
             {"operation": "sign: bit to arithmetic (daBit)", "opened": B, "rounds": 1, "dealt": B},
-            {"operation": f"exp(-z) and exp(z): {e} squarings of both, {riding} inside the sign's rounds",
-             "opened": 2 * e * B, "rounds": e if not merged else e - riding, "dealt": 2 * e * B},
-            {"operation": "exp(-|z|): pick one by the sign (one product)", "opened": 2 * B, "rounds": 1,
-             "dealt": B},
+            {"operation": "absolute value: z * sign", "opened": 2 * B, "rounds": 1, "dealt": B},
+            {"operation": f"exp: {e} squarings", "opened": e * B, "rounds": e, "dealt": e * B},
             {"operation": f"reciprocal: {r - 1} Newton steps (square, product)",
              "opened": (r - 1) * 3 * B, "rounds": (r - 1) * 2, "dealt": (r - 1) * 2 * B},
             {"operation": "select by sign", "opened": 2 * B, "rounds": 1, "dealt": B},
