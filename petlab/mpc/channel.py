@@ -14,6 +14,10 @@ short while before it blocks. :func:`install_peer_link` routes the communicator'
 other call (the dealer's group, objects, barriers) still goes through gloo. What crosses
 the wire is exactly what gloo would carry (the same shares), CrypTen's own counters
 count it the same way, and the privacy audit, installed after it, records it the same.
+It also gives the communicator ``petlab_open``: petlab's own protocol
+(:mod:`petlab.mpc.lean`) opens numpy arrays there, XOR- and sum-openings in one message,
+without CrypTen's per-call bookkeeping (a 1,024-word opening: 130 us instead of 461 us
+here), counted and recorded the same way.
 """
 
 from __future__ import annotations
