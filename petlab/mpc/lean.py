@@ -19,7 +19,8 @@ point scale), with the same algorithms and constants as CrypTen's operators:
 
   - ``reciprocal``, CrypTen's: sign by a comparison (each share as a binary sharing,
     the carry into bit 63 by a packed carry tree: 7 AND rounds on 2.97 words per value,
-    then the bit back to arithmetic with a random shared bit), ``exp`` by the limit ``(1 + x/2^9)^(2^9)``, reciprocal by
+    then the bit back to arithmetic with a random shared bit), ``exp`` by the limit
+    ``(1 + x/2^9)^(2^9)``, reciprocal by
     Newton-Raphson from 0.75 (3 iterations), as CrypTen's ``sigmoid`` sets them (and,
     as CrypTen's, within ~3e-3 while ``|z| < 2^9``); 25 rounds a step; the default;
   - ``piecewise``, petlab's: ``z`` compared with -10, 0 and 10 in one comparison (the
@@ -49,6 +50,7 @@ operation by :func:`step_cost`; a run's training traffic equals that count exact
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -372,19 +374,15 @@ def _int64(bits: int) -> np.int64:
     return np.int64(bits - (1 << 64) if bits >> 63 else bits)
 
 
-_TREE_MASKS: dict = {}
-
-
+@functools.cache
 def _tree_masks(s: int):
     """Constants of the carry tree's level joining blocks of ``s`` bits: the upper
     blocks' tops, the lower blocks' tops, both, and for packing ``s`` values per word
     the shifts and the masks of the shifted bits (``(s, 1)`` arrays)."""
-    if s not in _TREE_MASKS:
-        top = sum(1 << i for i in range(2 * s - 1, 64, 2 * s))
-        used = top | top >> s
-        _TREE_MASKS[s] = (_int64(top), _int64(top >> s), _int64(used), np.arange(s, dtype=np.int64).reshape(s, 1),
-                          np.array([_int64(used >> k) for k in range(s)], dtype=np.int64).reshape(s, 1))
-    return _TREE_MASKS[s]
+    top = sum(1 << i for i in range(2 * s - 1, 64, 2 * s))
+    used = top | top >> s
+    return (_int64(top), _int64(top >> s), _int64(used), np.arange(s, dtype=np.int64).reshape(s, 1),
+            np.array([_int64(used >> k) for k in range(s)], dtype=np.int64).reshape(s, 1))
 
 
 def _pack(x: np.ndarray, shifts: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -416,8 +414,9 @@ class LeanParty:
     """Operations on this party's additive shares (int64 numpy arrays, fixed point at
     ``scale``, a power of two). numpy, not torch: on arrays of a batch's size the work is
     the per-operation overhead, and numpy's is a third of torch's (measured here: an
-    ``int64`` sum of 1,024 words 4.9 vs 15.6 us). Openings go through CrypTen's
-    communicator as torch tensors that share the arrays' memory."""
+    ``int64`` sum of 1,024 words 4.9 vs 15.6 us). Openings go through the direct link's
+    ``petlab_open`` where it is installed, else through CrypTen's communicator as torch
+    tensors that share the arrays' memory."""
 
     rank: int
     scale: int
