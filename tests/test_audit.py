@@ -127,7 +127,7 @@ def test_audit_runs_pass_and_show_the_trust_model(small_config, tmp_path):
     transcript = json.loads((tmp_path / "audit" / "TTP" / "wallet" / "audit" / "transcript.json").read_text())
     ops = {m["op"] for m in transcript["messages"]}
     # petlab's training protocol (default engine) and CrypTen's operators (test scores)
-    assert transcript["complete"] and ops >= {"beaver.matmul", "lean.fm_left", "lean.fm_right", "lean.ltz",
+    assert transcript["complete"] and ops >= {"beaver.matmul", "lean.fm_left", "lean.fm_right", "lean.open_bit",
                                               "lean.and_", "party._lean_setup"}
 
 

@@ -300,3 +300,98 @@ def test_piecewise_sigmoid_openings_look_uniform_and_carry_no_input():
                    checks.raw_value_matches(words=wide, secrets=z.numpy().ravel(), label="z"),
                    checks.single_bit_balance(bits=narrow[0].ravel(), label="daBits")):
         assert result.passed, result
+
+
+def test_dealt_mlp_masks_are_correlated_as_the_mlp_step_needs():
+    parties, _, _ = _pair()
+    B, h = 6, 3
+    for p in parties:
+        p.rand.prepare([("mlp_mid", (B, h), (lean._mid_size(B, h),), None)] * 2)
+    for _ in range(2):  # two items of one group: each its own masks
+        got = [p.rand.take("mlp_mid", (B, h)) for p in parties]
+        r_bit = got[0][0] ^ got[1][0]
+        a1, A, B1, Q, B2 = (got[0][i] + got[1][i] for i in range(1, 6))
+        r, r_a1, r_B1, B2_Q, A_B1, At_B2 = (x + y for x, y in zip(lean._mid_split(got[0][6], B, h),
+                                                                   lean._mid_split(got[1][6], B, h)))
+        assert set(np.unique(r_bit).tolist()) <= {0, 1} and np.array_equal(r, r_bit)
+        for value, expected in ((r_a1, r_bit * a1), (r_B1, r_bit * B1.T), (B2_Q, B2 * Q), (A_B1, A @ B1),
+                                (At_B2, A.T @ B2)):
+            assert np.array_equal(value, expected)
+
+
+def _mlp_data(n, d):
+    gen = torch.Generator().manual_seed(1)
+    X = torch.randn(n, d, generator=gen)
+    logits = torch.relu(X @ torch.randn(d, 4, generator=gen)) @ torch.randn(4, 1, generator=gen) - 1
+    return X, (torch.rand(n, 1, generator=gen) < torch.sigmoid(logits)).float()
+
+
+@pytest.mark.parametrize("method", lean.SIGMOID_METHODS)
+def test_mlp_training_on_shares_matches_plaintext_sgd(method):
+    """petlab's MLP step on shares gives the weights plaintext SGD gives (same initial
+    weights, same batches), and opens exactly what :func:`lean.mlp_step_cost` counts."""
+    n, d, h, epochs, batch, lr = 500, 5, 4, 3, 100, 0.5
+    X, y = _mlp_data(n, d)
+    spec = ModelSpec(kind="mlp", n_features=d, hidden=h)
+    init = init_params(spec=spec, seed=3)
+    parties, _, wire = _pair(sigmoid=lean.Sigmoid(method))
+    xs, ys = _share(X, 1), _share(y, 2)
+    shared = {k: _share(v, 10 + i) for i, (k, v) in enumerate(init.items())}
+
+    def work(p, rank):
+        p.rand.prepare([("fm_init", (n, d), (0,), None)])
+        (E,) = p.open(xs[rank] - p.rand.A)
+        before, opened = wire.messages[rank], len(wire.opened)
+        params = {k: v[rank] for k, v in shared.items()}
+        for epoch in range(epochs):
+            params = lean.train_mlp(party=p, E=E, y=ys[rank], params=params, lr=lr, chunk=2,
+                                    batches=minibatches(n=n, batch_size=batch, seed=0, epoch=epoch))
+        return params, wire.messages[rank] - before, sum(t.size for t in wire.opened[opened:]) if rank == 0 else 0
+
+    (p0, rounds, words), (p1, _, _) = _run(parties, work)
+    params = init
+    steps = [idx for epoch in range(epochs) for idx in minibatches(n=n, batch_size=batch, seed=0, epoch=epoch)]
+    for idx in steps:
+        idx = torch.from_numpy(idx)
+        probs, cache = forward(spec=spec, params=params, X=X[idx])
+        grads = gradients(spec=spec, params=params, X=X[idx], y=y[idx], probs=probs, cache=cache)
+        params = sgd_step(params=params, grads=grads, lr=lr, batch_size=len(idx))
+    for name in spec.param_names:
+        got = _decode([p0[name].numpy(), p1[name].numpy()]).numpy()
+        assert np.max(np.abs(got - params[name].numpy())) < 0.005, name
+    costs = [lean.mlp_step_cost(batch=len(idx), d=d, hidden=h, sigmoid=lean.Sigmoid(method)) for idx in steps]
+    assert rounds == sum(c["rounds"] for cost in costs for c in cost)
+    assert words == sum(c["opened"] for cost in costs for c in cost)
+
+
+def test_mlp_openings_look_uniform_and_the_relu_bits_balanced():
+    """Everything an MLP step opens is a uniform ring element (masked by a fresh mask),
+    except the ReLU's and the sigmoid's bits, which are opened under random bits: 1-bit
+    words, balanced."""
+    n, d, h = 400, 6, 8
+    X, y = _mlp_data(n, d)
+    parties, _, wire = _pair()
+    xs, ys = _share(X, 1), _share(y, 2)
+    init = init_params(spec=ModelSpec(kind="mlp", n_features=d, hidden=h), seed=0)
+    shared = {k: _share(v, 10 + i) for i, (k, v) in enumerate(init.items())}
+
+    def work(p, rank):
+        p.rand.prepare([("fm_init", (n, d), (0,), None)])
+        (E,) = p.open(xs[rank] - p.rand.A)
+        start = len(wire.opened)
+        lean.train_mlp(party=p, E=E, y=ys[rank], params={k: v[rank] for k, v in shared.items()}, lr=0.5,
+                       batches=minibatches(n=n, batch_size=200, seed=0, epoch=0))
+        return start
+
+    start, _ = _run(parties, work)
+    opened = wire.opened[start:]
+    is_bits = [bool(((t == 0) | (t == 1)).all()) and t.size >= 200 for t in opened]
+    narrow = np.concatenate([t.ravel() for t, b in zip(opened, is_bits) if b])
+    wide = np.concatenate([t.ravel() for t, b in zip(opened, is_bits) if not b])
+    assert narrow.size == 2 * (200 * h + 200)  # per step: the ReLU's bits and the sigmoid's sign bits
+    secrets = np.concatenate([X.numpy().ravel(), y.numpy().ravel()])
+    for result in (checks.bit_balance(words=wide, label="opened"), checks.byte_chi_square(words=wide, label="opened"),
+                   checks.ks_uniform(words=wide, label="opened"),
+                   checks.raw_value_matches(words=wide, secrets=secrets, label="X, y"),
+                   checks.single_bit_balance(bits=narrow, label="ReLU and sign bits")):
+        assert result.passed, result

@@ -61,9 +61,9 @@ class AuditResult:
 #: provider deals the random bit r of a B2A conversion as 1-bit shares, so the opened
 #: z = x XOR r and both shares are uniform *bits*: value search is meaningless there (any
 #: word is 0 or 1), and uniformity is tested on bit 0, with all higher bits zero.
-#: petlab's own comparison (``lean.ltz``) opens its sign bit the same way, under both
+#: petlab's own comparison (``lean.open_bit``) opens its sign bit the same way, under both
 #: providers.
-NARROW_OPS = {"TTP": {"beaver.B2A_single_bit", "lean.ltz"}, "TFP": {"lean.ltz"}}
+NARROW_OPS = {"TTP": {"beaver.B2A_single_bit", "lean.open_bit"}, "TFP": {"lean.open_bit"}}
 
 
 def received_words(party_dir: Path, *, narrow_ops: set[str] = frozenset()) -> tuple[np.ndarray, np.ndarray]:

@@ -58,8 +58,8 @@ import torch
 
 from petlab.config import SIGMOID_METHODS
 
-__all__ = ["Sigmoid", "Randomness", "LeanParty", "batch_plan", "deal", "train_logreg", "dealer_server_class", "ttp_fetch",
-           "local_dealer", "step_cost", "train_bytes"]
+__all__ = ["Sigmoid", "Randomness", "LeanParty", "batch_plan", "mlp_batch_plan", "deal", "train_logreg", "train_mlp",
+           "dealer_server_class", "ttp_fetch", "local_dealer", "step_cost", "mlp_step_cost", "train_bytes"]
 
 AND_LEVELS = 6  # levels of the carry tree over 64-bit words (blocks of 1, 2, 4, ... 32 bits combine)
 PACK = 1 << (AND_LEVELS - 1)  # values per word at the last level: a comparison pads its values to a multiple
@@ -223,6 +223,51 @@ def batch_plan(*, rows: np.ndarray, d: int, sigmoid: Sigmoid = Sigmoid()) -> lis
             + [("fm_right", b, (d, 1), idx)])  # X_b^T @ delta
 
 
+def _mid_size(B: int, h: int) -> int:
+    return 4 * B * h + B + h
+
+
+def mlp_batch_plan(*, rows: np.ndarray, d: int, hidden: int, sigmoid: Sigmoid = Sigmoid()) -> list[tuple]:
+    """The correlated randomness one MLP training step on ``rows`` needs, in order:
+    ``X_b @ W1`` (fixed mask), the ReLU's and the output layer's masks and products
+    (``mlp_mid``), the ReLU's comparison, the sigmoid, ``X_b^T @ dz1`` (fixed mask).
+
+    >>> plan = mlp_batch_plan(rows=np.arange(4), d=3, hidden=2)
+    >>> [r[0] for r in plan][:4], plan[1][2], len(plan)
+    (['fm_left', 'mlp_mid', 'and', 'and'], (38,), 33)
+    """
+    B, h = len(rows), hidden
+    idx = np.asarray(rows, dtype=np.int64).tobytes()
+    return ([("fm_left", (d, h), (B, h), idx), ("mlp_mid", (B, h), (_mid_size(B, h),), None)]
+            + [("and", (words,), (words,), None) for words in _and_words(B * h)]
+            + sigmoid_plan(n=B, sigmoid=sigmoid)
+            + [("fm_right", (B, h), (d, h), idx)])
+
+
+def _mid_draw(stream: "_Stream", full: tuple) -> list[np.ndarray]:
+    """One party's shares of an ``mlp_mid`` item's masks, ``full = (m, B, h)``: the ReLU's
+    random bit ``r`` (XOR shares), then additive masks of ``z1``, of the hidden layer
+    (``A``), of ``w2`` (``B1``), of the ReLU-masked ``w2`` (``Q``) and of ``delta`` (``B2``)."""
+    m, B, h = full
+    return [stream.bits(full), stream.take(full), stream.take(full), stream.take((m, h, 1)), stream.take(full),
+            stream.take((m, B, 1))]
+
+
+def _mid_products(r, a1, A, B1, Q, B2) -> np.ndarray:
+    """An ``mlp_mid`` item's derived values (whole, ``(m, ...)`` each), flat per item:
+    ``r`` as an arithmetic 0/1, ``r*a1``, ``r*B1^T``, ``B2*Q``, ``A@B1``, ``A^T@B2``."""
+    m = r.shape[0]
+    parts = [r, r * a1, r * np.swapaxes(B1, 1, 2), B2 * Q, A @ B1, np.swapaxes(A, 1, 2) @ B2]
+    return np.concatenate([x.reshape(m, -1) for x in parts], axis=1)
+
+
+def _mid_split(flat: np.ndarray, B: int, h: int) -> list[np.ndarray]:
+    """One item's derived values (as :func:`_mid_products` lays them out), unflattened."""
+    cuts = np.cumsum([B * h] * 4 + [B, h])
+    r, r_a1, r_B1, B2_Q, A_B1, At_B2, _ = np.split(flat, cuts)
+    return [x.reshape(B, h) for x in (r, r_a1, r_B1, B2_Q)] + [A_B1.reshape(B, 1), At_B2.reshape(h, 1)]
+
+
 # -- the dealer: turns every party's random draws into party 0's corrections ----------
 
 def _groups(plan: list[tuple]) -> dict:
@@ -236,7 +281,7 @@ def _groups(plan: list[tuple]) -> dict:
             if len(plan) != 1:
                 raise ValueError("the feature mask (fm_init) is prepared on its own")
             continue
-        if kind not in ("mul", "and", "square", "dabit", "fm_left", "fm_right"):
+        if kind not in ("mul", "and", "square", "dabit", "fm_left", "fm_right", "mlp_mid"):
             raise ValueError(f"unknown randomness request {kind!r}")
         groups.setdefault((kind, tuple(shape), tuple(out_shape)), []).append((pos, idx))
     return groups
@@ -283,6 +328,10 @@ def deal(*, plan: list[tuple], gens: list, fixed: dict) -> torch.Tensor:
         elif kind == "dabit":
             bit = s0.bits(full) ^ s1.bits(full)
             out.append(bit - s1.take(derived))
+        elif kind == "mlp_mid":
+            mine, peer = _mid_draw(s0, full), _mid_draw(s1, full)
+            whole = [mine[0] ^ peer[0]] + [x + y for x, y in zip(mine[1:], peer[1:])]
+            out.append(_mid_products(*whole) - s1.take(derived))
         else:  # fm_left, fm_right
             mask = s0.take(full) + s1.take(full)
             out.append(_fm_product(kind, fixed["A"][_rows(members)], mask) - s1.take(derived))
@@ -348,6 +397,9 @@ class Randomness:
             elif kind == "dabit":
                 rb = mine.bits(full)
                 values = [(rb[j],) for j in range(len(members))]
+            elif kind == "mlp_mid":
+                drawn = _mid_draw(mine, full)
+                values = [tuple(x[j] for x in drawn) for j in range(len(members))]
             else:  # fm_left, fm_right
                 mask = mine.take(full)
                 A_rows = self.A[_rows(members)]
@@ -509,13 +561,14 @@ class LeanParty:
         masked, finish = self._stage("square", x)
         return finish(*self.open(*masked))
 
-    def and_(self, pairs: list[tuple], products: list[tuple] = ()) -> list[np.ndarray]:
+    def and_(self, pairs: list[tuple], products: list[tuple] = (), ride: list[np.ndarray] = ()) -> list[np.ndarray]:
         """Bitwise AND of XOR-shared words, all pairs in one round; ``products`` (``(x, y)``
-        pairs, ``y`` None for a square) ride in the same round: their results follow."""
+        pairs, ``y`` None for a square) ride in the same round: their results follow; then
+        the openings of ``ride`` (values already masked, opened as sums)."""
         triples = [self.rand.take("and", x.shape) for x, _ in pairs]
         staged = [self._stage("square" if y is None else "mul", x, y) for x, y in products]
         xor_in = [t for (x, y), (a, b, _) in zip(pairs, triples) for t in (x ^ a, y ^ b)]
-        opened, opened_add = self.open_mixed(xor_in, [t for masked, _ in staged for t in masked])
+        opened, opened_add = self.open_mixed(xor_in, [t for masked, _ in staged for t in masked] + list(ride))
         out = []
         for i, (a, b, c) in enumerate(triples):
             e, d = opened[2 * i], opened[2 * i + 1]
@@ -528,33 +581,38 @@ class LeanParty:
         for masked, finish in staged:
             out.append(finish(*opened_add[at: at + len(masked)]))
             at += len(masked)
-        return out
+        return out + opened_add[at:]
 
-    def ltz(self, x: np.ndarray, powers: dict | None = None) -> np.ndarray:
-        """Arithmetic shares (integer, not scaled) of ``x < 0``: the sign bit of
-        ``x0 + x1`` = bit 63 of ``x0`` xor bit 63 of ``x1`` xor the carry out of bits 0..62.
+    def carry_msb(self, x: np.ndarray, powers: dict | None = None,
+                  ride: list[np.ndarray] = ()) -> tuple[np.ndarray, list[np.ndarray]]:
+        """XOR shares of ``x < 0`` (bit 0 of each word), and the openings of ``ride``.
 
-        The carry comes from a tree of (generate, propagate) blocks: level ``j`` joins
-        blocks of ``2^j`` bits in pairs. Both ANDs a join needs share one word (the upper
-        block's propagate bit is copied down next to the lower block's top), and since a
-        level's blocks use half the bits of the one before, level ``j`` packs ``2^j``
-        values into each word: 2.97 words of ANDs per value instead of 12 for a full
-        carry-lookahead adder, in the same 7 rounds.
+        The sign bit of ``x0 + x1`` is bit 63 of ``x0`` xor bit 63 of ``x1`` xor the carry
+        out of bits 0..62. The carry comes from a tree of (generate, propagate) blocks:
+        level ``j`` joins blocks of ``2^j`` bits in pairs. Both ANDs a join needs share one
+        word (the upper block's propagate bit is copied down next to the lower block's
+        top), and since a level's blocks use half the bits of the one before, level ``j``
+        packs ``2^j`` values into each word: 2.97 words of ANDs per value instead of 12 for
+        a full carry-lookahead adder, in the same 7 rounds.
 
         ``powers`` (``{1: u}``): the powers of ``POWER_LEVELS`` are made in the first
-        rounds, into the same dict."""
+        rounds, into the same dict. ``ride``: masked values opened (as sums) in the first
+        round's message."""
         shape, n = x.shape, x.size
         words = _and_words(n)
         flat = np.zeros(words[0], dtype=np.int64)
         flat[:n] = x.reshape(-1)
         zero = np.zeros_like(flat)
         u, v = (flat, zero) if self.rank == 0 else (zero, flat)  # each share, as a binary sharing
+        ridden: list[np.ndarray] = []
 
         def round_(r, pair):
             level = POWER_LEVELS[r] if powers is not None and r < len(POWER_LEVELS) else []
-            out = self.and_([pair], [(powers[i], None if i == j else powers[j]) for i, j in level])
+            out = self.and_([pair], [(powers[i], None if i == j else powers[j]) for i, j in level],
+                            ride=ride if r == 0 else ())
             for (i, j), value in zip(level, out[1:]):
                 powers[i + j] = value
+            ridden.extend(out[1 + len(level):])
             return out[0]
 
         # bit 63 only passes the carry on (generate 0, propagate 1): the tree's carry out of
@@ -572,9 +630,21 @@ class LeanParty:
             both = _unpack(round_(level + 1, (_pack(left, shifts, masks), _pack(right, shifts, masks))), shifts, used)
             G = (G ^ both) & top  # G[t] ^ P[t] G[t - s]
             P = (both & low) << s  # P[t] P[t - s]
-        msb = (((u ^ v) ^ G) >> 63 & 1)[:n].reshape(shape)
-        rb, ra = self.rand.take("dabit", shape)
-        (e,) = self.open_xor(msb ^ rb)
+        return (((u ^ v) ^ G) >> 63 & 1)[:n].reshape(shape), ridden
+
+    def open_bit(self, bit: np.ndarray, rb: np.ndarray) -> np.ndarray:
+        """Open ``bit ^ rb`` (XOR shares of one bit each, ``rb`` a random shared bit): a
+        uniform public bit, in a message of its own (the audit checks 1-bit openings as
+        bits)."""
+        (e,) = self.open_xor(bit ^ rb)
+        return e
+
+    def ltz(self, x: np.ndarray, powers: dict | None = None) -> np.ndarray:
+        """Arithmetic shares (integer, not scaled) of ``x < 0``: :meth:`carry_msb`, then
+        the bit back to arithmetic with a random shared bit (a daBit)."""
+        msb, _ = self.carry_msb(x, powers)
+        rb, ra = self.rand.take("dabit", x.shape)
+        e = self.open_bit(msb, rb)
         out = ra - 2 * e * ra
         if self.rank == 0:
             out += e
@@ -691,6 +761,72 @@ def train_logreg(*, party: LeanParty, E, y, w, b, batches, lr: float, chunk: int
     return torch.from_numpy(w), torch.from_numpy(b)
 
 
+def _mlp_step(party: LeanParty, E_b: np.ndarray, y_b: np.ndarray, params: list, lr: float) -> list:
+    """One SGD step of the MLP (``ReLU(X W1 + b1) w2 + b2``, sigmoid, summed BCE) on
+    shares: the arithmetic of :func:`petlab.models.gradients`.
+
+    The ReLU's bit ``g = [z1 > 0]`` is opened only as ``e = g ^ r`` (``r`` a random shared
+    bit), so ``g * v = e*v + (1 - 2e) * (r*v)`` for any ``v``, and ``r*v`` needs only ``v``
+    masked (the dealer gives ``r`` times the mask). That makes the hidden layer
+    ``g * z1`` and ``M = g * w2^T`` (the ReLU's derivative times ``w2``, which the backward
+    pass needs) with no round of their own: ``z1`` and ``w2`` travel masked in the
+    comparison's first message. The hidden layer and ``M`` are then masked and opened
+    once each; ``w2``'s and ``delta``'s masks serve every product they enter.
+    """
+    W1, b1, w2, b2 = params
+    B, h = E_b.shape[0], W1.shape[1]
+    z1 = party.fm_left(E_b, W1) + b1
+    rb, a1, A, B1, Q, B2, derived = party.rand.take("mlp_mid", z1.shape)
+    r, r_a1, r_B1, B2_Q, A_B1, At_B2 = _mid_split(derived, B, h)
+    msb, (Z, F) = party.carry_msb(-z1, ride=[z1 - a1, w2 - B1])  # [-z1 < 0] = [z1 > 0]
+    e = party.open_bit(msb, rb)
+    flip = 1 - 2 * e
+    hidden = e * z1 + flip * (Z * r + r_a1)  # g * z1, scaled (g is an integer 0/1)
+    M = e * w2.T + flip * (F.T * r + r_B1)  # g * w2^T
+    H, M_open = party.open(hidden - A, M - Q)
+    z2 = A_B1 + H @ B1 + A @ F
+    if party.rank == 0:
+        z2 += H @ F
+    delta = party.sigmoid(party.trunc(z2) + b2) - y_b
+    (D,) = party.open(delta - B2)
+    g_w2 = At_B2 + H.T @ B2 + A.T @ D
+    dz1 = B2_Q + D * Q + B2 * M_open  # delta * M = (delta @ w2^T) * g
+    if party.rank == 0:
+        g_w2 += H.T @ D
+        dz1 += D * M_open
+    dz1 = party.trunc(dz1)
+    grads = [party.fm_right(E_b, dz1), dz1.sum(0), party.trunc(g_w2), delta.sum(0)]
+    step = round(lr / B * party.scale)  # public constant, fixed point
+    return [p - party.trunc(g * step) for p, g in zip(params, grads)]
+
+
+def train_mlp(*, party: LeanParty, E, y, params: dict, batches, lr: float, chunk: int = 32,
+              on_batch=None) -> dict[str, torch.Tensor]:
+    """Minibatch SGD of :mod:`petlab.models`' MLP on the shares, batch by batch.
+
+    ``params``: this party's shares of ``W1`` (d, h), ``b1`` (h,), ``w2`` (h, 1), ``b2``
+    (1,) (torch or numpy). Returns their new shares as torch tensors.
+    """
+    names = ("W1", "b1", "w2", "b2")
+    E, y = _to_numpy(E), _to_numpy(y)
+    values = [_to_numpy(params[k]) for k in names]
+    d, h = values[0].shape
+    if values[2].shape != (h, 1):
+        raise ValueError(f"w2 must be ({h}, 1) (one output), got {values[2].shape}")
+    batches = list(batches)
+    parts = [batches[start: start + chunk] for start in range(0, len(batches), chunk)]
+    plans = [[item for rows in part for item in mlp_batch_plan(rows=rows, d=d, hidden=h, sigmoid=party.sigmoid_spec)]
+             for part in parts]
+    for i, part in enumerate(parts):
+        party.rand.prepare(plans[i], upcoming=plans[i + 1] if i + 1 < len(plans) else None)
+        for rows in part:
+            index = np.asarray(rows, dtype=np.int64)
+            values = _mlp_step(party, E[index], y[index], values, lr)
+            if on_batch is not None:
+                on_batch()
+    return {k: torch.from_numpy(v) for k, v in zip(names, values)}
+
+
 class _DealerMixin:
     """The extra function petlab's parties ask CrypTen's TTP server for."""
 
@@ -752,6 +888,35 @@ def local_dealer(*, seed_own: int, seed_peer: int):
     return own, (lambda plan: deal(plan=plan, gens=gens, fixed=fixed)), fixed
 
 
+def _sigmoid_cost(B: int, sigmoid: Sigmoid, merged: bool) -> list[dict]:
+    """The sigmoid's share of :func:`step_cost` on ``B`` values."""
+    if sigmoid.method == "piecewise":
+        k, seg = len(PIECE_BREAKS), len(PIECE_SEGMENTS)
+        products = [pair for level in POWER_LEVELS for pair in level]
+        squares = sum(i == j for i, j in products)
+        return [
+            {"operation": f"z against {k} breaks: comparison (7 AND rounds, packed carry tree)",
+             "opened": 2 * sum(_and_words(k * B)), "rounds": 7, "dealt": sum(_and_words(k * B))},
+            {"operation": f"powers u^2..u^{PIECE_DEGREE} on {seg} segments ({squares} squares, "
+                          f"{len(products) - squares} products; inside the comparison's rounds)",
+             "opened": seg * B * (squares + 2 * (len(products) - squares)),
+             "rounds": 0 if merged else len(POWER_LEVELS), "dealt": seg * B * len(products)},
+            {"operation": "comparison bits to arithmetic (daBits)", "opened": k * B, "rounds": 1, "dealt": k * B},
+            {"operation": "select the pieces (one product)", "opened": 2 * k * B, "rounds": 1, "dealt": k * B},
+        ]
+    e, r = sigmoid.exp_iterations, sigmoid.nr_iterations
+    return [
+        {"operation": "sign: comparison (7 AND rounds, packed carry tree)", "opened": 2 * sum(_and_words(B)),
+         "rounds": 7, "dealt": sum(_and_words(B))},
+        {"operation": "sign: bit to arithmetic (daBit)", "opened": B, "rounds": 1, "dealt": B},
+        {"operation": "absolute value: z * sign", "opened": 2 * B, "rounds": 1, "dealt": B},
+        {"operation": f"exp: {e} squarings", "opened": e * B, "rounds": e, "dealt": e * B},
+        {"operation": f"reciprocal: {r - 1} Newton steps (square, product)",
+         "opened": (r - 1) * 3 * B, "rounds": (r - 1) * 2, "dealt": (r - 1) * 2 * B},
+        {"operation": "select by sign", "opened": 2 * B, "rounds": 1, "dealt": B},
+    ]
+
+
 def step_cost(*, batch: int, d: int, sigmoid: Sigmoid = Sigmoid(), merged: bool = True) -> list[dict]:
     """The communication of one training step, per operation, counted from the protocol.
 
@@ -766,46 +931,45 @@ def step_cost(*, batch: int, d: int, sigmoid: Sigmoid = Sigmoid(), merged: bool 
     [25, 11, 14]
     """
     B = batch
-    out = [{"operation": "X_b @ w (fixed mask)", "opened": d, "rounds": 1, "dealt": B}]
-    if sigmoid.method == "piecewise":
-        k, seg = len(PIECE_BREAKS), len(PIECE_SEGMENTS)
-        products = [pair for level in POWER_LEVELS for pair in level]
-        squares = sum(i == j for i, j in products)
-        out += [
-            {"operation": f"z against {k} breaks: comparison (7 AND rounds, packed carry tree)",
-             "opened": 2 * sum(_and_words(k * B)), "rounds": 7, "dealt": sum(_and_words(k * B))},
-            {"operation": f"powers u^2..u^{PIECE_DEGREE} on {seg} segments ({squares} squares, "
-                          f"{len(products) - squares} products; inside the comparison's rounds)",
-             "opened": seg * B * (squares + 2 * (len(products) - squares)),
-             "rounds": 0 if merged else len(POWER_LEVELS), "dealt": seg * B * len(products)},
-            {"operation": "comparison bits to arithmetic (daBits)", "opened": k * B, "rounds": 1, "dealt": k * B},
-            {"operation": "select the pieces (one product)", "opened": 2 * k * B, "rounds": 1, "dealt": k * B},
-        ]
-    else:
-        e, r = sigmoid.exp_iterations, sigmoid.nr_iterations
-        out += [
-            {"operation": "sign: comparison (7 AND rounds, packed carry tree)", "opened": 2 * sum(_and_words(B)),
-             "rounds": 7, "dealt": sum(_and_words(B))},
-            {"operation": "sign: bit to arithmetic (daBit)", "opened": B, "rounds": 1, "dealt": B},
-            {"operation": "absolute value: z * sign", "opened": 2 * B, "rounds": 1, "dealt": B},
-            {"operation": f"exp: {e} squarings", "opened": e * B, "rounds": e, "dealt": e * B},
-            {"operation": f"reciprocal: {r - 1} Newton steps (square, product)",
-             "opened": (r - 1) * 3 * B, "rounds": (r - 1) * 2, "dealt": (r - 1) * 2 * B},
-            {"operation": "select by sign", "opened": 2 * B, "rounds": 1, "dealt": B},
-        ]
-    out.append({"operation": "X_b^T @ delta (fixed mask)", "opened": B, "rounds": 1, "dealt": d})
-    return out
+    return ([{"operation": "X_b @ w (fixed mask)", "opened": d, "rounds": 1, "dealt": B}]
+            + _sigmoid_cost(B, sigmoid, merged)
+            + [{"operation": "X_b^T @ delta (fixed mask)", "opened": B, "rounds": 1, "dealt": d}])
+
+
+def mlp_step_cost(*, batch: int, d: int, hidden: int, sigmoid: Sigmoid = Sigmoid(), merged: bool = True) -> list[dict]:
+    """:func:`step_cost` for an MLP step (:func:`_mlp_step`), per operation.
+
+    >>> [sum(r["rounds"] for r in mlp_step_cost(batch=4, d=3, hidden=2, sigmoid=Sigmoid(s), merged=m))
+    ...  for s, m in (("reciprocal", True), ("piecewise", True), ("reciprocal", False))]
+    [35, 21, 36]
+    """
+    B, h = batch, hidden
+    return ([
+        {"operation": "X_b @ W1 (fixed mask)", "opened": d * h, "rounds": 1, "dealt": B * h},
+        {"operation": "ReLU: z1 > 0 (7 AND rounds, packed carry tree); z1 and w2 masked in its first message",
+         "opened": 2 * sum(_and_words(B * h)) + B * h + h, "rounds": 7 if merged else 8,
+         "dealt": sum(_and_words(B * h))},
+        {"operation": "ReLU bit opened under a random bit (1-bit words); hidden = g*z1 and g*w2 locally",
+         "opened": B * h, "rounds": 1, "dealt": _mid_size(B, h)},
+        {"operation": "hidden layer and g*w2 masked", "opened": 2 * B * h, "rounds": 1, "dealt": 0},
+    ] + _sigmoid_cost(B, sigmoid, merged) + [
+        {"operation": "delta masked: hidden^T @ delta, delta * g*w2 locally", "opened": B, "rounds": 1, "dealt": 0},
+        {"operation": "X_b^T @ dz1 (fixed mask)", "opened": B * h, "rounds": 1, "dealt": d * h},
+    ])
 
 
 def train_bytes(*, batches, d: int, provider: str, rank: int, chunk: int, sigmoid: Sigmoid = Sigmoid(),
-                merged: bool = True) -> dict:
-    """Bytes and rounds CrypTen's counters record for :func:`train_logreg` at party
-    ``rank`` (8-byte elements, sent + received), from :func:`step_cost` alone.
+                merged: bool = True, hidden: int | None = None) -> dict:
+    """Bytes and rounds CrypTen's counters record for :func:`train_logreg` (or, with
+    ``hidden``, :func:`train_mlp`) at party ``rank`` (8-byte elements, sent + received),
+    from :func:`step_cost` (:func:`mlp_step_cost`) alone.
 
     Under TTP party 0 also receives the dealer's corrections (one request per ``chunk``
     of steps: a pickled request, the result's size, then the result).
     """
-    costs = [step_cost(batch=len(rows), d=d, sigmoid=sigmoid, merged=merged) for rows in batches]
+    costs = [step_cost(batch=len(rows), d=d, sigmoid=sigmoid, merged=merged) if hidden is None
+             else mlp_step_cost(batch=len(rows), d=d, hidden=hidden, sigmoid=sigmoid, merged=merged)
+             for rows in batches]
     opened = sum(r["opened"] for cost in costs for r in cost)
     out = {"bytes": 8 * 2 * opened, "rounds": sum(r["rounds"] for cost in costs for r in cost), "dealt_bytes": 0}
     if provider == "TTP" and rank == 0:
