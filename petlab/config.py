@@ -103,7 +103,7 @@ class MPCConfig:
     timeout_s: float = 3600.0  # a party run that takes longer is stopped and reported
     peer_timeout_s: float = 120.0  # longest wait for a peer to appear or to answer; a lost peer ends the run within it
     fast_config: bool = True  # CrypTen reads its settings from plain dicts, not OmegaConf (same values, faster)
-    engine: str = "auto"  # "petlab" (own protocol on CrypTen shares, logreg), "crypten" (its operators); auto: petlab where it applies
+    engine: str = "auto"  # "petlab" (own protocol on CrypTen shares, CPU), "crypten" (its operators); auto: petlab on the CPU
     direct_link: bool = True  # the two parties' openings over one direct TCP link instead of gloo (same bytes)
     triple_chunk: int = 32  # training steps whose correlated randomness is made in one go (petlab engine)
     sigmoid_method: str = "reciprocal"  # petlab engine: "reciprocal" (CrypTen's method, 25 rounds a step) or "piecewise" (petlab's: 11 rounds, 1.8x the bytes, more accurate)
@@ -196,15 +196,15 @@ def _cuda_available() -> bool:
 
 
 def resolved_engine(cfg: PocConfig) -> str:
-    """The engine a run uses: ``auto`` is petlab's own protocol for logistic regression on
-    the CPU, CrypTen's operators otherwise.
+    """The engine a run uses: ``auto`` is petlab's own protocol on the CPU (logistic
+    regression and the MLP), CrypTen's operators on a GPU.
 
     >>> resolved_engine(poc_config()), resolved_engine(poc_config(model="mlp"))
-    ('petlab', 'crypten')
+    ('petlab', 'petlab')
     """
     if cfg.mpc.engine != "auto":
         return cfg.mpc.engine
-    return "petlab" if cfg.train.model == "logreg" and cfg.mpc.device == "cpu" else "crypten"
+    return "petlab" if cfg.mpc.device == "cpu" else "crypten"
 
 
 def resolved_sigmoid_method(cfg: PocConfig) -> str:
@@ -213,7 +213,7 @@ def resolved_sigmoid_method(cfg: PocConfig) -> str:
 
     >>> resolved_sigmoid_method(poc_config(sigmoid_method="piecewise"))
     'piecewise'
-    >>> resolved_sigmoid_method(poc_config(model="mlp"))
+    >>> resolved_sigmoid_method(poc_config(model="mlp", engine="crypten", sigmoid_method="reciprocal"))
     'reciprocal'
     """
     return cfg.mpc.sigmoid_method if resolved_engine(cfg) == "petlab" else "reciprocal"
@@ -232,14 +232,11 @@ def validate(cfg: PocConfig) -> None:
         raise ConfigError(f"unknown alignment {d.alignment!r}: expected one of {', '.join(ALIGNMENTS)}")
     if m.engine not in ENGINES:
         raise ConfigError(f"unknown engine {m.engine!r}: expected one of {', '.join(ENGINES)}")
-    if m.engine == "petlab" and t.model != "logreg":
-        raise ConfigError(f"engine 'petlab' implements logistic regression; model {t.model!r} needs engine "
-                          "'crypten' (or 'auto')")
     if m.sigmoid_method not in SIGMOID_METHODS:
         raise ConfigError(f"unknown sigmoid_method {m.sigmoid_method!r}: expected one of {', '.join(SIGMOID_METHODS)}")
     if m.sigmoid_method == "piecewise" and resolved_engine(cfg) != "petlab":
-        raise ConfigError("sigmoid_method 'piecewise' is petlab's protocol (engine 'petlab', logistic regression on "
-                          "the CPU); CrypTen's operators compute CrypTen's sigmoid ('reciprocal')")
+        raise ConfigError("sigmoid_method 'piecewise' is petlab's protocol (engine 'petlab', on the CPU); "
+                          "CrypTen's operators compute CrypTen's sigmoid ('reciprocal')")
     if m.engine == "petlab" and m.device != "cpu":
         raise ConfigError("engine 'petlab' runs on the CPU; use engine 'crypten' (or 'auto') with device "
                           f"{m.device!r}")

@@ -33,13 +33,13 @@ def test_defaults_and_overrides():
         ({"overlap": 0}, "overlap must be in"),
         ({"wallet_extra": -0.1}, "wallet_extra must be >= 0"),
         ({"engine": "spu"}, "unknown engine 'spu'"),
-        ({"engine": "petlab", "model": "mlp"}, "engine 'petlab' implements logistic regression"),
         ({"triple_chunk": 0}, "triple_chunk must be at least 1"),
         ({"sigmoid_exp_iterations": 0}, "sigmoid_exp_iterations must be between 1 and 16"),
         ({"sigmoid_nr_iterations": 9}, "sigmoid_nr_iterations must be between 1 and 8"),
         ({"precision_bits": 30}, "precision_bits must be between 8 and 24"),
         ({"sigmoid_method": "tanh"}, "unknown sigmoid_method 'tanh'"),
-        ({"sigmoid_method": "piecewise", "model": "mlp"}, "sigmoid_method 'piecewise' is petlab's protocol"),
+        ({"sigmoid_method": "piecewise", "model": "mlp", "engine": "crypten"},
+         "sigmoid_method 'piecewise' is petlab's protocol"),
         ({"sigmoid_method": "piecewise", "engine": "crypten"}, "sigmoid_method 'piecewise' is petlab's protocol"),
         ({"alignment": "fuzzy"}, "unknown alignment 'fuzzy'"),
         ({"source": "wide", "features": 1}, "features must be at least 2"),
@@ -69,9 +69,10 @@ def test_params_files(tmp_path):
         load_params_file(tmp_path / "missing.json")
 
 
-def test_auto_engine_is_petlab_for_logistic_regression_on_the_cpu_only():
+def test_auto_engine_is_petlab_on_the_cpu_for_both_models():
     from petlab.config import resolved_engine
 
     assert resolved_engine(poc_config()) == "petlab"
-    assert resolved_engine(poc_config(model="mlp")) == "crypten"
+    assert resolved_engine(poc_config(model="mlp")) == "petlab"
+    assert resolved_engine(poc_config(model="mlp", sigmoid_method="piecewise")) == "petlab"
     assert resolved_engine(poc_config(engine="crypten")) == "crypten"

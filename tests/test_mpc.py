@@ -90,6 +90,38 @@ def test_mlp_mpc_trains_and_beats_chance(small_config, tmp_path):
     assert set(m["disclosures"]["gateway"]) == {"test_scores->gateway"}
 
 
+@pytest.mark.parametrize("provider", ["TTP", "TFP"])
+def test_petlab_mlp_gives_crypten_operators_results_and_sends_what_it_counts(small_config, tmp_path, provider):
+    """The MLP on petlab's protocol and on CrypTen's operators: the same model (from the
+    same initial weights) up to fixed-point noise; the training traffic is exactly what
+    :func:`petlab.mpc.lean.mlp_step_cost` counts."""
+    from petlab.mpc.lean import train_bytes
+    from petlab.mpc.party import minibatches, sigmoid_spec
+
+    runs = {}
+    for engine in ("petlab", "crypten"):
+        config = small_config(model="mlp", provider=provider, engine=engine, epochs=2)
+        runs[engine] = run_poc(config=config, runs_root=str(tmp_path / engine), progress=False)
+    ours, theirs = runs["petlab"].metrics, runs["crypten"].metrics
+    assert (ours["engine"], theirs["engine"]) == ("petlab", "crypten")
+    assert abs(ours["auc"]["mpc"] - theirs["auc"]["mpc"]) < 0.002
+    assert abs(ours["auc"]["mpc"] - ours["auc"]["plaintext"]) < 0.005
+    w = {e: np.load(r.run.path / "parties" / "gateway" / "weights.npz") for e, r in runs.items()}
+    assert set(w["petlab"].files) == {"W1", "b1", "w2", "b2"}
+    for name in w["petlab"].files:
+        assert np.max(np.abs(w["petlab"][name] - w["crypten"][name])) < 0.01, name
+    assert ours["comm"]["wallet"]["bytes"] < theirs["comm"]["wallet"]["bytes"]
+    config = small_config(model="mlp", provider=provider, engine="petlab", epochs=2)
+    steps = [b for e in range(config.train.epochs)
+             for b in minibatches(n=ours["n_train"], batch_size=config.train.batch_size, seed=config.train.seed,
+                                  epoch=e)]
+    record = json.loads((runs["petlab"].run.path / "parties" / "wallet" / "result.json").read_text())
+    count = train_bytes(batches=steps, d=sum(ours["n_features"].values()), provider=provider, rank=1,
+                        chunk=config.mpc.triple_chunk, sigmoid=sigmoid_spec(config), hidden=config.train.hidden)
+    assert (record["phases"]["train"]["bytes"], record["phases"]["train"]["rounds"]) == (count["bytes"],
+                                                                                        count["rounds"])
+
+
 def test_too_few_shared_customers_fail_cleanly_and_mark_the_run_failed(small_config, tmp_path):
     config = small_config(provider="TFP")
     tables = prepare_tables(config=config)

@@ -374,13 +374,20 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
             with meter.phase("train"):
                 batches = minibatches(n=n_train, batch_size=cfg.train.batch_size, seed=cfg.train.seed, epoch=epoch)
                 if lean is not None:
-                    from petlab.mpc.lean import train_logreg
+                    from petlab.mpc.lean import train_logreg, train_mlp
 
-                    w, b = train_logreg(party=lean["party"], E=E, y=y_train_enc.share, w=params["w"].share,
-                                        b=params["b"].share, batches=batches, lr=cfg.train.lr,
-                                        chunk=cfg.mpc.triple_chunk, on_batch=progress.step)
-                    params = {"w": crypten.mpc.MPCTensor.from_shares(w, precision=lean["precision"]),
-                              "b": crypten.mpc.MPCTensor.from_shares(b, precision=lean["precision"])}
+                    shares = {name: params[name].share for name in spec.param_names}
+                    if spec.kind == "logreg":
+                        w, b = train_logreg(party=lean["party"], E=E, y=y_train_enc.share, w=shares["w"],
+                                            b=shares["b"], batches=batches, lr=cfg.train.lr,
+                                            chunk=cfg.mpc.triple_chunk, on_batch=progress.step)
+                        shares = {"w": w, "b": b}
+                    else:
+                        shares = train_mlp(party=lean["party"], E=E, y=y_train_enc.share, params=shares,
+                                           batches=batches, lr=cfg.train.lr, chunk=cfg.mpc.triple_chunk,
+                                           on_batch=progress.step)
+                    params = {name: crypten.mpc.MPCTensor.from_shares(value, precision=lean["precision"])
+                              for name, value in shares.items()}
                 else:
                     for idx in batches:
                         index = torch.from_numpy(idx).to(device)
