@@ -97,6 +97,15 @@ MPC_CONFIGS = {
                              {"engine": "crypten", "provider": "TFP"}, True),
     "mlp-crypten+link-TTP": ("MLP, CrypTen operators + direct link + fast config, TTP", "mlp",
                              {"engine": "crypten", "provider": "TTP"}, True),
+    "mlp-petlab-TFP": ("MLP, petlab protocol (ReLU bit opened under a random bit, fixed-mask first layer), "
+                       "CrypTen's sigmoid, TFP", "mlp",
+                       {"engine": "petlab", "provider": "TFP", "sigmoid_method": "reciprocal"}, False),
+    "mlp-petlab-TTP": ("MLP, petlab protocol, CrypTen's sigmoid, TTP (dealer)", "mlp",
+                       {"engine": "petlab", "provider": "TTP", "sigmoid_method": "reciprocal"}, False),
+    "mlp-petlab-pw-TFP": ("MLP, petlab protocol, piecewise-polynomial sigmoid, TFP", "mlp",
+                          {"engine": "petlab", "provider": "TFP", "sigmoid_method": "piecewise"}, False),
+    "mlp-petlab-pw-TTP": ("MLP, petlab protocol, piecewise-polynomial sigmoid, TTP (dealer)", "mlp",
+                          {"engine": "petlab", "provider": "TTP", "sigmoid_method": "piecewise"}, False),
 }
 
 #: SecretFlow SPU on the same work, measured by ``petlab/spu/run_lr.py`` in SPU's own
@@ -308,7 +317,8 @@ def _bench_mpc(*, sizes, configs, epochs: int, slow_epochs: int, features: int, 
                     n=m["n_train"], batch_size=config.train.batch_size, seed=config.train.seed, epoch=e)]
                 count = train_bytes(batches=steps, d=features, provider=config.mpc.provider, rank=1,
                                     chunk=config.mpc.triple_chunk, sigmoid=sigmoid_spec(config),
-                                    merged=config.mpc.direct_link)
+                                    merged=config.mpc.direct_link,
+                                    hidden=config.train.hidden if model == "mlp" else None)
                 analytic = count["bytes"] / n_epochs
             rows.append({
                 "config": name, "description": description, "model": model, "provider": config.mpc.provider,
@@ -520,7 +530,7 @@ def _findings(rows: list[dict]) -> list[str]:
         per_epoch = {r["config"]: r["mpc_s"] / r["epochs"] for r in rows if r["n_train"] == n}
         command = {r["config"]: r.get("command") for r in rows if r["n_train"] == n}
         lines = []
-        for prefix, label in PETLAB_VARIANTS.items():
+        for prefix, label in {**PETLAB_VARIANTS, **{f"mlp-{k}": f"MLP, {v}" for k, v in PETLAB_VARIANTS.items()}}.items():
             tfp, ttp = per_epoch.get(f"{prefix}-TFP"), per_epoch.get(f"{prefix}-TTP")
             if tfp and ttp:
                 lines.append(f"- TTP / TFP, {label}: {ttp / tfp:.2f}")
@@ -539,7 +549,8 @@ def _findings(rows: list[dict]) -> list[str]:
             if f"{prefix}-TTP" in per_epoch and n in spu:
                 lines.append(f"- {label} (TTP) / SPU SEMI2K exact sigmoid (quoted): "
                              f"{per_epoch[f'{prefix}-TTP'] / (spu[n] / 10):.1f}x ({spu[n]:g} s for 10 epochs)")
-        for name in ("mlp-crypten+link-TFP", "mlp-crypten+link-TTP"):
+        for name in ("mlp-crypten+link-TFP", "mlp-crypten+link-TTP", "mlp-petlab-TFP", "mlp-petlab-TTP",
+                     "mlp-petlab-pw-TFP", "mlp-petlab-pw-TTP"):
             row = next((r for r in rows if r["config"] == name and r["n_train"] == n), None)
             if row is not None:
                 text = f"- {name}: {row['ratio']:,.0f}x plaintext"
@@ -551,9 +562,15 @@ def _findings(rows: list[dict]) -> list[str]:
     return out
 
 
+def _cost_total(cost: list[dict]) -> list[str]:
+    opened = sum(c["opened"] for c in cost)
+    return [f"| **step** | **{opened:,}** ({16 * opened / 1e6:.2f} MB per party) "
+            f"| **{sum(c['rounds'] for c in cost)}** | **{sum(c['dealt'] for c in cost):,}** |"]
+
+
 def render_mpc(*, rows: list[dict]) -> str:
     """The MPC-vs-plaintext section for measured ``rows`` (each with its command)."""
-    from petlab.mpc.lean import Sigmoid, step_cost
+    from petlab.mpc.lean import Sigmoid, mlp_step_cost, step_cost
 
     commands = list(dict.fromkeys((r["command"], r["when"], r["machine"]) for r in rows))
     lines = ["## MPC training against plaintext", ""]
@@ -637,9 +654,14 @@ def render_mpc(*, rows: list[dict]) -> str:
         cost = step_cost(batch=B, d=d, sigmoid=Sigmoid(method))
         for c in cost:
             lines.append(f"| {c['operation']} | {c['opened']:,} | {c['rounds']} | {c['dealt']:,} |")
-        opened = sum(c["opened"] for c in cost)
-        lines.append(f"| **step** | **{opened:,}** ({16 * opened / 1e6:.2f} MB per party) "
-                     f"| **{sum(c['rounds'] for c in cost)}** | **{sum(c['dealt'] for c in cost):,}** |")
+        lines += _cost_total(cost)
+    h = 16
+    lines += ["", f"The MLP ({d}-{h}-1, ReLU; `petlab.mpc.lean.mlp_step_cost`), with CrypTen's sigmoid:", "",
+              "| operation | opened elements | rounds | dealt to the gateway (TTP) |", "|---|---|---|---|"]
+    cost = mlp_step_cost(batch=B, d=d, hidden=h, sigmoid=Sigmoid("reciprocal"))
+    for c in cost:
+        lines.append(f"| {c['operation']} | {c['opened']:,} | {c['rounds']} | {c['dealt']:,} |")
+    lines += _cost_total(cost)
     lines += ["", "Run folders of these measurements (not committed, under `runs/bench-*/`): "
               + ", ".join(f"`{Path(r['run']).name}`" for r in rows)]
     return "\n".join(lines)
