@@ -132,6 +132,19 @@ def test_audit_runs_pass_and_show_the_trust_model(small_config, tmp_path):
 
 
 @pytest.mark.mpc
+def test_audit_of_the_mlp_on_petlabs_protocol_passes(small_config, tmp_path):
+    """The MLP's own openings (the ReLU bits under random bits, the masked hidden layer)
+    pass the same checks: uniform words, balanced 1-bit words, no raw values."""
+    result = run_audit(config=small_config(rows=1000, epochs=1, model="mlp"), out=tmp_path / "audit", progress=False)
+    assert result.passed, [c for c in result.checks if not c["passed"]]
+    assert any(c["name"].startswith("balance of 1-bit shares") for c in result.checks)
+    for party in ("gateway", "wallet"):
+        transcript = json.loads((tmp_path / "audit" / "TFP" / party / "audit" / "transcript.json").read_text())
+        assert {"lean._mlp_step", "lean.open_bit", "lean.and_", "lean.fm_right"} <= {
+            m["op"] for m in transcript["messages"]}
+
+
+@pytest.mark.mpc
 def test_keeping_the_transcript_does_not_change_results(small_config, tmp_path):
     from petlab.pipeline import run_poc
 

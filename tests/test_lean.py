@@ -395,3 +395,11 @@ def test_mlp_openings_look_uniform_and_the_relu_bits_balanced():
                    checks.raw_value_matches(words=wide, secrets=secrets, label="X, y"),
                    checks.single_bit_balance(bits=narrow, label="ReLU and sign bits")):
         assert result.passed, result
+
+
+@pytest.mark.parametrize("scale", [0, 1, 3, 2**16 + 1])
+def test_a_fixed_point_scale_that_is_not_a_power_of_two_is_refused(scale):
+    rand = lean.Randomness(rank=1, gen=torch.Generator().manual_seed(0), fetch=None)
+    with pytest.raises(ValueError, match="must be a power of two"):
+        lean.LeanParty(rank=1, scale=scale, rand=rand)
+    assert lean.LeanParty(rank=1, scale=2**12, rand=rand).bits == 12
