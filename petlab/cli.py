@@ -52,8 +52,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("MPC")
     g.add_argument("--provider", help=f"TTP (separate dealer) or TFP (gateway deals triples) (default {_M.provider})")
     g.add_argument("--device", help=f"cpu, cuda or cuda:N (default {_M.device})")
-    g.add_argument("--engine", help=f"petlab (its own protocol, logistic regression), crypten (CrypTen's operators) "
-                   f"or auto (default {_M.engine}: petlab where it applies)")
+    g.add_argument("--engine", help=f"petlab (its own protocol, on the CPU; logistic regression and the MLP), crypten "
+                   f"(CrypTen's operators) or auto (default {_M.engine}: petlab on the CPU)")
     g.add_argument("--sigmoid-method", dest="sigmoid_method",
                    help=f"petlab engine: reciprocal (CrypTen's method, 25 rounds a step) or piecewise (petlab's "
                    f"polynomial pieces: 11 rounds, 1.8x the bytes, ~10x more accurate) (default {_M.sigmoid_method})")

@@ -1,4 +1,5 @@
-"""petlab's own two-party protocol for logistic-regression training on CrypTen shares.
+"""petlab's own two-party protocol for training logistic regression and the one-hidden-
+layer MLP of :mod:`petlab.models` on CrypTen shares.
 
 CrypTen's operators are general, and on a 2-core machine their Python bookkeeping costs
 more than the arithmetic (a CrypTen Beaver product of 1,024 numbers: ~3 ms, of which
@@ -31,6 +32,8 @@ point scale), with the same algorithms and constants as CrypTen's operators:
     every ``z``, with no limit on ``|z|`` (``tests/test_lean.py``); 11 rounds a step,
     but 1.8 times the opened words of ``reciprocal`` (three comparisons per value, and
     the powers);
+- **the MLP's ReLU** (:func:`_mlp_step`): the comparison's bit is opened only under a
+  random shared bit, which makes every product with it one opening of the other factor;
 - **truncation**: local (each party divides its share), as CrypTen does for 2 parties;
 - **numpy, not torch**, for the arithmetic on shares: on a batch's arrays the cost is
   the per-operation overhead, and numpy's is a third of torch's;
