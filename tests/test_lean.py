@@ -403,3 +403,12 @@ def test_a_fixed_point_scale_that_is_not_a_power_of_two_is_refused(scale):
     with pytest.raises(ValueError, match="must be a power of two"):
         lean.LeanParty(rank=1, scale=scale, rand=rand)
     assert lean.LeanParty(rank=1, scale=2**12, rand=rand).bits == 12
+
+
+def test_an_mlp_with_more_than_one_output_is_refused():
+    parties, _, _ = _pair()
+    params = {"W1": np.zeros((3, 4), np.int64), "b1": np.zeros(4, np.int64), "w2": np.zeros((4, 2), np.int64),
+              "b2": np.zeros(2, np.int64)}
+    with pytest.raises(ValueError, match=r"w2 must be \(4, 1\)"):
+        lean.train_mlp(party=parties[0], E=np.zeros((8, 3), np.int64), y=np.zeros((8, 1), np.int64),
+                       params=params, batches=[np.arange(8)], lr=0.5)
