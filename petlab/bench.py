@@ -530,7 +530,8 @@ def _findings(rows: list[dict]) -> list[str]:
         per_epoch = {r["config"]: r["mpc_s"] / r["epochs"] for r in rows if r["n_train"] == n}
         command = {r["config"]: r.get("command") for r in rows if r["n_train"] == n}
         lines = []
-        for prefix, label in {**PETLAB_VARIANTS, **{f"mlp-{k}": f"MLP, {v}" for k, v in PETLAB_VARIANTS.items()}}.items():
+        variants = {**PETLAB_VARIANTS, **{f"mlp-{k}": f"MLP, {v}" for k, v in PETLAB_VARIANTS.items()}}
+        for prefix, label in variants.items():
             tfp, ttp = per_epoch.get(f"{prefix}-TFP"), per_epoch.get(f"{prefix}-TTP")
             if tfp and ttp:
                 lines.append(f"- TTP / TFP, {label}: {ttp / tfp:.2f}")

@@ -742,26 +742,33 @@ def train_logreg(*, party: LeanParty, E, y, w, b, batches, lr: float, chunk: int
     """
     E, y, w, b = (_to_numpy(t) for t in (E, y, w, b))
     d = E.shape[1]
+    for index in _prepared_steps(party=party, batches=batches, chunk=chunk,
+                                 plan=lambda rows: batch_plan(rows=rows, d=d, sigmoid=party.sigmoid_spec)):
+        E_b, y_b = E[index], y[index]
+        delta = party.sigmoid(party.fm_left(E_b, w) + b) - y_b
+        w, b = _sgd(party, [w, b], [party.fm_right(E_b, delta), delta.sum(0)], lr=lr, batch=len(index))
+        if on_batch is not None:
+            on_batch()
+    return torch.from_numpy(w), torch.from_numpy(b)
+
+
+def _prepared_steps(*, party: LeanParty, batches, chunk: int, plan):
+    """Each step's row indices, its chunk's randomness prepared first (``plan(rows)``:
+    what one step needs); the next chunk's is requested at once, so that a dealer makes
+    it during this chunk."""
     batches = list(batches)
     parts = [batches[start: start + chunk] for start in range(0, len(batches), chunk)]
-    plans = [[item for rows in part for item in batch_plan(rows=rows, d=d, sigmoid=party.sigmoid_spec)]
-             for part in parts]
+    plans = [[item for rows in part for item in plan(rows)] for part in parts]
     for i, part in enumerate(parts):
-        # the next chunk's randomness is requested now: the dealer makes it during this chunk
         party.rand.prepare(plans[i], upcoming=plans[i + 1] if i + 1 < len(plans) else None)
         for rows in part:
-            index = np.asarray(rows, dtype=np.int64)
-            E_b, y_b = E[index], y[index]
-            z = party.fm_left(E_b, w) + b
-            delta = party.sigmoid(z) - y_b
-            g_w = party.fm_right(E_b, delta)
-            g_b = delta.sum(0)
-            step = round(lr / len(rows) * party.scale)  # public constant, fixed point
-            w = w - party.trunc(g_w * step)
-            b = b - party.trunc(g_b * step)
-            if on_batch is not None:
-                on_batch()
-    return torch.from_numpy(w), torch.from_numpy(b)
+            yield np.asarray(rows, dtype=np.int64)
+
+
+def _sgd(party: LeanParty, params: list, grads: list, *, lr: float, batch: int) -> list:
+    """``p - lr/B * g`` on shares (summed gradients; ``lr/B`` a public fixed-point constant)."""
+    step = round(lr / batch * party.scale)
+    return [p - party.trunc(g * step) for p, g in zip(params, grads)]
 
 
 def _mlp_step(party: LeanParty, E_b: np.ndarray, y_b: np.ndarray, params: list, lr: float) -> list:
@@ -799,8 +806,7 @@ def _mlp_step(party: LeanParty, E_b: np.ndarray, y_b: np.ndarray, params: list, 
         dz1 += D * M_open
     dz1 = party.trunc(dz1)
     grads = [party.fm_right(E_b, dz1), dz1.sum(0), party.trunc(g_w2), delta.sum(0)]
-    step = round(lr / B * party.scale)  # public constant, fixed point
-    return [p - party.trunc(g * step) for p, g in zip(params, grads)]
+    return _sgd(party, params, grads, lr=lr, batch=B)
 
 
 def train_mlp(*, party: LeanParty, E, y, params: dict, batches, lr: float, chunk: int = 32,
@@ -816,17 +822,13 @@ def train_mlp(*, party: LeanParty, E, y, params: dict, batches, lr: float, chunk
     d, h = values[0].shape
     if values[2].shape != (h, 1):
         raise ValueError(f"w2 must be ({h}, 1) (one output), got {values[2].shape}")
-    batches = list(batches)
-    parts = [batches[start: start + chunk] for start in range(0, len(batches), chunk)]
-    plans = [[item for rows in part for item in mlp_batch_plan(rows=rows, d=d, hidden=h, sigmoid=party.sigmoid_spec)]
-             for part in parts]
-    for i, part in enumerate(parts):
-        party.rand.prepare(plans[i], upcoming=plans[i + 1] if i + 1 < len(plans) else None)
-        for rows in part:
-            index = np.asarray(rows, dtype=np.int64)
-            values = _mlp_step(party, E[index], y[index], values, lr)
-            if on_batch is not None:
-                on_batch()
+    def plan(rows):
+        return mlp_batch_plan(rows=rows, d=d, hidden=h, sigmoid=party.sigmoid_spec)
+
+    for index in _prepared_steps(party=party, batches=batches, chunk=chunk, plan=plan):
+        values = _mlp_step(party, E[index], y[index], values, lr)
+        if on_batch is not None:
+            on_batch()
     return {k: torch.from_numpy(v) for k, v in zip(names, values)}
 
 
