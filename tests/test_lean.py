@@ -17,6 +17,7 @@ from petlab.audit import checks
 from petlab.models import ModelSpec, forward, gradients, init_params, sgd_step
 from petlab.mpc import lean
 from petlab.mpc.party import minibatches
+from petlab.mpc.secret_random import SecretStream, StreamSource, fresh_key
 
 SCALE = 2**16
 
@@ -62,10 +63,11 @@ class _SimParty(lean.LeanParty):
 
 def _pair(seed=0, sigmoid=lean.Sigmoid()):
     """Two parties whose randomness party 0 deals (the TFP arrangement)."""
-    gen0, fetch, fixed = lean.local_dealer(seed_own=seed + 11, seed_peer=seed + 22)
+    own_key, peer_key = fresh_key(), fresh_key()
+    source0, fetch, fixed = lean.local_dealer(own_key=own_key, peer_key=peer_key)
     wire = _Wire()
-    r0 = lean.Randomness(rank=0, gen=gen0, fetch=fetch)
-    r1 = lean.Randomness(rank=1, gen=torch.Generator().manual_seed(seed + 22), fetch=None)
+    r0 = lean.Randomness(rank=0, source=source0, fetch=fetch)
+    r1 = lean.Randomness(rank=1, source=StreamSource(key=peer_key), fetch=None)
     return [_SimParty(rank=0, rand=r0, wire=wire, sigmoid=sigmoid),
             _SimParty(rank=1, rand=r1, wire=wire, sigmoid=sigmoid)], fixed, wire
 
@@ -91,11 +93,11 @@ def _run(parties, fn):
     return out
 
 
-def _share(values: torch.Tensor, seed: int = 5):
+def _share(values: torch.Tensor):
     """Additive shares of ``values`` in fixed point (int64 arrays, as the protocol keeps them)."""
-    encoded = (values.double() * SCALE).round().long()
-    mask = torch.randint(-(2**63), 2**63 - 1, encoded.shape, generator=torch.Generator().manual_seed(seed))
-    return [mask.numpy(), (encoded - mask).numpy()]
+    encoded = (values.double() * SCALE).round().long().numpy()
+    mask = SecretStream(key=fresh_key()).take(encoded.shape)
+    return [mask, encoded - mask]
 
 
 def _decode(shares, scale=SCALE):
@@ -144,8 +146,8 @@ def test_randomness_taken_out_of_step_is_refused():
 def test_randomness_requested_ahead_is_what_the_next_step_takes():
     """Under TTP party 0 asks the dealer for the next chunk before it trains on this one:
     the same corrections as asked on time, and a different plan next is refused."""
-    gen_seed = 7
-    dealer_gens = [torch.Generator().manual_seed(11), torch.Generator().manual_seed(22)]
+    own, keys = fresh_key(), [fresh_key(), fresh_key()]
+    dealer_sources = [StreamSource(key=k) for k in keys]
     fixed: dict = {}
 
     class AheadDealer:  # the dealer's side of lean._TTPFetch, in-process
@@ -154,7 +156,7 @@ def test_randomness_requested_ahead_is_what_the_next_step_takes():
 
         def request(self, plan):
             self.calls.append("request")
-            self.queue.append(lean.deal(plan=plan, gens=dealer_gens, fixed=fixed))
+            self.queue.append(lean.deal(plan=plan, sources=dealer_sources, fixed=fixed))
 
         def collect(self):
             self.calls.append("collect")
@@ -166,7 +168,7 @@ def test_randomness_requested_ahead_is_what_the_next_step_takes():
 
     first, second = [("mul", (3, 1), (3, 1), None)], [("square", (2, 1), (2, 1), None)]
     dealer = AheadDealer()
-    rand = lean.Randomness(rank=0, gen=torch.Generator().manual_seed(gen_seed), fetch=dealer)
+    rand = lean.Randomness(rank=0, source=StreamSource(key=own), fetch=dealer)
     rand.prepare(first, upcoming=second)
     assert dealer.calls == ["request", "collect", "request"] and rand.pending is second
     rand.take("mul", (3, 1))
@@ -174,9 +176,9 @@ def test_randomness_requested_ahead_is_what_the_next_step_takes():
     assert dealer.calls[-1] == "collect" and rand.pending is None
     r, r2 = rand.take("square", (2, 1))
     # the same words as a dealer asked on time gives (a fresh pair of identical streams)
-    dealer_gens[:] = [torch.Generator().manual_seed(11), torch.Generator().manual_seed(22)]
-    on_time = lean.Randomness(rank=0, gen=torch.Generator().manual_seed(gen_seed),
-                              fetch=lambda plan: lean.deal(plan=plan, gens=dealer_gens, fixed=fixed))
+    dealer_sources[:] = [StreamSource(key=k) for k in keys]
+    on_time = lean.Randomness(rank=0, source=StreamSource(key=own),
+                              fetch=lambda plan: lean.deal(plan=plan, sources=dealer_sources, fixed=fixed))
     on_time.prepare(first)
     on_time.take("mul", (3, 1))
     on_time.prepare(second)
@@ -399,7 +401,7 @@ def test_mlp_openings_look_uniform_and_the_relu_bits_balanced():
 
 @pytest.mark.parametrize("scale", [0, 1, 3, 2**16 + 1])
 def test_a_fixed_point_scale_that_is_not_a_power_of_two_is_refused(scale):
-    rand = lean.Randomness(rank=1, gen=torch.Generator().manual_seed(0), fetch=None)
+    rand = lean.Randomness(rank=1, source=StreamSource(key=fresh_key()), fetch=None)
     with pytest.raises(ValueError, match="must be a power of two"):
         lean.LeanParty(rank=1, scale=scale, rand=rand)
     assert lean.LeanParty(rank=1, scale=2**12, rand=rand).bits == 12

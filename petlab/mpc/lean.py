@@ -39,10 +39,13 @@ point scale), with the same algorithms and constants as CrypTen's operators:
   the per-operation overhead, and numpy's is a third of torch's;
 - **correlated randomness in bulk**: every triple a chunk of batches needs is made in
   one go: under TTP by the dealer in one request (:func:`dealer_server_class`: CrypTen's
-  ``TTPServer`` with one more request, same per-party seeded generators), under TFP by
+  ``TTPServer`` with one more request, streams under the key it agreed with each party),
+  under TFP by
   the gateway itself (CrypTen's TFP trust model: party 0 knows every triple).
 
-A party's generator streams are consumed in the same order by it and by whoever deals,
+A party's secret streams (:mod:`petlab.mpc.secret_random`: AES-256-CTR under a key
+agreed by X25519 with whoever deals, never sent) are read in the same order by it and
+by whoever deals,
 so only party 0's corrections travel. A step is 25 rounds (``reciprocal``) or 11
 (``piecewise``, over petlab's direct link: it carries sum- and XOR-openings in one
 message; CrypTen's gloo path needs two messages for those, 14 rounds), counted per
@@ -60,10 +63,13 @@ import numpy as np
 import torch
 
 from petlab.config import SIGMOID_METHODS
+from petlab.mpc.secret_random import SecretStream, StreamSource, derive_key
 
 __all__ = ["Sigmoid", "Randomness", "LeanParty", "batch_plan", "mlp_batch_plan", "deal", "train_logreg", "train_mlp",
            "dealer_server_class", "ttp_fetch", "local_dealer", "step_cost", "mlp_step_cost", "train_bytes"]
 
+#: HKDF purpose of the protocol's correlated randomness under a key agreed with the dealer
+PROTOCOL_PURPOSE = "protocol/correlated-randomness"
 AND_LEVELS = 6  # levels of the carry tree over 64-bit words (blocks of 1, 2, 4, ... 32 bits combine)
 PACK = 1 << (AND_LEVELS - 1)  # values per word at the last level: a comparison pads its values to a multiple
 LOW63 = np.int64(2**63 - 1)  # bits 0..62
@@ -137,33 +143,9 @@ def _numel(shape) -> int:
     return math.prod(shape)
 
 
-class _Stream:
-    """One party's random ring elements, handed out in the order they are asked for.
-
-    Each stream (one per :meth:`Randomness.prepare` or :func:`deal` call) starts from a
-    63-bit seed drawn from the party's torch generator (the one it shares with whoever
-    deals) and reads numpy's PCG64: its raw 64-bit outputs are uniform on the ring and
-    come in sequence, so drawing a matrix in row blocks gives the same values as at once.
-    """
-
-    def __init__(self, gen):
-        seed = int(torch.randint(0, 2**62, (), generator=gen))
-        self.bits_source = np.random.PCG64(seed)
-
-    def take(self, shape) -> np.ndarray:
-        return self.bits_source.random_raw(_numel(shape)).view(np.int64).reshape(tuple(shape))
-
-    def bits(self, shape) -> np.ndarray:
-        return self.take(shape) & 1
-
-    def matrix(self, shape, *, block_rows: int = 65536) -> np.ndarray:
-        """A large ``(n, d)`` draw, made block by block (same values as :meth:`take`)."""
-        out = np.empty(tuple(shape), dtype=np.int64)
-        for i in range(0, shape[0], block_rows):
-            rows = min(block_rows, shape[0] - i)
-            out[i: i + rows] = self.take((rows,) + tuple(shape[1:]))
-        return out
-
+# Each party's randomness is a :class:`petlab.mpc.secret_random.StreamSource` under a key
+# it shares only with whoever deals: every ``prepare``/``deal`` call reads the source's next
+# stream (AES-256-CTR), the party and the dealer in the same order.
 
 # -- what one batch needs, in the order the step consumes it --------------------------
 
@@ -247,7 +229,7 @@ def mlp_batch_plan(*, rows: np.ndarray, d: int, hidden: int, sigmoid: Sigmoid = 
             + [("fm_right", (B, h), (d, h), idx)])
 
 
-def _mid_draw(stream: "_Stream", full: tuple) -> list[np.ndarray]:
+def _mid_draw(stream: SecretStream, full: tuple) -> list[np.ndarray]:
     """One party's shares of an ``mlp_mid`` item's masks, ``full = (m, B, h)``: the ReLU's
     random bit ``r`` (XOR shares), then additive masks of ``z1``, of the hidden layer
     (``A``), of ``w2`` (``B1``), of the ReLU-masked ``w2`` (``Q``) and of ``delta`` (``B2``)."""
@@ -298,15 +280,16 @@ def _fm_product(kind: str, A_rows: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return A_rows @ mask if kind == "fm_left" else np.swapaxes(A_rows, 1, 2) @ mask
 
 
-def deal(*, plan: list[tuple], gens: list, fixed: dict) -> torch.Tensor:
+def deal(*, plan: list[tuple], sources: list[StreamSource], fixed: dict) -> torch.Tensor:
     """Party 0's shares of every derived value in ``plan``, flat, group by group.
 
-    ``gens[p]`` is party ``p``'s stream; ``fixed["A"]`` keeps the feature mask (made by
+    ``sources[p]`` is party ``p``'s stream source (the dealer holds the key it agreed
+    with ``p``); ``fixed["A"]`` keeps the feature mask (made by
     an ``("fm_init", shape, (0,), None)`` plan of its own, which derives nothing). Each
     stream is read in the same order as :meth:`Randomness.prepare` reads it. The result
     is a torch tensor (it travels through CrypTen's TTP channel); the work is numpy's.
     """
-    s0, s1 = _Stream(gens[0]), _Stream(gens[1])
+    s0, s1 = sources[0].next(), sources[1].next()
     if plan and plan[0][0] == "fm_init":
         shape = plan[0][1]
         A = np.empty(tuple(shape), dtype=np.int64)
@@ -345,8 +328,8 @@ class Randomness:
     """This party's side of the correlated randomness: draws its own shares from its
     stream, and (party 0) takes the corrections from the dealer, in plan order."""
 
-    def __init__(self, *, rank: int, gen, fetch):
-        self.rank, self.gen, self.fetch = rank, gen, fetch  # fetch(plan) -> flat corrections (rank 0)
+    def __init__(self, *, rank: int, source: StreamSource, fetch):
+        self.rank, self.source, self.fetch = rank, source, fetch  # fetch(plan) -> flat corrections (rank 0)
         self.ready: list = []
         self.pending = None  # the plan requested ahead from the dealer, not yet collected
         self.A = None
@@ -370,7 +353,7 @@ class Randomness:
             if upcoming is not None and ahead:
                 self.fetch.request(upcoming)
                 self.pending = upcoming
-        mine = _Stream(self.gen)
+        mine = self.source.next()
         if plan and plan[0][0] == "fm_init":
             _groups(plan)  # checks it is alone
             self.A = mine.matrix(plan[0][1])  # this party's share of the feature mask, kept all run
@@ -838,7 +821,10 @@ class _DealerMixin:
     def petlab_bulk(self, plan):
         if not hasattr(self, "_petlab_fixed"):
             self._petlab_fixed = {}
-        return deal(plan=plan, gens=self._get_generators(device=self.device), fixed=self._petlab_fixed)
+        if not hasattr(self, "_petlab_sources"):  # the keys agreed with each party (petlab.crypten_compat)
+            self._petlab_sources = [StreamSource(key=derive_key(key=k, purpose=PROTOCOL_PURPOSE))
+                                    for k in self.petlab_pair_keys]
+        return deal(plan=plan, sources=self._petlab_sources, fixed=self._petlab_fixed)
 
 
 def dealer_server_class():
@@ -882,15 +868,17 @@ class _TTPFetch:
 ttp_fetch = _TTPFetch()
 
 
-def local_dealer(*, seed_own: int, seed_peer: int):
+def local_dealer(*, own_key: bytes, peer_key: bytes):
     """Party 0 under TFP deals itself (CrypTen's TFP model): it holds both streams.
 
-    Returns party 0's own generator, the fetch function, and the dealer's state (which
-    holds the whole feature mask ``A``: under TFP party 0 knows it)."""
-    gens = [torch.Generator().manual_seed(seed_own), torch.Generator().manual_seed(seed_peer)]
+    ``own_key``: party 0's own key (fresh from the OS, never sent); ``peer_key``: the key
+    of party 1's streams, which party 0 agreed with party 1. Returns party 0's own stream
+    source, the fetch function, and the dealer's state (which holds the whole feature
+    mask ``A``: under TFP party 0 knows it)."""
+    sources = [StreamSource(key=own_key), StreamSource(key=peer_key)]
     fixed: dict = {}
-    own = torch.Generator().manual_seed(seed_own)  # party 0's draws: the same stream, read separately
-    return own, (lambda plan: deal(plan=plan, gens=gens, fixed=fixed)), fixed
+    own = StreamSource(key=own_key)  # party 0's draws: the same streams, read separately
+    return own, (lambda plan: deal(plan=plan, sources=sources, fixed=fixed)), fixed
 
 
 def _sigmoid_cost(B: int, sigmoid: Sigmoid, merged: bool) -> list[dict]:
