@@ -197,7 +197,7 @@ def test_products_comparison_and_sigmoid_on_shares(method, bound):
     if method == "piecewise":  # no limit on |z| (the reciprocal method's is 2^9)
         z = torch.cat([z, torch.tensor([511.0, -511.0, 3e4, -3e4])[:, None]])
     y = torch.linspace(-3, 3, z.shape[0])[:, None]
-    zs, ys = _share(z, 1), _share(y, 2)
+    zs, ys = _share(z), _share(y)
     n = z.shape[0]
     b = (n, 1)
     ltz_plan = lean._ltz_plan(b)  # the plain comparison
@@ -230,7 +230,7 @@ def test_opened_masked_features_look_uniform_and_unrelated_to_the_features():
     like uniform ring elements and carry no trace of ``X``."""
     parties, _, wire = _pair()
     X = torch.randn(400, 6, generator=torch.Generator().manual_seed(3))
-    xs = _share(X, 9)
+    xs = _share(X)
 
     def work(p, rank):
         p.rand.prepare([("fm_init", tuple(X.shape), (0,), None)])
@@ -253,7 +253,7 @@ def test_training_on_shares_matches_plaintext_sgd(method):
     X = torch.randn(n, d, generator=gen)
     y = (torch.rand(n, 1, generator=gen) < torch.sigmoid(X @ torch.randn(d, 1, generator=gen))).float()
     parties, _, _ = _pair(sigmoid=lean.Sigmoid(method))
-    xs, ys = _share(X, 1), _share(y, 2)
+    xs, ys = _share(X), _share(y)
 
     def work(p, rank):
         p.rand.prepare([("fm_init", (n, d), (0,), None)])
@@ -284,7 +284,7 @@ def test_piecewise_sigmoid_openings_look_uniform_and_carry_no_input():
     sigmoid = lean.Sigmoid("piecewise")
     parties, _, wire = _pair(sigmoid=sigmoid)
     z = torch.randn(4000, 1, generator=torch.Generator().manual_seed(4)) * 4
-    zs = _share(z, 3)
+    zs = _share(z)
 
     def work(p, rank):
         p.rand.prepare(lean.sigmoid_plan(n=z.shape[0], sigmoid=sigmoid))
@@ -337,8 +337,8 @@ def test_mlp_training_on_shares_matches_plaintext_sgd(method):
     spec = ModelSpec(kind="mlp", n_features=d, hidden=h)
     init = init_params(spec=spec, seed=3)
     parties, _, wire = _pair(sigmoid=lean.Sigmoid(method))
-    xs, ys = _share(X, 1), _share(y, 2)
-    shared = {k: _share(v, 10 + i) for i, (k, v) in enumerate(init.items())}
+    xs, ys = _share(X), _share(y)
+    shared = {k: _share(v) for i, (k, v) in enumerate(init.items())}
 
     def work(p, rank):
         p.rand.prepare([("fm_init", (n, d), (0,), None)])
@@ -373,9 +373,9 @@ def test_mlp_openings_look_uniform_and_the_relu_bits_balanced():
     n, d, h = 400, 6, 8
     X, y = _mlp_data(n, d)
     parties, _, wire = _pair()
-    xs, ys = _share(X, 1), _share(y, 2)
+    xs, ys = _share(X), _share(y)
     init = init_params(spec=ModelSpec(kind="mlp", n_features=d, hidden=h), seed=0)
-    shared = {k: _share(v, 10 + i) for i, (k, v) in enumerate(init.items())}
+    shared = {k: _share(v) for i, (k, v) in enumerate(init.items())}
 
     def work(p, rank):
         p.rand.prepare([("fm_init", (n, d), (0,), None)])
