@@ -16,6 +16,17 @@ source is copied here):
 3. ``crypten.load`` / ``crypten.load_from_party`` unpickle whole objects, which
    ``torch.load`` refuses since torch 2.6 (``weights_only=True``): the old default is
    restored only around those calls (same trust as before: load only files you made).
+4. **Secret randomness** (:func:`install_secret_randomness`). CrypTen 0.4.1 as shipped
+   draws every secret (pseudo-random zero sharings, the TFP provider's triples, the
+   TTP dealer's streams) from torch's CPU generator, mt19937, which keeps only the low
+   32 bits of a seed; it sends the pairwise seeds and the dealer's seeds to the parties
+   in the clear, and the dealer draws its parties' seeds one after the other from
+   torch's default generator. A party that knows its own seed can search the rest.
+   petlab replaces all of it in every petlab process: CrypTen's generators become
+   :class:`SecretGenerator` s (AES-256-CTR, :mod:`petlab.mpc.secret_random`) under keys
+   agreed by X25519 (between the two parties, and between the dealer and each party)
+   and bound to the run; CrypTen's random-tensor functions refuse a torch generator;
+   ``crypten.manual_seed`` is refused.
 
 >>> crypten = import_crypten()
 >>> crypten.__name__
@@ -33,7 +44,8 @@ import os
 import sys
 from types import ModuleType
 
-__all__ = ["import_crypten", "applied_fixes", "legacy_torch_load"]
+__all__ = ["import_crypten", "applied_fixes", "legacy_torch_load", "SecretGenerator", "InsecureRandomnessError",
+           "install_secret_randomness", "set_run_binding", "pair_key"]
 
 _OLD_REGISTRATION = "torch.onnx._internal.registration"
 _NEW_REGISTRATION = "torch.onnx._internal.torchscript_exporter.registration"
@@ -42,6 +54,7 @@ _FIXES: dict[str, bool] = {
     "onnx_registration_alias": False,
     "onnx_legacy_exporter": False,
     "legacy_torch_load": False,
+    "secret_randomness": False,
 }
 
 
@@ -146,4 +159,227 @@ def import_crypten() -> ModuleType:
 
     _wrap_onnx_export(crypten)
     _wrap_loaders(crypten)
+    install_secret_randomness(crypten)
     return crypten
+
+
+# -- 4. secret randomness -----------------------------------------------------------------
+
+class InsecureRandomnessError(RuntimeError):
+    """CrypTen asked for secret randomness from a source petlab does not trust."""
+
+
+class SecretGenerator:
+    """Stands where CrypTen expects a ``torch.Generator`` for secret values: its words
+    come from a :class:`petlab.mpc.secret_random.SecretStream` (AES-256-CTR). One
+    object serves every device (the words are made on the CPU and moved), so two
+    holders of the key read the same words in the same order whatever the device."""
+
+    def __init__(self, *, key: bytes, device="cpu"):
+        from petlab.mpc.secret_random import SecretStream
+
+        self.stream = SecretStream(key=key)
+        self.device = torch_device(device)
+
+    def __repr__(self) -> str:
+        return f"SecretGenerator({self.stream!r})"
+
+
+def torch_device(device):
+    import torch
+
+    return torch.device("cpu") if device is None else torch.device(device)
+
+
+#: How this process's keys are bound: the run's configuration digest and the role of
+#: each rank (set by the party before ``crypten.init``; a bare CrypTen program gets
+#: ranks' names and an empty digest).
+_BINDING: dict = {"config_digest": "", "roles": None}
+_KEYS: dict = {}  # "pair": the key agreed between the two data parties (this process's copy)
+
+
+def set_run_binding(*, config_digest: str, roles: dict[int, str]) -> None:
+    """Bind the keys this process agrees from now on to this run and these roles."""
+    _BINDING["config_digest"], _BINDING["roles"] = config_digest, dict(roles)
+
+
+def _role(rank: int) -> str:
+    roles = _BINDING["roles"]
+    return roles[rank] if roles and rank in roles else f"rank{rank}"
+
+
+def pair_key() -> bytes:
+    """The key this data party agreed with the other one at ``crypten.init``."""
+    if "pair" not in _KEYS:
+        raise InsecureRandomnessError("no key agreed with the other party yet (crypten.init has not run)")
+    return _KEYS["pair"]
+
+
+def _size_tuple(size) -> tuple:
+    if isinstance(size, int):
+        return (size,)
+    return tuple(int(s) for s in size)
+
+
+def _secret_source(generator, device):
+    import crypten
+
+    if generator is None:
+        generator = crypten.generators["local"].get(torch_device(device))
+    if isinstance(generator, SecretGenerator):
+        return generator
+    raise InsecureRandomnessError(
+        "CrypTen asked for secret randomness from a torch generator (mt19937, 32-bit seeds): refused; "
+        "every secret in a petlab process comes from petlab.mpc.secret_random")
+
+
+def _as_crypten_tensor(words, *, device):
+    import torch
+    from crypten.cuda import CUDALongTensor
+
+    out = torch.from_numpy(words)
+    if device is not None and torch_device(device).type == "cuda":
+        return CUDALongTensor(out.to(torch_device(device)))
+    return out
+
+
+def _secret_ring_element(size, ring_size=(2**64), generator=None, **kwargs):
+    if ring_size != 2**64:
+        raise InsecureRandomnessError(f"petlab's CrypTen randomness serves the 2^64 ring only, not {ring_size}")
+    device = kwargs.get("device")
+    source = _secret_source(generator, device)
+    return _as_crypten_tensor(source.stream.take(_size_tuple(size)), device=device)
+
+
+def _secret_kbit_tensor(size, bitlength=None, generator=None, **kwargs):
+    if bitlength is None or bitlength == 64:
+        return _secret_ring_element(size, generator=generator, **kwargs)
+    device = kwargs.get("device")
+    source = _secret_source(generator, device)
+    return _as_crypten_tensor(source.stream.kbits(_size_tuple(size), bitlength), device=device)
+
+
+def _exchange_publics(*, send, recv, mine: bytes) -> bytes:
+    import torch
+
+    send(torch.frombuffer(bytearray(mine), dtype=torch.uint8))
+    theirs = torch.zeros(32, dtype=torch.uint8)
+    recv(theirs)
+    return bytes(theirs.numpy().tobytes())
+
+
+def _agree_with(*, my_role: str, peer_role: str, send, recv) -> bytes:
+    """An X25519 exchange over CrypTen's gloo link, bound to this run and both roles
+    (an eavesdropper sees two public keys; see the README on an active attacker)."""
+    from petlab.mpc.secret_random import KeyExchange, binding
+
+    kx = KeyExchange()
+    theirs = _exchange_publics(send=send, recv=recv, mine=kx.public)
+    (role_a, public_a), (role_b, public_b) = sorted([(my_role, kx.public), (peer_role, theirs)])
+    context = binding(config_digest=_BINDING["config_digest"], roles=(role_a, role_b), publics=(public_a, public_b))
+    return kx.agree(peer_public=theirs, context=context)
+
+
+
+def _exchange(*, my_role: str, peer_role: str, peer_rank: int, group=None) -> bytes:
+    import torch.distributed as dist
+
+    pending = []
+    key = _agree_with(my_role=my_role, peer_role=peer_role,
+                      send=lambda t: pending.append(dist.isend(t, dst=peer_rank, group=group)),
+                      recv=lambda t: dist.recv(t, src=peer_rank, group=group))
+    for request in pending:
+        request.wait()
+    return key
+
+
+def _setup_prng() -> None:
+    """In place of ``crypten._setup_prng``: the pairwise ("prev", "next") generators from
+    a key agreed with the other party, the "local" one from a fresh OS key; "global" (CrypTen's
+    public, shared randomness: dropout masks) from a value derived from the agreed key."""
+    import crypten
+    import crypten.communicator as comm
+    import torch
+
+    from petlab.mpc.secret_random import derive_key, fresh_key
+
+    rank, world = comm.get().get_rank(), comm.get().get_world_size()
+    if world == 1:
+        pair = fresh_key()
+    elif world == 2:
+        peer = 1 - rank
+        pair = _exchange(my_role=_role(rank), peer_role=_role(peer), peer_rank=peer)
+    else:
+        raise InsecureRandomnessError(f"petlab's CrypTen randomness is for two parties, not {world}")
+    _KEYS["pair"] = pair
+    peer = (rank + 1) % world
+    przs = {direction: derive_key(key=pair, purpose=f"crypten/przs/{direction}")
+            for direction in (f"{rank}->{peer}", f"{peer}->{rank}")}
+    generators = {"next": SecretGenerator(key=przs[f"{rank}->{peer}"]),
+                  "prev": SecretGenerator(key=przs[f"{peer}->{rank}"]),
+                  "local": SecretGenerator(key=fresh_key())}
+    public_seed = int.from_bytes(derive_key(key=pair, purpose="crypten/global-public")[:8], "big")
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        devices += [torch.device("cuda")] + [torch.device(f"cuda:{i}") for i in range(torch.cuda.device_count())]
+    for name in ("prev", "next", "local", "global"):
+        crypten.generators[name] = {}
+    for device in devices:
+        for name, gen in generators.items():
+            crypten.generators[name][device] = gen
+        crypten.generators["global"][device] = torch.Generator(device=device).manual_seed(public_seed)
+
+
+def _ttp_client_setup(self) -> None:
+    """In place of ``TTPClient._setup_generators``: a key agreed with the dealer."""
+    import crypten.communicator as comm
+    import torch.distributed as dist
+
+    from petlab.mpc.secret_random import derive_key
+
+    rank, dealer = comm.get().get_rank(), comm.get().get_ttp_rank()
+    key = _exchange(my_role=_role(rank), peer_role="dealer", peer_rank=dealer, group=self.ttp_group)
+    dist.barrier(group=self.ttp_group)
+    self.petlab_pair_key = key
+    self.generator = SecretGenerator(key=derive_key(key=key, purpose="crypten/ttp"))
+    self.generator_cuda = self.generator
+
+
+def _ttp_server_setup(self) -> None:
+    """In place of ``TTPServer._setup_generators``: one key agreed with each party."""
+    import crypten.communicator as comm
+    import torch.distributed as dist
+
+    from petlab.mpc.secret_random import derive_key
+
+    keys = [_exchange(my_role="dealer", peer_role=_role(i), peer_rank=i, group=self.ttp_group)
+            for i in range(comm.get().get_world_size())]
+    dist.barrier(group=self.ttp_group)
+    self.petlab_pair_keys = keys
+    self.generators = [SecretGenerator(key=derive_key(key=k, purpose="crypten/ttp")) for k in keys]
+    self.generators_cuda = self.generators
+
+
+def _refuse_manual_seed(*args, **kwargs):
+    raise InsecureRandomnessError("crypten.manual_seed would make CrypTen's secrets predictable: refused in petlab")
+
+
+def install_secret_randomness(crypten: ModuleType) -> None:
+    """Route every secret random value CrypTen draws through petlab's generator (see the
+    module docstring, fix 4). Idempotent."""
+    if _FIXES["secret_randomness"]:
+        return
+    import crypten.common.rng as rng
+    from crypten.mpc.primitives import arithmetic, binary
+    from crypten.mpc.provider import tfp_provider, ttp_provider
+
+    for module in (rng, arithmetic, binary, tfp_provider, ttp_provider):
+        if hasattr(module, "generate_random_ring_element"):
+            module.generate_random_ring_element = _secret_ring_element
+        if hasattr(module, "generate_kbit_random_tensor"):
+            module.generate_kbit_random_tensor = _secret_kbit_tensor
+    crypten._setup_prng = _setup_prng
+    crypten.manual_seed = _refuse_manual_seed
+    ttp_provider.TTPClient._TTPClient__TTPClient._setup_generators = _ttp_client_setup
+    ttp_provider.TTPServer._setup_generators = _ttp_server_setup
+    _FIXES["secret_randomness"] = True

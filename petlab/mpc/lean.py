@@ -70,6 +70,8 @@ __all__ = ["Sigmoid", "Randomness", "LeanParty", "batch_plan", "mlp_batch_plan",
 
 #: HKDF purpose of the protocol's correlated randomness under a key agreed with the dealer
 PROTOCOL_PURPOSE = "protocol/correlated-randomness"
+#: HKDF purpose of the wallet's streams under TFP, under the key the two parties agreed
+TFP_WALLET_PURPOSE = "protocol/tfp-wallet-streams"
 AND_LEVELS = 6  # levels of the carry tree over 64-bit words (blocks of 1, 2, 4, ... 32 bits combine)
 PACK = 1 << (AND_LEVELS - 1)  # values per word at the last level: a comparison pads its values to a multiple
 LOW63 = np.int64(2**63 - 1)  # bits 0..62

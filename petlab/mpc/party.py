@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from petlab.config import PocConfig, resolved_engine, resolved_sigmoid_method
-from petlab.crypten_compat import applied_fixes, import_crypten
+from petlab.crypten_compat import applied_fixes, import_crypten, set_run_binding
 from petlab.data.features import prepare_party_features
 from petlab.data.tables import file_sha256
 from petlab.models import ModelSpec, bce_loss, forward, gradients, init_params, sgd_step
@@ -42,6 +42,9 @@ __all__ = ["run_party", "minibatches", "monitor_indices", "PeerLostError"]
 SHARE_BLOCK_ROWS = 65_536  # rows secret-shared at a time
 
 log = logging.getLogger("petlab.party")
+
+#: The role of each torch.distributed rank: every agreed key is bound to its two roles.
+ROLES_BY_RANK = {**{p.rank: str(p) for p in Party}, len(Party): DEALER}
 
 
 def monitor_indices(*, n: int, rows: int, seed: int) -> np.ndarray:
@@ -171,6 +174,7 @@ def _run_dealer(*, job: Job, out: Path) -> None:
     use_interface_towards(job.address)
     from petlab.mpc.lean import dealer_server_class
 
+    set_run_binding(config_digest=config_digest(job), roles=ROLES_BY_RANK)
     t0 = time.perf_counter()
     try:
         with bounded_waits(job.config.mpc.peer_timeout_s):
@@ -184,15 +188,19 @@ def _run_dealer(*, job: Job, out: Path) -> None:
                                       "peak_rss_mb": _peak_rss_mb()})
 
 
+def config_digest(job: Job) -> str:
+    """SHA-256 of the configuration both parties must share (every agreed key is bound to it)."""
+    return hashlib.sha256(json.dumps(job.shared_dict(), sort_keys=True).encode()).hexdigest()
+
+
 def _public_meta(job: Job, me: Party, feats, table_digest: str) -> dict:
-    shared = json.dumps(job.shared_dict(), sort_keys=True).encode()
     return {
         "party": str(me),
         "n_train": int(feats.X_train.shape[0]),
         "n_test": int(feats.X_test.shape[0]),
         "n_features": int(feats.n_features),
         "id_digest": feats.id_digest,
-        "config_digest": hashlib.sha256(shared).hexdigest(),
+        "config_digest": config_digest(job),
         "table_sha256": table_digest,
     }
 
@@ -218,12 +226,12 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
     if me.rank == 0:  # the gateway's host is the rendezvous: both ports must be free there
         check_port_free(address=job.address, port=job.port, what="MPC rendezvous")
     greet_peer(role=str(me), peer=str(peer), listen=(me.rank == 0), address=job.address, port=job.psi_port,
-               timeout_s=cfg.mpc.peer_timeout_s, shared=job.shared_dict())
+               timeout_s=cfg.mpc.peer_timeout_s, shared=job.shared_dict(), tls=job.tls_identity(role=str(me)))
     # -- private set intersection with the peer: only the shared customers go on -------
     if cfg.data.alignment == "psi":  # rank 0 listens, at the rendezvous address
         psi = private_intersection(ids=table[source["id_column"]].tolist(), listen=(me.rank == 0),
                                    address=job.address, port=job.psi_port,
-                                   timeout_s=cfg.mpc.peer_timeout_s)
+                                   timeout_s=cfg.mpc.peer_timeout_s, tls=job.tls_identity(role=str(me)))
     else:  # "given": the tables hold the same customers; the handshake compares id-set digests
         from petlab.data.psi import PsiResult
 
@@ -260,7 +268,7 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
         from petlab.mpc.channel import install_peer_link, open_peer_link
 
         link = open_peer_link(listen=(me.rank == 0), address=job.address, port=job.psi_port,
-                              timeout_s=cfg.mpc.peer_timeout_s)
+                              timeout_s=cfg.mpc.peer_timeout_s, tls=job.tls_identity(role=str(me)))
         install_peer_link(DistributedCommunicator, link=link)
     from petlab.audit import transcript as transcript_mod
 
@@ -288,6 +296,7 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
         print(f"petlab party: {me}: error: {message}", file=sys.stderr, flush=True)
         os._exit(1)
 
+    set_run_binding(config_digest=my_meta["config_digest"], roles=ROLES_BY_RANK)
     try:
         with watchdog(seconds=setup_limit, on_expiry=setup_stuck), bounded_waits(cfg.mpc.peer_timeout_s):
             crypten.init()
@@ -500,29 +509,29 @@ def _lean_setup(*, crypten, cfg: PocConfig, me: Party, X_shares: torch.Tensor):
     """petlab's protocol: this party's randomness source, and the masked features.
 
     Under TTP the dealer deals (one request per chunk of steps); under TFP the gateway
-    deals, as CrypTen's TFP provider does, from a seed it gives the wallet.
+    deals, as CrypTen's TFP provider does, the wallet's streams under a key the two agreed.
     """
     import crypten.communicator as comm
 
     from petlab.mpc import lean
 
+    from petlab.crypten_compat import pair_key
+    from petlab.mpc.secret_random import StreamSource, derive_key, fresh_key
+
     fixed = None
-    if cfg.mpc.provider == "TTP":
+    if cfg.mpc.provider == "TTP":  # streams under the key this party agreed with the dealer
         from crypten.mpc.provider.ttp_provider import TTPClient
 
-        gen, fetch = TTPClient.get().get_generator(), lean.ttp_fetch
-    else:
-        rng = np.random.default_rng()
-        # sent as 8 bytes, not an int: CrypTen counts a broadcast object by sys.getsizeof, which
-        # for an int depends on its magnitude, and the traffic count must not depend on the seed
-        seed_bytes = comm.get().broadcast_obj(rng.bytes(8) if me.rank == 0 else None, 0)
-        seed_peer = int.from_bytes(seed_bytes, "little") >> 1
+        key = derive_key(key=TTPClient.get().petlab_pair_key, purpose=lean.PROTOCOL_PURPOSE)
+        source, fetch = StreamSource(key=key), lean.ttp_fetch
+    else:  # TFP: the gateway deals; the wallet's streams under a key both agreed, nothing sent
+        wallet_key = derive_key(key=pair_key(), purpose=lean.TFP_WALLET_PURPOSE)
         if me.rank == 0:
-            gen, fetch, fixed = lean.local_dealer(seed_own=int(rng.integers(2**62)), seed_peer=seed_peer)
+            source, fetch, fixed = lean.local_dealer(own_key=fresh_key(), peer_key=wallet_key)
         else:
-            gen, fetch = torch.Generator().manual_seed(seed_peer), None
+            source, fetch = StreamSource(key=wallet_key), None
     precision = crypten.cfg.encoder.precision_bits
-    rand = lean.Randomness(rank=me.rank, gen=gen, fetch=fetch)
+    rand = lean.Randomness(rank=me.rank, source=source, fetch=fetch)
     rand.prepare([("fm_init", tuple(X_shares.shape), (0,), None)])
     party = lean.LeanParty(rank=me.rank, scale=2**precision, rand=rand, sigmoid_spec=sigmoid_spec(cfg))
     X = X_shares.numpy()
