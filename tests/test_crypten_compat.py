@@ -82,3 +82,77 @@ def test_fixes_in_force_in_a_spawned_child():
     proc.join(timeout=60)
     assert proc.exitcode == 0
     assert fixes["legacy_torch_load"] and fixes["onnx_legacy_exporter"]
+
+
+def test_crypten_secret_randomness_refuses_torch_generators():
+    """After the fix, CrypTen's random-tensor functions (everywhere CrypTen imported them)
+    draw from petlab's generator only: a torch generator, or crypten.manual_seed, is refused."""
+    import pytest
+    from crypten.common import rng
+    from crypten.mpc.primitives import arithmetic
+    from crypten.mpc.provider import tfp_provider, ttp_provider
+
+    from petlab.crypten_compat import InsecureRandomnessError, SecretGenerator
+    from petlab.mpc.secret_random import fresh_key
+
+    crypten = import_crypten()
+    assert applied_fixes()["secret_randomness"]
+    for module in (rng, arithmetic, tfp_provider, ttp_provider):
+        with pytest.raises(InsecureRandomnessError, match="torch generator"):
+            module.generate_random_ring_element((3,), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(InsecureRandomnessError, match="refused"):
+        crypten.manual_seed(1, 2, 3)
+    key = fresh_key()
+    words = rng.generate_random_ring_element((4, 5000), generator=SecretGenerator(key=key))
+    again = rng.generate_random_ring_element((4, 5000), generator=SecretGenerator(key=key))
+    assert words.dtype == torch.long and words.shape == (4, 5000) and torch.equal(words, again)
+    assert abs(float((words < 0).double().mean()) - 0.5) < 0.02  # the sign bit is used: full 64-bit words
+    bits = rng.generate_kbit_random_tensor((10000,), bitlength=1, generator=SecretGenerator(key=key))
+    assert set(bits.unique().tolist()) == {0, 1}
+
+
+def _przs_child(rank, port, queue):
+    os.environ.update({"RENDEZVOUS": f"tcp://127.0.0.1:{port}", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": str(rank), "DISTRIBUTED_BACKEND": "gloo"})
+    from petlab.crypten_compat import SecretGenerator, import_crypten, pair_key, set_run_binding
+
+    crypten = import_crypten()
+    set_run_binding(config_digest="test", roles={0: "gateway", 1: "wallet"})
+    crypten.init()
+    from crypten.mpc.primitives import ArithmeticSharedTensor
+
+    zero = ArithmeticSharedTensor.PRZS((1000,)).share
+    x = crypten.cryptensor(torch.arange(5.0), src=0)
+    gens = {name: type(crypten.generators[name][torch.device("cpu")]) for name in ("prev", "next", "local")}
+    queue.put((rank, zero.numpy(), x.get_plain_text().tolist(), pair_key(), all(g is SecretGenerator
+                                                                                   for g in gens.values())))
+    crypten.uninit()
+
+
+def test_two_parties_agree_their_pairwise_generators_without_sending_a_seed():
+    """Two processes: the zero sharings from the agreed generators sum to zero, inputs
+    share and open correctly, both hold the same agreed key, and each key is fresh."""
+    import socket
+
+    def run():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        procs = [ctx.Process(target=_przs_child, args=(r, port, queue)) for r in (0, 1)]
+        for p in procs:
+            p.start()
+        got = dict((item[0], item[1:]) for item in (queue.get(timeout=120) for _ in procs))
+        for p in procs:
+            p.join(timeout=60)
+            assert p.exitcode == 0
+        return got
+
+    first, second = run(), run()
+    zero0, opened0, key0, secret0 = first[0]
+    zero1, opened1, key1, secret1 = first[1]
+    assert secret0 and secret1
+    assert not (zero0 + zero1).any() and zero0.any()  # a sharing of zero, from random-looking shares
+    assert opened0 == opened1 == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert key0 == key1 and second[0][2] == second[1][2] and key0 != second[0][2]
