@@ -73,9 +73,12 @@ def classification_table(*, provider: str, reveal_weights: bool, track_loss: boo
         "features (e.g. which test customers are active users there). Not a share.")
     if reveal_weights:
         add(holder, f"final model weights, including those on the {other_of_holder}'s features", REVEALED,
-            f"not data about any one customer, but they show how the {other_of_holder}'s features relate "
-            f"to the label; with the scores they allow estimating a customer's {other_of_holder}-side "
-            "score contribution. Not shares.")
+            f"they show how the {other_of_holder}'s features relate to the label, and with the revealed "
+            f"test scores they are more than that: each score is logit^-1(w·x + b), so every test "
+            f"customer's score is one linear equation in that customer's {other_of_holder} features "
+            f"(with a single {other_of_holder} feature, the {holder} solves it exactly; with k features it "
+            "learns one linear combination of them per customer). Personal data about the "
+            f"{other_of_holder}'s customers, not shares; off by default between organisations.")
     if track_loss:
         add(holder, "training loss per epoch (one number per epoch)", REVEALED,
             "an aggregate over thousands of customers: negligible")
@@ -85,8 +88,10 @@ def classification_table(*, provider: str, reveal_weights: bool, track_loss: boo
         add(party, "PSI result: which of its own customers are shared, and the size of the other's set",
             REVEALED, f"personal data for the {party}: that each of these identified customers is also "
             f"a customer of the {other} (membership); nothing about the {other}'s other customers")
-        add(party, "handshake: row and feature counts, column names, digests of the configuration, "
-            "of the intersection and of each table file", PUBLIC,
-            "the number of shared customers and of features, the other's schema; that both PSI "
-            "results agree")
+        add(party, "handshake: row and feature counts, the id, label and column names of the other's "
+            "table, a digest of the shared configuration, keyed commitments (HMAC under a key only the "
+            "two parties hold) of the intersection and of the other's table file; X25519 public keys",
+            PUBLIC, "the number of shared customers and of features, the other's schema (column names can "
+            "themselves be sensitive: name them neutrally); that both PSI results agree. The commitments "
+            "cannot be tested against a guessed table or id list; the public keys carry nothing")
     return rows

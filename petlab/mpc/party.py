@@ -205,6 +205,22 @@ def _public_meta(job: Job, me: Party, feats, table_digest: str) -> dict:
     }
 
 
+#: What the handshake sends in place of a digest: a keyed commitment (HMAC-SHA256 under a
+#: key only the two parties hold), so that equal tables or id sets still compare equal
+#: but nobody can test a guessed table or id list against it.
+COMMITTED_FIELDS = ("id_digest", "table_sha256")
+
+
+def _meta_for_peer(meta: dict) -> dict:
+    """The public metadata as sent to the peer: shapes, schema, and keyed commitments."""
+    from petlab.crypten_compat import pair_key
+    from petlab.mpc.secret_random import derive_key, keyed_commitment
+
+    key = derive_key(key=pair_key(), purpose="handshake/commitments")
+    return {k: keyed_commitment(key=key, data=f"{k}:{v}".encode()) if k in COMMITTED_FIELDS else v
+            for k, v in meta.items()}
+
+
 def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
     import crypten.communicator as comm
 
@@ -309,7 +325,8 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
     try:
         # -- public metadata: shapes and digests, nothing about any customer --------
         with meter.phase("handshake"):
-            metas = {str(p): comm.get().broadcast_obj(my_meta if p == me else None, p.rank) for p in Party}
+            sent = _meta_for_peer(my_meta)
+            metas = {str(p): comm.get().broadcast_obj(sent if p == me else None, p.rank) for p in Party}
         _check_peers(metas, label_party=label_party)
         total_features[0] = sum(m["n_features"] for m in metas.values())
         n_train, n_test = my_meta["n_train"], my_meta["n_test"]
@@ -590,5 +607,5 @@ def _check_peers(metas: dict, *, label_party: Party) -> None:
             raise RendezvousError(f"party {name} has a different number of rows")
     label_column = metas[str(label_party)]["label_column"]
     check_schemas(columns={name: meta["columns"] for name, meta in metas.items()},
-                  paths={name: f"(sha256 {meta['table_sha256'][:12]}…)" for name, meta in metas.items()},
+                  paths={name: f"(table commitment {meta['table_sha256'][:12]}…)" for name, meta in metas.items()},
                   id_column=metas[str(label_party)]["id_column"], label_column=label_column, label_party=str(label_party))
