@@ -29,7 +29,9 @@ def _machine() -> str:
 def _psi_side(ids, listen, port, queue):
     from petlab.data.psi import private_intersection
 
-    result = private_intersection(ids=ids, listen=listen, address="127.0.0.1", port=port, timeout_s=7200)
+    # the protocol alone (its time and bytes), as in the published figures: no TLS around it
+    result = private_intersection(ids=ids, listen=listen, address="127.0.0.1", port=port, timeout_s=7200,
+                                  tls=None)
     from petlab.mpc.party import _peak_rss_mb
 
     queue.put({"listen": listen, "seconds": result.seconds, "size": len(result.ids),

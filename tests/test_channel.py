@@ -94,6 +94,6 @@ def test_a_peer_that_never_opens_the_link_is_reported_on_both_sides():
 
     port = free_port()
     with pytest.raises(PeerLinkError, match=f"the peer did not open the direct link to 127.0.0.1:{port} within 0.3 s"):
-        open_peer_link(listen=True, address="127.0.0.1", port=port, timeout_s=0.3)
+        open_peer_link(listen=True, address="127.0.0.1", port=port, timeout_s=0.3, tls=None)
     with pytest.raises(PeerLinkError, match=f"could not open the direct link to 127.0.0.1:{port} within 0.3 s"):
-        open_peer_link(listen=False, address="127.0.0.1", port=port, timeout_s=0.3)
+        open_peer_link(listen=False, address="127.0.0.1", port=port, timeout_s=0.3, tls=None)

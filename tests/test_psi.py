@@ -17,12 +17,12 @@ def _run_both(gateway_ids, wallet_ids):
 
     def gateway():
         out["gateway"] = private_intersection(ids=gateway_ids, listen=True, address="127.0.0.1", port=port,
-                                              keep_received=received["gateway"])
+                                              tls=None, keep_received=received["gateway"])
 
     thread = threading.Thread(target=gateway)
     thread.start()
     out["wallet"] = private_intersection(ids=wallet_ids, listen=False, address="127.0.0.1", port=port,
-                                         keep_received=received["wallet"])
+                                         tls=None, keep_received=received["wallet"])
     thread.join(timeout=120)
     return out, received
 
@@ -58,9 +58,9 @@ def test_rows_line_up_after_psi():
 
 def test_a_peer_that_never_comes_is_reported():
     with pytest.raises(PsiError, match="did not answer"):
-        private_intersection(ids=["a"], listen=False, address="127.0.0.1", port=free_port(), timeout_s=1)
+        private_intersection(ids=["a"], listen=False, address="127.0.0.1", port=free_port(), timeout_s=1, tls=None)
     with pytest.raises(PsiError, match="no PSI peer connected"):
-        private_intersection(ids=["a"], listen=True, address="127.0.0.1", port=free_port(), timeout_s=1)
+        private_intersection(ids=["a"], listen=True, address="127.0.0.1", port=free_port(), timeout_s=1, tls=None)
 
 
 def test_generator_overlap_parameters():

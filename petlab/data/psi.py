@@ -9,15 +9,16 @@ other's set (from the size of the setup message and the request) and, of course,
 intersection itself. The two results are compared by digest (a false positive of the
 server's compressed set would make them differ), then each party keeps its rows in the
 intersection and sorts them by its own copy of the id: the same order at both, and no
-raw id ever crosses the wire.
+raw id ever crosses the wire. Given a :class:`petlab.mpc.tls.TlsIdentity`, both
+connections run mutually authenticated TLS 1.3 with the peer's certificate pinned.
 
 >>> import threading
 >>> out = {}
 >>> port = free_port()
 >>> t = threading.Thread(target=lambda: out.update(g=private_intersection(
-...     ids=["a", "b", "c"], listen=True, address="127.0.0.1", port=port)))
+...     ids=["a", "b", "c"], listen=True, address="127.0.0.1", port=port, tls=None)))
 >>> t.start()
->>> w = private_intersection(ids=["c", "x", "a"], listen=False, address="127.0.0.1", port=port)
+>>> w = private_intersection(ids=["c", "x", "a"], listen=False, address="127.0.0.1", port=port, tls=None)
 >>> t.join()
 >>> sorted(w.ids), sorted(out["g"].ids), w.other_set_size
 (['a', 'c'], ['a', 'c'], 3)
@@ -31,6 +32,7 @@ import socket
 import struct
 import time
 
+from petlab.mpc.tls import TlsIdentity, secure_socket
 from petlab.net import free_port
 
 __all__ = ["PsiResult", "PsiError", "private_intersection", "free_port", "FALSE_POSITIVE_RATE"]
@@ -124,7 +126,7 @@ _CONNECTOR_SERVES, _CONNECTOR_ASKS = b"S", b"A"
 
 
 def _open_channels(*, listen: bool, address: str, port: int, timeout_s: float,
-                   keep: list | None) -> dict[str, _Channel]:
+                   keep: list | None, tls: TlsIdentity | None) -> dict[str, _Channel]:
     """Two connections to the peer, one per direction: {"serve": ..., "ask": ...}."""
     channels: dict[str, _Channel] = {}
     if listen:
@@ -137,6 +139,13 @@ def _open_channels(*, listen: bool, address: str, port: int, timeout_s: float,
                     for ch in channels.values():
                         ch.sock.close()
                     raise PsiError(f"no PSI peer connected to {address}:{port} within {timeout_s:g} s") from None
+                try:
+                    sock = secure_socket(sock=sock, tls=tls, server_side=True, timeout_s=timeout_s, error=PsiError,
+                                         where=f"PSI at {address}:{port}")
+                except PsiError:
+                    for ch in channels.values():
+                        ch.sock.close()
+                    raise
                 sock.settimeout(timeout_s)
                 tag = sock.recv(1)
                 if tag not in (_CONNECTOR_SERVES, _CONNECTOR_ASKS):
@@ -148,14 +157,21 @@ def _open_channels(*, listen: bool, address: str, port: int, timeout_s: float,
     else:
         for tag, role in ((_CONNECTOR_SERVES, "serve"), (_CONNECTOR_ASKS, "ask")):
             sock = _connect(address, port, timeout_s)
+            try:
+                sock = secure_socket(sock=sock, tls=tls, server_side=False, timeout_s=timeout_s, error=PsiError,
+                                     where=f"PSI with {address}:{port}")
+            except PsiError:
+                for ch in channels.values():
+                    ch.sock.close()
+                raise
             sock.settimeout(timeout_s)
             sock.sendall(tag)
             channels[role] = _Channel(sock, keep=keep)
     return channels
 
 
-def private_intersection(*, ids, listen: bool, address: str, port: int, timeout_s: float = 120.0,
-                         keep_received: list | None = None) -> PsiResult:
+def private_intersection(*, ids, listen: bool, address: str, port: int, tls: TlsIdentity | None,
+                         timeout_s: float = 120.0, keep_received: list | None = None) -> PsiResult:
     """Run PSI in both directions with the peer; return this party's intersecting ids.
 
     The two directions run at the same time, on two connections (the library releases
@@ -166,6 +182,8 @@ def private_intersection(*, ids, listen: bool, address: str, port: int, timeout_
         listen: ``True`` for the party that listens, ``False`` for the one that connects.
         address, port: where the listening party accepts the connections.
         timeout_s: how long to wait for the peer (and for each message).
+        tls: this party's TLS identity (both connections: mutual TLS 1.3, the peer's
+            certificate pinned, see :mod:`petlab.mpc.tls`); ``None`` for plain TCP.
         keep_received: if a list, every message received is appended to it (audits, tests).
     """
     import threading
@@ -175,7 +193,7 @@ def private_intersection(*, ids, listen: bool, address: str, port: int, timeout_
     items = [str(v) for v in ids]
     t0 = time.perf_counter()
     channels = _open_channels(listen=listen, address=address, port=port, timeout_s=timeout_s,
-                              keep=keep_received)
+                              keep=keep_received, tls=tls)
     try:
         sizes = {}
         for role, channel in channels.items():  # set sizes: revealed by the protocol anyway

@@ -1,7 +1,8 @@
 """Meeting the other parties: start-up checks, bounded waits, and naming a lost peer.
 
 Before any data leaves a party, the two data parties greet each other over TCP
-(:func:`greet_peer`, on the PSI port of the gateway's host): each sends its role, petlab
+(:func:`greet_peer`, on the PSI port of the gateway's host, over mutually authenticated
+TLS when the parties have key pairs: :mod:`petlab.mpc.tls`): each sends its role, petlab
 version and the *shared* part of its configuration, and each compares. A peer that never
 comes, a port already taken, two parties claiming the same role, or configurations that
 differ (model, rows, seed ...) all end there, within the connect timeout, with a message
@@ -22,6 +23,8 @@ import json
 import socket
 import struct
 import time
+
+from petlab.mpc.tls import TlsIdentity, secure_socket
 
 __all__ = ["RendezvousError", "check_port_free", "greet_peer", "diff_shared", "bounded_waits",
            "lost_peer", "interface_towards", "use_interface_towards", "watchdog"]
@@ -82,7 +85,7 @@ def _recv(sock: socket.socket) -> dict:
 
 
 def greet_peer(*, role: str, peer: str, listen: bool, address: str, port: int, timeout_s: float,
-               shared: dict) -> dict:
+               shared: dict, tls: TlsIdentity | None) -> dict:
     """Exchange role, version and shared configuration with the peer; check them.
 
     Args:
@@ -91,6 +94,8 @@ def greet_peer(*, role: str, peer: str, listen: bool, address: str, port: int, t
         address, port: where the listening party accepts.
         timeout_s: how long to wait for the peer to appear and answer.
         shared: this party's shared configuration (compared key by key).
+        tls: this party's TLS identity (mutual TLS 1.3, the peer's certificate pinned,
+            see :mod:`petlab.mpc.tls`); ``None`` for plain TCP.
 
     Returns:
         The peer's greeting.
@@ -121,6 +126,8 @@ def greet_peer(*, role: str, peer: str, listen: bool, address: str, port: int, t
                     raise RendezvousError(f"the {peer} at {address}:{port} did not answer within "
                                           f"{timeout_s:g} s ({err.strerror or err})") from None
                 time.sleep(0.2)
+    sock = secure_socket(sock=sock, tls=tls, server_side=listen, timeout_s=max(1.0, deadline - time.monotonic()),
+                         error=RendezvousError, where=f"greeting with the {peer} at {address}:{port}")
     with sock:
         sock.settimeout(max(1.0, deadline - time.monotonic()))
         try:
@@ -131,6 +138,10 @@ def greet_peer(*, role: str, peer: str, listen: bool, address: str, port: int, t
                                   f"within {timeout_s:g} s") from None
         except (ValueError, UnicodeDecodeError):
             raise RendezvousError(f"something at {address}:{port} answered that is not a petlab party") from None
+        except OSError as err:  # reset: e.g. a peer that speaks TLS met one that does not
+            hint = " (does it run TLS? this party runs without: tls: off)" if tls is None else ""
+            raise RendezvousError(f"the {peer} at {address}:{port} closed the connection during the greeting "
+                                  f"({err.strerror or err}){hint}") from None
     if theirs.get("petlab") != "greeting":
         raise RendezvousError(f"something at {address}:{port} answered that is not a petlab party")
     if theirs["role"] == role:
