@@ -1,12 +1,13 @@
 """The job a party process runs: the shared configuration, where to meet, where to write,
-and each party's own table. Written by the launcher as JSON; a party reads the shared
-part and its own table entry only.
+each party's own table and each data party's TLS identity (paths to its certificate,
+its key and the peer's certificate). Written by the launcher as JSON; a party reads the
+shared part, its own table entry and its own TLS identity only.
 
 >>> from petlab.config import poc_config
 >>> job = Job(config=poc_config(rows=1000), address="127.0.0.1", port=29500,
 ...           out_dir="runs/x/mpc", tables={})
->>> Job.from_dict(job.to_dict()) == job
-True
+>>> Job.from_dict(job.to_dict()) == job, job.tls_identity(role="wallet")
+(True, None)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 from pathlib import Path
 
 from petlab.config import PocConfig
+from petlab.mpc.tls import TlsIdentity
 
 __all__ = ["Job"]
 
@@ -29,6 +31,11 @@ class Job:
     out_dir: str  # each role writes <out_dir>/<role>/
     tables: dict  # party -> {"path", "id_column", "label_column"}
     psi_port: int = 0  # TCP port on which the label holder accepts the PSI connection
+    tls: dict = dataclasses.field(default_factory=dict)  # role -> TlsIdentity; none: plain TCP
+
+    def tls_identity(self, *, role: str) -> TlsIdentity | None:
+        """``role``'s TLS identity on petlab's sockets, or ``None`` (plain TCP)."""
+        return self.tls.get(str(role))
 
     def shared_dict(self) -> dict:
         """The part every party must agree on (compared by digest at start-up)."""
@@ -37,7 +44,8 @@ class Job:
 
     def to_dict(self) -> dict:
         return {"config": self.config.to_dict(), "address": self.address, "port": self.port,
-                "psi_port": self.psi_port, "out_dir": self.out_dir, "tables": self.tables}
+                "psi_port": self.psi_port, "out_dir": self.out_dir, "tables": self.tables,
+                "tls": {role: identity.to_dict() for role, identity in self.tls.items()}}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Job":
@@ -48,6 +56,7 @@ class Job:
             out_dir=d["out_dir"],
             tables=d["tables"],
             psi_port=int(d.get("psi_port", 0)),
+            tls={role: TlsIdentity.from_dict(identity) for role, identity in (d.get("tls") or {}).items()},
         )
 
     def save(self, path: str | os.PathLike) -> Path:

@@ -4,6 +4,10 @@ Each process is a fresh Python interpreter (``python -m petlab party ...``), so
 nothing built in this process reaches a party: a party loads its own table itself. A
 party that fails stops the run: the others are terminated and the error names the
 failing role with the end of its log.
+
+The gateway and the wallet talk over TLS on petlab's own sockets here as between two
+organisations (:mod:`petlab.mpc.tls`), with a throw-away key pair each, made for the run
+in ``<out_dir>/tls/``; each party is given its own key and the other's certificate.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 from petlab.config import PocConfig
 from petlab.net import free_port
 from petlab.mpc.job import Job
+from petlab.mpc.tls import throwaway_pair
 from petlab.parties import DEALER, Party
 
 __all__ = ["MPCRunError", "MPCRun", "run_mpc", "free_port"]  # free_port re-exported from petlab.net
@@ -68,6 +73,9 @@ def run_mpc(
         out_dir: folder for the job file and each role's record and log.
         progress: show a progress bar over epochs (tqdm).
         address: loopback address to rendezvous on.
+
+    The gateway and the wallet authenticate each other with throw-away certificates
+    made in ``out_dir/tls/`` (the dealer speaks only torch.distributed).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -75,7 +83,9 @@ def run_mpc(
     psi_port = free_port(address)
     while psi_port == port:
         psi_port = free_port(address)
-    job = Job(config=config, address=address, port=port, out_dir=str(out), tables=tables, psi_port=psi_port)
+    tls = throwaway_pair(folder=out / "tls")
+    job = Job(config=config, address=address, port=port, out_dir=str(out), tables=tables, psi_port=psi_port,
+              tls=tls)
     job_path = job.save(out / "job.json")
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
