@@ -5,6 +5,7 @@
   petlab audit      privacy audit: what each party received, under TFP and TTP
   petlab bench      measure MPC against plaintext and rewrite BENCHMARKS.md
   petlab party      one role of an MPC job (started by the launcher)
+  petlab keygen     this organisation's TLS key pair and certificate, for petlab party
 
 Bad arguments end with a one-line error and exit status 2, before any work starts.
 """
@@ -181,9 +182,26 @@ def _audit(args) -> int:
     return 0
 
 
+def _keygen(args) -> int:
+    from petlab.config import ConfigError
+    from petlab.mpc.tls import write_key_pair
+
+    try:
+        pair = write_key_pair(role=args.role, folder=args.out)
+    except FileExistsError as err:
+        raise ConfigError(str(err)) from None
+    peer = "wallet" if args.role == "gateway" else "gateway"
+    print(f"{args.role}: private key {pair.key} (keep it on this host), certificate {pair.cert} "
+          f"(send it to the {peer})")
+    print(f"SHA-256 fingerprint: {pair.fingerprint}")
+    return 0
+
+
 def _party(args) -> int:
     from petlab.config import ConfigError
+    from petlab.data.psi import PsiError
     from petlab.data.validation import TableError
+    from petlab.mpc.channel import PeerLinkError
     from petlab.mpc.job import Job
     from petlab.mpc.party import PeerLostError, run_party
     from petlab.mpc.rendezvous import RendezvousError
@@ -199,7 +217,7 @@ def _party(args) -> int:
         job = host_job(config_path=args.config, role=args.role, out=args.out, table=args.table)
     try:
         run_party(job=job, role=args.role)
-    except (RendezvousError, PeerLostError, TableError) as err:
+    except (RendezvousError, PsiError, PeerLinkError, PeerLostError, TableError) as err:
         print(f"petlab party: {args.role}: error: {err}", file=sys.stderr)
         return 1
     if args.config:
@@ -282,6 +300,16 @@ def build_parser() -> argparse.ArgumentParser:
     party.add_argument("--out", help="where this role writes <out>/<role>/ (overrides the run file)")
     party.add_argument("--job", help=argparse.SUPPRESS)  # written by the embedded launcher
     party.set_defaults(func=_party)
+
+    keygen = sub.add_parser("keygen", help="make this organisation's TLS key pair and certificate",
+                            description="Write DIR/<role>.key (mode 0600, never leaves this host) and "
+                            "DIR/<role>.crt (self-signed, CN=<role>, ECDSA P-256, valid 10 years) and print "
+                            "the certificate's SHA-256 fingerprint. Send the .crt to the other organisation, "
+                            "which names it as peer_cert in the tls section of its run file; compare the "
+                            "fingerprint with it over another channel. An existing key is never overwritten.")
+    keygen.add_argument("--role", required=True, choices=["gateway", "wallet"])
+    keygen.add_argument("--out", required=True, metavar="DIR", help="folder for <role>.key and <role>.crt")
+    keygen.set_defaults(func=_keygen)
     return parser
 
 

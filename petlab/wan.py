@@ -227,6 +227,8 @@ def measure_wan(*, rtts_ms, rates_mbit, providers, models, rows: int, epochs: in
     import yaml
     from tqdm.auto import tqdm
 
+    from petlab.mpc.tls import throwaway_pair
+
     out_dir = Path(out_dir)
     combos = [(r, b, p, m) for m in models for p in providers for b in rates_mbit for r in rtts_ms]
     points = []
@@ -239,8 +241,12 @@ def measure_wan(*, rtts_ms, rates_mbit, providers, models, rows: int, epochs: in
             ping = _tcp_rtt_ms(hosts)
             run_file = out_dir / f"{name}.yaml"
             run_file.parent.mkdir(parents=True, exist_ok=True)
+            keys = out_dir / name / "tls"  # throw-away key pairs: every role runs on this machine
+            throwaway_pair(folder=keys)
             run_file.write_text(yaml.safe_dump({
                 "rendezvous": {"address": hosts["gateway"]["ip"], "port": 29500, "psi_port": 29501},
+                "tls": {"cert": f"{keys}/{{role}}.crt", "key": f"{keys}/{{role}}.key",
+                        "peer_cert": f"{keys}/{{peer}}.crt"},
                 "out": str(out_dir / name),
                 "params": {"rows": rows, "epochs": epochs, "batch_size": batch_size, "model": model,
                            "provider": provider, "track_loss": False, "root": str(out_dir / "data"),

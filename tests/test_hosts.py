@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from petlab.mpc.tls import throwaway_pair
 from petlab.net import free_port
 
 pytestmark = pytest.mark.mpc
@@ -37,7 +38,11 @@ def _run_file(tmp_path, *, name="run.yaml", address="127.0.0.1", ports=None, out
     base = {"rows": 1500, "epochs": 2, "batch_size": 256, "provider": "TFP", "seed": 1,
             "root": str(tmp_path / "data"), "peer_timeout_s": PEER_TIMEOUT_S}
     base.update(params)
+    keys = tmp_path / "keys"  # each organisation's key pair; one file serves both ({role}, {peer})
+    if not keys.exists():
+        throwaway_pair(folder=keys)
     doc = {"rendezvous": {"address": address, "port": port, "psi_port": psi_port},
+           "tls": {"cert": f"{keys}/{{role}}.crt", "key": f"{keys}/{{role}}.key", "peer_cert": f"{keys}/{{peer}}.crt"},
            "out": str(out or tmp_path / "hosts"), "params": base}
     path = tmp_path / name
     path.write_text(yaml.safe_dump(doc))

@@ -30,8 +30,8 @@ def _file(tmp_path, doc, name="run.yaml"):
     ({"rendezvous": RV, "params": {"provider": "TFP"}}, "dealer", {}, "say where this party writes its record"),
     ({"rendezvous": RV, "out": "x"}, "bank", {}, "unknown role 'bank'"),
     ({"rendezvous": RV, "out": "x"}, "dealer", {"table": "t.csv"}, "the dealer holds no table"),
-    ({"rendezvous": RV, "out": "x", "params": {"gateway_table": "g.csv", "id_column": "id",
-                                               "label_column": "y"}}, "wallet", {},
+    ({"rendezvous": RV, "out": "x", "tls": "off", "params": {"gateway_table": "g.csv", "id_column": "id",
+                                                             "label_column": "y"}}, "wallet", {},
      "the wallet's table is not set"),
     ({"rendezvous": RV, "out": "x", "params": {"model": "svm"}}, "dealer", {}, "unknown model 'svm'"),
 ])

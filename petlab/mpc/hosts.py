@@ -1,8 +1,9 @@
 """One command per party, on separate hosts: ``petlab party --role R --config run.yaml``.
 
-Both organisations keep a copy of the same run file; each fills in its own table. The
-gateway's host is the meeting point (rank 0 of torch.distributed, and it accepts the
-greeting and the PSI connections); the dealer (TTP provider) connects there too.
+Both organisations keep a copy of the same run file; each fills in its own table and
+its own ``tls`` section. The gateway's host is the meeting point (rank 0 of
+torch.distributed, and it accepts the greeting, the PSI connections and the direct
+link); the dealer (TTP provider) connects there too.
 
 .. code-block:: yaml
 
@@ -11,6 +12,10 @@ greeting and the PSI connections); the dealer (TTP provider) connects there too.
       port: 29500           # torch.distributed (gloo) rendezvous, on the gateway's host
       psi_port: 29501       # greeting and private set intersection, on the gateway's host
     out: runs/joint-2026    # each role writes <out>/<role>/ on its own host
+    tls:                    # the gateway's copy; made by: petlab keygen --role gateway --out keys
+      cert: keys/gateway.crt          # this organisation's certificate
+      key: keys/gateway.key           # its private key: never leaves this host
+      peer_cert: keys/wallet.crt      # the wallet's certificate, the only one accepted
     params:                 # the proof of concept's parameters (see petlab.config)
       gateway_table: /data/gateway/customers.parquet   # the gateway's host only
       wallet_table: /data/wallet/users.csv             # the wallet's host only
@@ -25,26 +30,44 @@ Everything under ``params`` except each host's own settings
 (:data:`petlab.config.LOCAL_FIELDS`: table paths, threads, timeouts) must be equal at
 both parties; they compare it when they meet and stop, naming the difference, if not.
 
+``tls`` gives the gateway and the wallet mutually authenticated TLS 1.3 on petlab's own
+sockets (greeting, PSI, direct link; :mod:`petlab.mpc.tls`), each accepting only the
+other's pinned certificate. ``{role}`` and ``{peer}`` in its paths stand for this host's
+role and the other data party's, so one file can serve both organisations
+(``cert: keys/{role}.crt``, ``key: keys/{role}.key``, ``peer_cert: keys/{peer}.crt``);
+relative paths are taken from the current folder, as the table paths are. A data party
+refuses to start without the section; ``tls: off`` runs without it, with a warning (all
+of petlab's own traffic then unauthenticated and in the clear). The dealer ignores it: it
+speaks only torch.distributed, which petlab neither encrypts nor authenticates.
+
 >>> import tempfile, pathlib
+>>> from petlab.mpc.tls import throwaway_pair
 >>> tmp = pathlib.Path(tempfile.mkdtemp())
+>>> _ = throwaway_pair(folder=tmp / "keys")
 >>> path = tmp / "run.yaml"
 >>> _ = path.write_text("rendezvous: {address: 127.0.0.1, port: 29500, psi_port: 29501}\\n"
+...                     f"tls:\\n  cert: {tmp}/keys/{{role}}.crt\\n  key: {tmp}/keys/{{role}}.key\\n"
+...                     f"  peer_cert: {tmp}/keys/{{peer}}.crt\\n"
 ...                     f"out: {tmp}/runs\\nparams: {{rows: 1000, provider: TFP, root: {tmp}/data}}\\n")
 >>> job = host_job(config_path=path, role="wallet")
->>> job.port, job.config.mpc.provider, sorted(job.tables)
-(29500, 'TFP', ['wallet'])
+>>> job.port, job.config.mpc.provider, sorted(job.tables), pathlib.Path(job.tls["wallet"].peer_cert).name
+(29500, 'TFP', ['wallet'], 'gateway.crt')
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from petlab.config import ConfigError, poc_config
 from petlab.mpc.job import Job
+from petlab.mpc.tls import TlsError, TlsIdentity
 from petlab.parties import DEALER, Party
 
 __all__ = ["host_job", "ROLES"]
+
+log = logging.getLogger("petlab.hosts")
 
 ROLES = (str(Party.GATEWAY), str(Party.WALLET), DEALER)
 
@@ -63,11 +86,40 @@ def _load_yaml(path: Path) -> dict:
         raise ConfigError(f"cannot parse run file {path}: {str(err).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"run file {path} must hold a mapping (rendezvous, out, params)")
-    unknown = set(data) - {"rendezvous", "out", "params"}
+    unknown = set(data) - {"rendezvous", "out", "params", "tls"}
     if unknown:
         raise ConfigError(f"run file {path}: unknown section(s) {', '.join(sorted(unknown))} "
-                          "(expected rendezvous, out, params)")
+                          "(expected rendezvous, out, params, tls)")
     return data
+
+
+_TLS_KEYS = ("cert", "key", "peer_cert")
+
+
+def _tls_identity(data: dict, *, path: Path, role: str) -> TlsIdentity | None:
+    """This data party's TLS identity from the run file's ``tls`` section (``None``:
+    ``tls: off``)."""
+    peer = next(str(p) for p in Party if str(p) != role)
+    make = f"`petlab keygen --role {role} --out DIR` makes this organisation's key pair"
+    section = data.get("tls")
+    if section is None:
+        raise ConfigError(f"run file {path}: no tls section: {make}; set tls: {{cert, key, peer_cert}} "
+                          f"with the {peer}'s certificate as peer_cert (or tls: off to run without TLS)")
+    if section is False or section == "off":
+        log.warning("tls: off: everything on petlab's own sockets (greeting, PSI, direct link) travels "
+                    "unauthenticated and in the clear")
+        return None
+    if not isinstance(section, dict) or set(section) != set(_TLS_KEYS):
+        raise ConfigError(f"run file {path}: tls needs exactly cert, key and peer_cert (or: tls: off)")
+
+    def resolve(value) -> str:
+        return str(Path(str(value).replace("{role}", role).replace("{peer}", peer)).expanduser().absolute())
+
+    identity = TlsIdentity(role=role, peer_role=peer, **{k: resolve(section[k]) for k in _TLS_KEYS})
+    try:
+        return identity.check()
+    except TlsError as err:
+        raise ConfigError(f"run file {path}: {err} ({make}; peer_cert is the {peer}'s certificate)") from None
 
 
 def host_job(*, config_path: str | os.PathLike, role: str, out: str | None = None,
@@ -101,6 +153,9 @@ def host_job(*, config_path: str | os.PathLike, role: str, out: str | None = Non
             params.setdefault(f"{party}_table", ELSEWHERE)
             if params[f"{party}_table"] in ("", None):
                 params[f"{party}_table"] = ELSEWHERE
+    # between organisations the final weights are not revealed unless the run file asks:
+    # with the revealed scores they give one linear equation per customer in the other's features
+    params.setdefault("reveal_weights", False)
     config = poc_config(**params)
     if config.data.source == "tables":  # keep the placeholder as it is (not a path)
         fixed = {f"{p}_table": ELSEWHERE for p in Party if params[f"{p}_table"] == ELSEWHERE}
@@ -114,6 +169,8 @@ def host_job(*, config_path: str | os.PathLike, role: str, out: str | None = Non
     record = Path(out_dir) / role / "status.json"
     if record.is_file():
         raise ConfigError(f"{record.parent} holds a record already; runs are never overwritten")
+    tls = {} if role == DEALER else {role: _tls_identity(data, path=path, role=role)}
+    tls = {r: identity for r, identity in tls.items() if identity is not None}
     tables: dict = {}
     if role != DEALER:
         from petlab.pipeline import prepare_tables
@@ -127,4 +184,4 @@ def host_job(*, config_path: str | os.PathLike, role: str, out: str | None = Non
         else:  # built-in data: generated (or loaded) on this host, and only this party's part is read
             tables[role] = prepare_tables(config=config)[role]
     return Job(config=config, address=address, port=port, out_dir=str(out_dir), tables=tables,
-               psi_port=psi_port)
+               psi_port=psi_port, tls=tls)
