@@ -111,6 +111,8 @@ def _tls_identity(data: dict, *, path: Path, role: str) -> TlsIdentity | None:
         return None
     if not isinstance(section, dict) or set(section) != set(_TLS_KEYS):
         raise ConfigError(f"run file {path}: tls needs exactly cert, key and peer_cert (or: tls: off)")
+    if not all(isinstance(section[k], str) for k in _TLS_KEYS):
+        raise ConfigError(f"run file {path}: tls paths must be strings (quote one that starts with {{)")
 
     def resolve(value) -> str:
         return str(Path(str(value).replace("{role}", role).replace("{peer}", peer)).expanduser().absolute())
