@@ -72,6 +72,18 @@ def _pair(seed=0, sigmoid=lean.Sigmoid()):
             _SimParty(rank=1, rand=r1, wire=wire, sigmoid=sigmoid)], fixed, wire
 
 
+def _count_dealt(party) -> list:
+    """Wrap party 0's dealer: the words of every later answer are appended to the list."""
+    fetch, dealt = party.rand.fetch, []
+
+    def counted(plan):
+        out = fetch(plan)
+        dealt.append(out.numel())
+        return out
+    party.rand.fetch = counted
+    return dealt
+
+
 def _run(parties, fn):
     """``fn(party, rank)`` in both parties at once; returns both results."""
     out, errors = [None, None], []
@@ -110,7 +122,7 @@ def test_dealt_randomness_is_correlated_as_each_protocol_needs():
     rows = np.array([3, 7, 1, 0, 49])
     plan = [("mul", (5, 1), (5, 1), None), ("square", (5, 1), (5, 1), None), ("and", (5, 1), (5, 1), None),
             ("dabit", (5, 1), (5, 1), None), ("fm_left", (d, 1), (5, 1), rows.tobytes()),
-            ("fm_right", (5, 1), (d, 1), rows.tobytes())]
+            ("fm_right", (5, 1), (d, 1), rows.tobytes()), lean._trunc_item((5, 1), 16), lean._trunc_item((5, 1), 3)]
     for p in parties:
         p.rand.prepare([("fm_init", (n, d), (0,), None)])  # the mask comes first, on its own
         p.rand.prepare(plan)
@@ -132,6 +144,11 @@ def test_dealt_randomness_is_correlated_as_each_protocol_needs():
     assert np.array_equal(A_b, A[rows]) and np.array_equal(C, A_b @ B)
     A_b, B, C = (got[0]["fm_right"][i] + got[1]["fm_right"][i] for i in range(3))
     assert np.array_equal(C, A_b.T @ B)
+    for k in (16, 3):  # r, and shares of its unsigned high part r >> k and of its top bit
+        (r0, hm0), (r1, hm1) = (p.rand.take("trunc", (5, 1), k) for p in parties)
+        r, high, top = (r0 + r1).view(np.uint64), hm0[0] + hm1[0], hm0[1] + hm1[1]
+        assert np.array_equal(high, (r >> np.uint64(k)).view(np.int64))
+        assert np.array_equal(top, (r >> np.uint64(63)).view(np.int64))
 
 
 def test_randomness_taken_out_of_step_is_refused():
@@ -139,6 +156,9 @@ def test_randomness_taken_out_of_step_is_refused():
     parties[1].rand.prepare([("mul", (2, 1), (2, 1), None)])
     with pytest.raises(RuntimeError, match="out of step: wanted square"):
         parties[1].rand.take("square", (2, 1))
+    parties[1].rand.prepare([lean._trunc_item((2, 1), 16)])
+    with pytest.raises(RuntimeError, match=r"wanted trunc \(2, 1\) >> 12, prepared trunc \(2, 1\) >> 16"):
+        parties[1].rand.take("trunc", (2, 1), 12)
     with pytest.raises(ValueError, match="prepared on its own"):
         parties[1].rand.prepare([("fm_init", (4, 2), (0,), None), ("mul", (2, 1), (2, 1), None)])
 
@@ -188,7 +208,7 @@ def test_randomness_requested_ahead_is_what_the_next_step_takes():
         rand.prepare(first)
 
 
-@pytest.mark.parametrize("method, bound", [("reciprocal", 3.5e-3), ("piecewise", 4e-4)])
+@pytest.mark.parametrize("method, bound", [("reciprocal", 4e-3), ("piecewise", 4e-4)])
 def test_products_comparison_and_sigmoid_on_shares(method, bound):
     sigmoid = lean.Sigmoid(method)
     parties, _, wire = _pair(sigmoid=sigmoid)
@@ -201,7 +221,8 @@ def test_products_comparison_and_sigmoid_on_shares(method, bound):
     n = z.shape[0]
     b = (n, 1)
     ltz_plan = lean._ltz_plan(b)  # the plain comparison
-    plan = [("mul", b, b, None), ("square", b, b, None)] + ltz_plan + lean.sigmoid_plan(n=n, sigmoid=sigmoid)
+    products = [("mul", b, b, None), lean._trunc_item(b, 16), ("square", b, b, None), lean._trunc_item(b, 16)]
+    plan = products + ltz_plan + lean.sigmoid_plan(n=n, bits=16, sigmoid=sigmoid)
 
     def work(p, rank):
         p.rand.prepare(plan)
@@ -216,13 +237,61 @@ def test_products_comparison_and_sigmoid_on_shares(method, bound):
     assert np.array_equal(l0 + l1, (encoded < 0).long().numpy())  # exact, down to one unit of the fixed point
     sig = _decode([g0, g1])
     # reciprocal: CrypTen's method and accuracy; like CrypTen's, valid while |z| < 2^9 (the
-    # limit approximation's base 1 - |z| / 2^9 must stay in [0, 1]). piecewise: within
+    # limit approximation's base 1 - |z| / 2^9 must stay in [0, 1]). The method is ~3.1e-3
+    # off near z = 0, and the fixed point adds up to ~5e-4 that varies with the masks
+    # (3.5e-3 was passed by about 7 runs in 8, before truncation by dealt pairs and after;
+    # 4e-3 by 300 of 300). piecewise: within
     # 4e-4 everywhere (the tail beyond 10 is at most 4.5e-5; the fit and the fixed point the rest)
     assert (sig - torch.sigmoid(z).double()).abs().max() < bound
     if method == "piecewise":
         assert sig[z[:, 0] >= 10].eq(1.0).all() and sig[z[:, 0] < -10].eq(0.0).all()
-    # the rounds the protocol's own count says, less the two matrix products of a step
-    assert rounds == sum(c["rounds"] for c in lean.step_cost(batch=n, d=1, sigmoid=sigmoid)) - 2
+    # the rounds the protocol's own count says for the sigmoid
+    assert rounds == sum(c["rounds"] for c in lean._sigmoid_cost(n, sigmoid, merged=True))
+
+
+def _local_trunc(x0, x1, bits):
+    """The truncation this protocol no longer uses (CrypTen's for 2 parties, SecureML's):
+    each party shifts its own share. Off by about 2^(64 - bits) when the shares' sum
+    wraps the ring."""
+    return (x0 >> bits) + (x1 >> bits)
+
+
+@pytest.mark.parametrize("bits", [16, 9, 1, 24, 62])
+def test_truncation_is_exact_to_one_unit_even_where_local_truncation_fails(bits):
+    """:meth:`lean.LeanParty.trunc` gives floor(x / 2^k) or one more for every |x| < 2^62:
+    at the assumption's edge, around +-2^61, on shares whose sum wraps the ring (where
+    the local method is off by ~2^(64 - k)), on random values and shares."""
+    gen = np.random.default_rng(bits)
+    edge = 2**62 - 1
+    near = np.array([edge, -edge, edge - 2**bits, -edge + 2**bits, 2**61, -(2**61), 2**61 - 1, -(2**61) + 1,
+                     2**61 + 1, -(2**61) - 1, 0, 1, -1, 2**bits, -(2**bits), 2**bits - 1, 1 - 2**bits], dtype=np.int64)
+    x = np.concatenate([near, near + gen.integers(-2**20, 2**20, size=near.size),
+                        gen.integers(-edge, edge, size=2000, endpoint=True),
+                        gen.integers(-2**40, 2**40, size=2000)]).clip(-edge, edge).reshape(-1, 1)
+    # shares whose sum wraps (as signed integers x0 + x1 = x -+ 2^64): x0 in [-2^63, x - 2^63]
+    # for x >= 0, in [x + 2^63 + 1, 2^63 - 1] for x < -1 (x = -1 has no such shares)
+    offset = gen.integers(0, 2**62, size=x.shape)
+    wrapping = np.where(x >= 0, np.int64(-(2**63)) + offset % np.maximum(x + 1, 1),
+                        np.int64(2**63 - 1) - offset % np.maximum(-x - 1, 1))
+    uniform = SecretStream(key=fresh_key()).take(x.shape)
+    floor = x >> bits
+    for x0 in (wrapping, uniform):
+        x1 = x - x0  # wraps the ring: x0 + x1 = x mod 2^64
+        parties, _, wire = _pair()
+
+        def work(p, rank):
+            p.rand.prepare([lean._trunc_item(x.shape, bits)])
+            return p.trunc((x0, x1)[rank], bits=bits)
+
+        y0, y1 = _run(parties, work)
+        error = (y0 + y1) - floor
+        assert error.min() >= 0 and error.max() <= 1
+        assert wire.messages == [1, 1] and sum(t.size for t in wire.opened) == x.size  # one opening, a word a value
+    # the local method on the wrapping shares: every value off by about 2^(64 - bits) (in
+    # the ring: for bits = 1 that is half of it)
+    off = _local_trunc(wrapping, x - wrapping, bits) - floor
+    distance = np.minimum(off.view(np.uint64), (-off).view(np.uint64))
+    assert np.all(distance[x != -1] >= np.uint64(2 ** (64 - bits) - 1))
 
 
 def test_opened_masked_features_look_uniform_and_unrelated_to_the_features():
@@ -248,23 +317,31 @@ def test_opened_masked_features_look_uniform_and_unrelated_to_the_features():
 
 @pytest.mark.parametrize("method", lean.SIGMOID_METHODS)
 def test_training_on_shares_matches_plaintext_sgd(method):
+    """Logistic regression on shares gives plaintext SGD's weights, and sends (and the
+    dealer deals) exactly what :func:`lean.step_cost` counts."""
     gen = torch.Generator().manual_seed(0)
     n, d, epochs, batch, lr = 600, 5, 3, 128, 0.5
     X = torch.randn(n, d, generator=gen)
     y = (torch.rand(n, 1, generator=gen) < torch.sigmoid(X @ torch.randn(d, 1, generator=gen))).float()
-    parties, _, _ = _pair(sigmoid=lean.Sigmoid(method))
+    parties, _, wire = _pair(sigmoid=lean.Sigmoid(method))
     xs, ys = _share(X), _share(y)
 
     def work(p, rank):
         p.rand.prepare([("fm_init", (n, d), (0,), None)])
         (E,) = p.open(xs[rank] - p.rand.A)
+        dealt = _count_dealt(p) if rank == 0 else []
+        before, opened = wire.messages[rank], len(wire.opened)
         w, b = np.zeros((d, 1), dtype=np.int64), np.zeros(1, dtype=np.int64)
         for epoch in range(epochs):
             w, b = lean.train_logreg(party=p, E=E, y=ys[rank], w=w, b=b, lr=lr, chunk=2,
                                      batches=minibatches(n=n, batch_size=batch, seed=0, epoch=epoch))
-        return w, b
+        words = sum(t.size for t in wire.opened[opened:]) if rank == 0 else 0
+        return w, b, wire.messages[rank] - before, words, sum(dealt)
 
-    (w0, b0), (w1, b1) = _run(parties, work)
+    (w0, b0, rounds, words, dealt), (w1, b1, *_) = _run(parties, work)
+    steps = [idx for epoch in range(epochs) for idx in minibatches(n=n, batch_size=batch, seed=0, epoch=epoch)]
+    costs = [c for idx in steps for c in lean.step_cost(batch=len(idx), d=d, sigmoid=lean.Sigmoid(method))]
+    assert (rounds, words, dealt) == tuple(sum(c[k] for c in costs) for k in ("rounds", "opened", "dealt"))
     spec = ModelSpec(kind="logreg", n_features=d)
     params = init_params(spec=spec, seed=0)
     for epoch in range(epochs):
@@ -287,16 +364,15 @@ def test_piecewise_sigmoid_openings_look_uniform_and_carry_no_input():
     zs = _share(z)
 
     def work(p, rank):
-        p.rand.prepare(lean.sigmoid_plan(n=z.shape[0], sigmoid=sigmoid))
+        p.rand.prepare(lean.sigmoid_plan(n=z.shape[0], bits=16, sigmoid=sigmoid))
         return p.sigmoid(zs[rank])
 
     _run(parties, work)
     narrow = [t for t in wire.opened if bool(((t == 0) | (t == 1)).all())]
     wide = np.concatenate([t.ravel() for t in wire.opened if not bool(((t == 0) | (t == 1)).all())])
     assert len(narrow) == 1 and narrow[0].size == 3 * z.shape[0]  # the daBit openings of the 3 comparisons
-    cost = lean.step_cost(batch=z.shape[0], d=1, sigmoid=sigmoid)  # all but the daBits and the matrix products
-    assert wide.size == sum(c["opened"] for c in cost if "daBits" not in c["operation"]
-                            and "fixed mask" not in c["operation"])
+    cost = lean._sigmoid_cost(z.shape[0], sigmoid, merged=True)  # all but the daBits
+    assert wide.size == sum(c["opened"] for c in cost if "daBits" not in c["operation"])
     for result in (checks.bit_balance(words=wide, label="opened"), checks.byte_chi_square(words=wide, label="opened"),
                    checks.ks_uniform(words=wide, label="opened"),
                    checks.raw_value_matches(words=wide, secrets=z.numpy().ravel(), label="z"),
@@ -343,14 +419,16 @@ def test_mlp_training_on_shares_matches_plaintext_sgd(method):
     def work(p, rank):
         p.rand.prepare([("fm_init", (n, d), (0,), None)])
         (E,) = p.open(xs[rank] - p.rand.A)
+        dealt = _count_dealt(p) if rank == 0 else []
         before, opened = wire.messages[rank], len(wire.opened)
         params = {k: v[rank] for k, v in shared.items()}
         for epoch in range(epochs):
             params = lean.train_mlp(party=p, E=E, y=ys[rank], params=params, lr=lr, chunk=2,
                                     batches=minibatches(n=n, batch_size=batch, seed=0, epoch=epoch))
-        return params, wire.messages[rank] - before, sum(t.size for t in wire.opened[opened:]) if rank == 0 else 0
+        words = sum(t.size for t in wire.opened[opened:]) if rank == 0 else 0
+        return params, wire.messages[rank] - before, words, sum(dealt)
 
-    (p0, rounds, words), (p1, _, _) = _run(parties, work)
+    (p0, rounds, words, dealt), (p1, *_) = _run(parties, work)
     params = init
     steps = [idx for epoch in range(epochs) for idx in minibatches(n=n, batch_size=batch, seed=0, epoch=epoch)]
     for idx in steps:
@@ -364,6 +442,7 @@ def test_mlp_training_on_shares_matches_plaintext_sgd(method):
     costs = [lean.mlp_step_cost(batch=len(idx), d=d, hidden=h, sigmoid=lean.Sigmoid(method)) for idx in steps]
     assert rounds == sum(c["rounds"] for cost in costs for c in cost)
     assert words == sum(c["opened"] for cost in costs for c in cost)
+    assert dealt == sum(c["dealt"] for cost in costs for c in cost)
 
 
 def test_mlp_openings_look_uniform_and_the_relu_bits_balanced():
