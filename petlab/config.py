@@ -294,6 +294,31 @@ def validate(cfg: PocConfig) -> None:
             raise ConfigError(f"{name} must be a positive integer, got {value}")
     if not t.lr > 0:
         raise ConfigError(f"lr must be positive, got {t.lr}")
+    # The SGD update multiplies the summed gradients by the public fixed-point constant
+    # round(lr / B * 2^precision_bits) (petlab.mpc.lean.sgd_constant; CrypTen's operators
+    # encode lr / B at the same precision): refuse one more than 1% off, for every batch
+    # size a step uses (the last batch of an epoch holds n_train % batch_size rows). Where
+    # the training rows are not known before the run (source 'tables'), batch_size only.
+    n_train = None if d.source == "tables" else shared - n_test
+    sizes = {t.batch_size} if n_train is None else {min(t.batch_size, n_train)} | (
+        {n_train % t.batch_size} if n_train > t.batch_size and n_train % t.batch_size else set())
+
+    def step_off(batch: int, bits: int) -> float:
+        exact = t.lr / batch * 2**bits
+        return abs(round(exact) - exact) / exact
+
+    bad = [b for b in sorted(sizes, reverse=True) if step_off(b, m.precision_bits) > 0.01]
+    if bad:
+        batch, exact = bad[0], t.lr / bad[0] * 2**m.precision_bits
+        which = "batch_size" if batch == t.batch_size else f"the {batch}-row batch (n_train {n_train})"
+        enough = next((bits for bits in range(m.precision_bits + 1, 25)
+                       if all(step_off(b, bits) <= 0.01 for b in sizes)), None)
+        fix = "raise precision_bits" + (f" ({enough} would do)" if enough is not None else "") + (
+            ", raise lr or change batch_size")
+        raise ConfigError(f"the SGD step constant round(lr / {which} * 2^precision_bits) = "
+                          f"round({t.lr} / {batch} * 2^{m.precision_bits}) = {round(exact)} is "
+                          f"{step_off(batch, m.precision_bits):.0%} off {exact:.4g} (more than 1%"
+                          + (": the weights would never move" if round(exact) == 0 else "") + f"): {fix}")
     if not m.timeout_s > 0:
         raise ConfigError(f"timeout_s must be positive, got {m.timeout_s}")
     if not m.peer_timeout_s > 0:

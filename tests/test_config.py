@@ -76,3 +76,34 @@ def test_auto_engine_is_petlab_on_the_cpu_for_both_models():
     assert resolved_engine(poc_config(model="mlp")) == "petlab"
     assert resolved_engine(poc_config(model="mlp", sigmoid_method="piecewise")) == "petlab"
     assert resolved_engine(poc_config(engine="crypten")) == "crypten"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"precision_bits": 8}, r"round\(0.5 / 1024 \* 2\^8\) = 0 is 100% off 0.125 .*would never move.*"
+                                r"raise precision_bits \(14 would do\)"),
+        ({"lr": 0.1, "batch_size": 3000}, r"= 2 is 8% off 2.185"),
+        # 5,600 training rows: the last batch of an epoch holds 480, and 0.5 / 480 * 2^12 = 4.27
+        ({"precision_bits": 12, "batch_size": 1024}, r"lr / the 480-row batch \(n_train 5600\).* = 4 is 6% off"),
+        ({"source": "tables", "gateway_table": "g.csv", "wallet_table": "w.csv", "id_column": "id",
+          "label_column": "y", "precision_bits": 8}, r"lr / batch_size .* = 0 is 100% off"),
+    ],
+)
+def test_an_sgd_step_constant_rounded_more_than_one_percent_off_is_refused(overrides, message):
+    """The SGD update multiplies by round(lr / B * 2^precision_bits): a constant of 0 (or
+    one far off) would train silently wrong, so such a configuration does not start."""
+    with pytest.raises(ConfigError, match=message) as info:
+        poc_config(**overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_the_default_configuration_has_an_exact_sgd_step_constant():
+    from petlab.mpc.lean import sgd_constant
+
+    cfg = poc_config()
+    bits, lr, batch = cfg.mpc.precision_bits, cfg.train.lr, cfg.train.batch_size
+    assert sgd_constant(lr=lr, batch=batch, bits=bits) == lr / batch * 2**bits == 32  # what the protocol uses
+    last = 5600 % batch  # the default's 5,600 training rows: the last batch of an epoch
+    assert abs(sgd_constant(lr=lr, batch=last, bits=bits) / (lr / last * 2**bits) - 1) < 0.01
+    poc_config(batch_size=100, lr=0.3)  # small batches: large constants, always close
