@@ -45,7 +45,7 @@ import sys
 from types import ModuleType
 
 __all__ = ["import_crypten", "applied_fixes", "legacy_torch_load", "SecretGenerator", "InsecureRandomnessError",
-           "install_secret_randomness", "set_run_binding", "pair_key"]
+           "install_secret_randomness", "set_run_binding", "agree_pair_key", "pair_key", "pair_key_agreed_in"]
 
 _OLD_REGISTRATION = "torch.onnx._internal.registration"
 _NEW_REGISTRATION = "torch.onnx._internal.torchscript_exporter.registration"
@@ -208,11 +208,27 @@ def _role(rank: int) -> str:
     return roles[rank] if roles and rank in roles else f"rank{rank}"
 
 
+def agree_pair_key(*, exchange, peer_public: bytes, my_role: str, peer_role: str, config_digest: str) -> None:
+    """Agree the two data parties' key from an exchange made outside gloo (inside petlab's
+    TLS-authenticated greeting); the next ``crypten.init`` uses it instead of agreeing
+    one over gloo."""
+    from petlab.mpc.secret_random import binding
+
+    (role_a, public_a), (role_b, public_b) = sorted([(my_role, exchange.public), (peer_role, bytes(peer_public))])
+    context = binding(config_digest=config_digest, roles=(role_a, role_b), publics=(public_a, public_b))
+    _KEYS["agreed"] = exchange.agree(peer_public=bytes(peer_public), context=context)
+
+
 def pair_key() -> bytes:
     """The key this data party agreed with the other one at ``crypten.init``."""
     if "pair" not in _KEYS:
         raise InsecureRandomnessError("no key agreed with the other party yet (crypten.init has not run)")
     return _KEYS["pair"]
+
+
+def pair_key_agreed_in() -> str | None:
+    """Where this process agreed its key with the other party: "greeting" or "gloo"."""
+    return _KEYS.get("how")
 
 
 def _size_tuple(size) -> tuple:
@@ -306,9 +322,13 @@ def _setup_prng() -> None:
     rank, world = comm.get().get_rank(), comm.get().get_world_size()
     if world == 1:
         pair = fresh_key()
-    elif world == 2:
+    elif "agreed" in _KEYS:  # agreed in petlab's greeting (authenticated by TLS): used once
+        pair = _KEYS.pop("agreed")
+        _KEYS["how"] = "greeting"
+    elif world == 2:  # a bare CrypTen program: agreed over gloo (an eavesdropper sees public keys only)
         peer = 1 - rank
         pair = _exchange(my_role=_role(rank), peer_role=_role(peer), peer_rank=peer)
+        _KEYS["how"] = "gloo"
     else:
         raise InsecureRandomnessError(f"petlab's CrypTen randomness is for two parties, not {world}")
     _KEYS["pair"] = pair

@@ -85,7 +85,7 @@ def _recv(sock: socket.socket) -> dict:
 
 
 def greet_peer(*, role: str, peer: str, listen: bool, address: str, port: int, timeout_s: float,
-               shared: dict, tls: TlsIdentity | None) -> dict:
+               shared: dict, tls: TlsIdentity | None, key_share: bytes | None = None) -> dict:
     """Exchange role, version and shared configuration with the peer; check them.
 
     Args:
@@ -96,6 +96,9 @@ def greet_peer(*, role: str, peer: str, listen: bool, address: str, port: int, t
         shared: this party's shared configuration (compared key by key).
         tls: this party's TLS identity (mutual TLS 1.3, the peer's certificate pinned,
             see :mod:`petlab.mpc.tls`); ``None`` for plain TCP.
+        key_share: this party's X25519 public key for the key the two data parties
+            agree (:mod:`petlab.mpc.secret_random`); it travels inside the greeting, so
+            under TLS the exchange is authenticated by both certificates.
 
     Returns:
         The peer's greeting.
@@ -103,6 +106,8 @@ def greet_peer(*, role: str, peer: str, listen: bool, address: str, port: int, t
     from petlab import __version__
 
     mine = {"petlab": "greeting", "role": role, "version": __version__, "shared": shared}
+    if key_share is not None:
+        mine["key_share"] = key_share.hex()
     deadline = time.monotonic() + timeout_s
     if listen:
         try:
