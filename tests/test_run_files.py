@@ -109,3 +109,13 @@ def test_spu_rows_render_without_rounds():
     assert "- `spu-SEMI2K`: SecretFlow SPU 0.9.5, SEMI2K" in text
     assert ("- `spu-SEMI2K`, 10,000 rows: inputs 0.2 s, training 1.8 s, compile 3.0 s; fixed point 18 fractional "
             "bits; SEMI2K: semi-honest." in text)
+
+
+def test_final_weights_stay_secret_between_organisations_unless_the_run_file_asks(tmp_path):
+    """With the revealed scores, revealed weights give one linear equation per customer in
+    the other party's features: ``petlab party`` runs keep them secret by default."""
+    base = {"rendezvous": RV, "out": str(tmp_path / "runs"), "tls": "off", "params": {"provider": "TTP"}}
+    assert host_job(config_path=_file(tmp_path, base), role="dealer").config.mpc.reveal_weights is False
+    asked = {**base, "params": {"provider": "TTP", "reveal_weights": True}}
+    assert host_job(config_path=_file(tmp_path, asked, "asked.yaml"), role="dealer").config.mpc.reveal_weights
+    assert poc_config().mpc.reveal_weights  # the simulation compares the weights with plaintext
