@@ -320,6 +320,7 @@ def _setup_prng() -> None:
     from petlab.mpc.secret_random import derive_key, fresh_key
 
     rank, world = comm.get().get_rank(), comm.get().get_world_size()
+    _KEYS.pop("pair", None)  # never a key from an earlier crypten.init in this process
     if world == 1:
         pair = fresh_key()
     elif "agreed" in _KEYS:  # agreed in petlab's greeting (authenticated by TLS): used once

@@ -46,6 +46,7 @@ __all__ = ["KEY_BYTES", "fresh_key", "derive_key", "binding", "KeyExchange", "Se
 KEY_BYTES = 32  # AES-256 keys, X25519 shared secrets, HKDF outputs
 _CHUNK_WORDS = 1 << 17  # keystream made 1 MiB at a time
 _ZEROS = bytes(8 * _CHUNK_WORDS)
+_MAX_WORDS = 2**65  # 2^64 AES blocks of two words each per stream
 
 
 def fresh_key() -> bytes:
@@ -128,6 +129,8 @@ class SecretStream:
         """Uniform ring elements of ``shape``."""
         shape = tuple(int(s) for s in shape)
         n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        if self.words_drawn + n > _MAX_WORDS:  # the block counter would carry into the next stream's
+            raise OverflowError("a secret stream's 2^64 blocks are used up; take the next stream")
         out = np.empty(n + 2, dtype=np.int64)  # update_into wants room for a block more
         view = memoryview(out).cast("B")
         at = 0
