@@ -298,15 +298,37 @@ def _agree_with(*, my_role: str, peer_role: str, send, recv) -> bytes:
 
 
 def _exchange(*, my_role: str, peer_role: str, peer_rank: int, group=None) -> bytes:
+    """Agree a key with ``peer_rank`` over gloo, then confirm it: each side sends an HMAC
+    of its role under the new key, so a peer bound to another configuration (or a
+    broken exchange) stops the run here instead of silently yielding wrong triples."""
+    import hmac
+
     import torch.distributed as dist
 
     pending = []
-    key = _agree_with(my_role=my_role, peer_role=peer_role,
-                      send=lambda t: pending.append(dist.isend(t, dst=peer_rank, group=group)),
-                      recv=lambda t: dist.recv(t, src=peer_rank, group=group))
+
+    def send(t):
+        pending.append(dist.isend(t, dst=peer_rank, group=group))
+
+    def recv(t):
+        dist.recv(t, src=peer_rank, group=group)
+
+    key = _agree_with(my_role=my_role, peer_role=peer_role, send=send, recv=recv)
+    theirs = _exchange_publics(send=send, recv=recv, mine=_confirmation(key, my_role))
     for request in pending:
         request.wait()
+    if not hmac.compare_digest(theirs, _confirmation(key, peer_role)):
+        raise InsecureRandomnessError(
+            f"the {peer_role} agreed a different key: it runs with a different configuration, or the "
+            "exchange was tampered with")
     return key
+
+
+def _confirmation(key: bytes, role: str) -> bytes:
+    from petlab.mpc.secret_random import derive_key, keyed_commitment
+
+    return bytes.fromhex(keyed_commitment(key=derive_key(key=key, purpose="key-confirmation"),
+                                          data=role.encode()))
 
 
 def _setup_prng() -> None:

@@ -111,14 +111,18 @@ def test_crypten_secret_randomness_refuses_torch_generators():
     assert set(bits.unique().tolist()) == {0, 1}
 
 
-def _przs_child(rank, port, queue):
+def _przs_child(rank, port, queue, digests=("test", "test")):
     os.environ.update({"RENDEZVOUS": f"tcp://127.0.0.1:{port}", "MASTER_ADDR": "127.0.0.1",
                        "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": str(rank), "DISTRIBUTED_BACKEND": "gloo"})
-    from petlab.crypten_compat import SecretGenerator, import_crypten, pair_key, set_run_binding
+    from petlab.crypten_compat import InsecureRandomnessError, SecretGenerator, import_crypten, pair_key, set_run_binding
 
     crypten = import_crypten()
-    set_run_binding(config_digest="test", roles={0: "gateway", 1: "wallet"})
-    crypten.init()
+    set_run_binding(config_digest=digests[rank], roles={0: "gateway", 1: "wallet"})
+    try:
+        crypten.init()
+    except InsecureRandomnessError as err:
+        queue.put((rank, str(err)))
+        return
     from crypten.mpc.primitives import ArithmeticSharedTensor
 
     zero = ArithmeticSharedTensor.PRZS((1000,)).share
@@ -134,13 +138,13 @@ def test_two_parties_agree_their_pairwise_generators_without_sending_a_seed():
     share and open correctly, both hold the same agreed key, and each key is fresh."""
     import socket
 
-    def run():
+    def run(digests=("test", "test")):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
-        procs = [ctx.Process(target=_przs_child, args=(r, port, queue)) for r in (0, 1)]
+        procs = [ctx.Process(target=_przs_child, args=(r, port, queue, digests)) for r in (0, 1)]
         for p in procs:
             p.start()
         got = dict((item[0], item[1:]) for item in (queue.get(timeout=120) for _ in procs))
@@ -156,3 +160,6 @@ def test_two_parties_agree_their_pairwise_generators_without_sending_a_seed():
     assert not (zero0 + zero1).any() and zero0.any()  # a sharing of zero, from random-looking shares
     assert opened0 == opened1 == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert key0 == key1 and second[0][2] == second[1][2] and key0 != second[0][2]
+    # keys bound to different configurations: both sides stop at the key confirmation
+    refused = run(digests=("one configuration", "another"))
+    assert all("agreed a different key" in refused[r][0] for r in (0, 1))
