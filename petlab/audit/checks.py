@@ -21,6 +21,24 @@ uniformly random ring element, so it is uniform over Z/2^64 and independent of t
 * **Correlation.** Pearson and Spearman correlations between a received (opened) word,
   mapped to [0, 1), and the secret value it hides have standard deviation 1/sqrt(n)
   under independence; |r| <= 5/sqrt(n) passes (false alarm ~6e-7 per statistic).
+
+The tests above look at each word alone; two more look at the *openings* (what a
+reduction opened, which the party knows in full), as pairs and as wholes:
+
+* **Mask reuse.** A value opened under a mask that opened something before gives away
+  the difference of the two values: ``(w1 - B) - (w2 - B) = w1 - w2``. Two openings of the
+  same length whose difference (XOR, for XOR openings) is *small* in every element
+  (``|d| < 2^40`` as a signed word, i.e. a fixed-point value below 2^24) are flagged, as
+  are equal ones. Fresh uniform masks make a pair of L >= 2 words that small with
+  probability 2^(-23 L) <= 2^-46; the check compares every pair of its openings that can
+  be that close (bucketed by the top bits of the first word, so the work is near linear),
+  caps the pairs it verifies at ``max_pairs`` and says so. Openings of one word are not
+  paired (2^-23 per pair is no evidence).
+* **Plaintext openings.** An opening is uniform on the ring when its mask is; a
+  decryption opens fixed-point values, small words. An opening outside the declared
+  reveals with at least 2 words, and at least half its words, below 2^40 in absolute
+  value is a decryption (a uniform opening of L words has two such words with
+  probability below L^2 2^-47).
 """
 
 from __future__ import annotations
@@ -40,9 +58,14 @@ __all__ = [
     "ks_uniform",
     "correlation_with_secret",
     "as_unit_interval",
+    "SMALL_BITS",
+    "is_small",
+    "mask_reuse",
+    "plaintext_parts",
 ]
 
 PRECISION_BITS = 16  # CrypTen's default fixed-point precision
+SMALL_BITS = 40  # |word| < 2^40: a fixed-point value (below 2^24 at 16 bits), not a uniform ring element
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,3 +183,92 @@ def correlation_with_secret(*, opened: np.ndarray, secret: np.ndarray, label: st
         statistic=worst, threshold=f"|r| <= 5/sqrt(n) = {limit:.4f}",
         detail=f"n={n:,}; Pearson {r_p:+.4f}, Spearman {r_s:+.4f}",
     )
+
+
+def is_small(words: np.ndarray, *, bits: int = SMALL_BITS) -> np.ndarray:
+    """Which ring elements are below ``2^bits`` in absolute value as signed words.
+
+    >>> is_small(np.array([-5, 2**41, -(2**63)])).tolist()
+    [True, False, False]
+    """
+    w = np.asarray(words, dtype=np.int64)
+    return (w > -(1 << bits)) & (w < (1 << bits))
+
+
+def mask_reuse(*, openings: list[tuple[np.ndarray, str]], label: str, max_pairs: int = 1_000_000,
+               bits: int = SMALL_BITS) -> CheckResult:
+    """Pairs of openings of one length whose difference is small in every element.
+
+    Args:
+        openings: ``(words, kind)`` or ``(words, kind, name)`` in the order they were
+            opened; ``kind`` ``"sum"`` (the difference is ``x - y``) or ``"xor"``
+            (``x ^ y``); ``name`` (e.g. the operation) for the detail.
+        label: what the openings are, for the check's name.
+        max_pairs: most candidate pairs verified word by word (the detail says when hit).
+        bits: "small" is ``|d| < 2^bits``.
+
+    Candidates come from buckets of the first word's top ``64 - bits`` bits: a difference
+    below ``2^bits`` keeps two first words in the same or a neighbouring bucket (for XOR:
+    the same or the complementary one), so no pair that could match is skipped.
+
+    >>> rng = np.random.default_rng(1)
+    >>> B = rng.integers(-2**63, 2**63 - 1, 30)
+    >>> fresh = [(rng.integers(-2**63, 2**63 - 1, 30), "sum") for _ in range(100)]
+    >>> mask_reuse(openings=fresh, label="x").passed
+    True
+    >>> w1, w2 = encode_fixed_point(rng.standard_normal(30)), encode_fixed_point(rng.standard_normal(30))
+    >>> mask_reuse(openings=fresh + [(w1 - B, "sum"), (w2 - B, "sum")], label="x").passed
+    False
+    """
+    top = 64 - bits
+    span = 1 << top
+    buckets: dict = {}  # (length, kind) -> {bucket: [opening index, ...]}
+    found: list[tuple[int, int]] = []
+    verified, capped, paired = 0, False, 0
+    for i, (words, kind, *_) in enumerate(openings):
+        words = np.asarray(words, dtype=np.int64).ravel()
+        if words.size < 2:
+            continue
+        paired += 1
+        key = int(words[:1].view(np.uint64)[0]) >> bits
+        slot = buckets.setdefault((words.size, kind), {})
+        near = {key, (key + 1) % span, (key - 1) % span} if kind == "sum" else {key, key ^ (span - 1)}
+        for k in near:
+            for j in slot.get(k, ()):
+                if verified >= max_pairs:
+                    capped = True
+                    break
+                verified += 1
+                other = np.asarray(openings[j][0], dtype=np.int64).ravel()
+                diff = (words - other) if kind == "sum" else (words ^ other)
+                if is_small(diff, bits=bits).all():
+                    found.append((j, i))
+        slot.setdefault(key, []).append(i)
+    cap = f"; pair cap {max_pairs:,} reached, later pairs unverified" if capped else ""
+
+    def name(k):
+        return f"#{k} {openings[k][2]}" if len(openings[k]) > 2 else f"#{k}"
+
+    shown = [f"{name(j)} and {name(i)} ({np.asarray(openings[i][0]).size} words)" for j, i in found[:3]]
+    return CheckResult(
+        name=f"no mask reused across {label}", passed=not found, statistic=float(len(found)),
+        threshold=f"0 pairs of openings (same length, >= 2 words) differing by less than 2^{bits} in every word",
+        detail=f"{paired:,} openings of >= 2 words, {verified:,} candidate pairs verified{cap}; "
+               f"reused: {'; '.join(shown) if found else 'none'}",
+    )
+
+
+def plaintext_parts(*, parts: list[np.ndarray], bits: int = SMALL_BITS) -> list[int]:
+    """Indices of the openings in ``parts`` that look like decrypted fixed-point values:
+    at least 2 words, and at least half of them, below ``2^bits`` in absolute value.
+
+    >>> rng = np.random.default_rng(2)
+    >>> plaintext_parts(parts=[rng.integers(-2**63, 2**63 - 1, 50), encode_fixed_point(rng.random(50)), np.array([3])])
+    [1]
+    """
+    out = []
+    for i, words in enumerate(parts):
+        small = int(is_small(words, bits=bits).sum())
+        if small >= 2 and 2 * small >= np.asarray(words).size:
+            out.append(i)
+    return out

@@ -10,6 +10,11 @@ What counts as "received": for point-to-point, broadcast and scatter, the tensor
 arrived; for a reduction (``all_reduce``, ``reduce`` at the receiver) between two parties,
 the other party's contribution, i.e. the result minus (or XOR) this party's own input,
 which is what crossed the wire. The wrappers return exactly what the wrapped calls return.
+
+On audit runs each message also keeps its parts (one per tensor: its size and whether it
+was opened as a sum or an XOR) and, for a reduction, what it *opened* (the result both
+inputs made): the mask-reuse and plaintext checks of :mod:`petlab.audit.checks` read
+openings, which a party knows in full, not only the other party's contribution.
 """
 
 from __future__ import annotations
@@ -66,10 +71,13 @@ class Transcript:
     phase: str = "setup"
     entries: list = dataclasses.field(default_factory=list)
     words: list = dataclasses.field(default_factory=list)
+    opened: list = dataclasses.field(default_factory=list)  # (message index, what a reduction opened)
     kept: int = 0
 
-    def add(self, *, call: str, received, peer: str | None = None) -> None:
+    def add(self, *, call: str, received, peer: str | None = None, opened=None,
+            kinds: list[str] | None = None) -> None:
         op = _operation(depth=3)
+        entry_parts = None
         if isinstance(received, (bytes, bytearray)):
             nbytes, numel, is_tensor = len(received), 0, False
         else:
@@ -82,8 +90,19 @@ class Transcript:
                 flat = flat[: self.max_words - self.kept]
                 self.words.append((len(self.entries), flat.copy()))
                 self.kept += flat.size
-        self.entries.append({"phase": self.phase, "op": op, "call": call, "numel": int(numel),
-                             "bytes": int(nbytes), "tensor": is_tensor, "peer": peer})
+                kinds = list(kinds) if kinds is not None else ["sum"] * len(tensors)
+                entry_parts = [[int(t.numel()), kind] for t, kind in zip(tensors, kinds)]
+                if opened is not None and self.kept < self.max_words:
+                    whole = torch.cat([torch.as_tensor(t).detach().reshape(-1).cpu().long()
+                                       for t in (opened if isinstance(opened, list) else [opened])]).numpy()
+                    whole = whole[: self.max_words - self.kept]
+                    self.opened.append((len(self.entries), whole.copy()))
+                    self.kept += whole.size
+        entry = {"phase": self.phase, "op": op, "call": call, "numel": int(numel),
+                 "bytes": int(nbytes), "tensor": is_tensor, "peer": peer}
+        if entry_parts is not None:
+            entry["parts"] = entry_parts
+        self.entries.append(entry)
 
     def summary(self) -> list[dict]:
         """Counts and bytes by phase, operation and communicator call."""
@@ -109,6 +128,7 @@ class Transcript:
         if self.keep_words:
             arrays = {f"m{idx}": w for idx, w in self.words}
             np.savez_compressed(folder / "received_words.npz", **arrays)
+            np.savez_compressed(folder / "opened_words.npz", **{f"m{idx}": w for idx, w in self.opened})
 
 
 _CURRENT: Transcript | None = None
@@ -121,6 +141,12 @@ def current() -> Transcript | None:
 def set_phase(name: str) -> None:
     if _CURRENT is not None:
         _CURRENT.phase = name
+
+
+def _kinds(result, op) -> list[str]:
+    """``"xor"`` or ``"sum"`` for each tensor a reduction opened."""
+    kind = "xor" if op is not None and "BXOR" in str(op) else "sum"
+    return [kind] * (len(result) if isinstance(result, list) else 1)
 
 
 def _other_contribution(result, own, op):
@@ -162,21 +188,25 @@ def wrap_communicator(communicator_cls, *, transcript: Transcript) -> None:
                     if exact:
                         opened = [torch.from_numpy((r ^ o) if op == "xor" else (r - o))
                                   for r, o, op in zip(result, own, args[1])]
-                    transcript.add(call="all_reduce", received=opened)
+                    transcript.add(call="all_reduce", received=opened,
+                                   opened=[torch.from_numpy(t) for t in result] if exact else None,
+                                   kinds=["xor" if op == "xor" else "sum" for op in args[1]])
                 elif name == "recv":
                     transcript.add(call=name, received=result, peer=str(kwargs.get("src", args[1] if len(args) > 1 else None)))
                 elif name == "all_reduce":
                     transcript.add(call=name, received=_other_contribution(result, own, kwargs.get("op"))
-                                   if exact else result)
+                                   if exact else result, opened=result if exact else None,
+                                   kinds=_kinds(result, kwargs.get("op")))
                 elif name == "reduce":
                     dst = kwargs.get("dst", args[1] if len(args) > 1 else None)
                     if dst == rank and result is not None:
                         transcript.add(call=name, received=_other_contribution(result, own, kwargs.get("op"))
-                                       if exact else result)
+                                       if exact else result, opened=result if exact else None,
+                                       kinds=_kinds(result, kwargs.get("op")))
                 elif name == "broadcast":
                     src = kwargs.get("src", args[1] if len(args) > 1 else None)
                     if src != rank:
-                        transcript.add(call=name, received=result, peer=str(src))
+                        transcript.add(call=name, received=result, peer=str(src))  # what arrived is what opened
                 elif name == "scatter":
                     src = kwargs.get("src", args[1] if len(args) > 1 else None)
                     if src != rank:
