@@ -1,9 +1,13 @@
 """Run the privacy audit: small MPC runs under both providers that keep everything each
-party received, the checks of :mod:`petlab.audit.checks` on it, and the trust-model
-demonstration (party 0 reconstructing the wallet's features from its own view).
+party received, the checks of :mod:`petlab.audit.checks` on it, the attacks of
+:mod:`petlab.audit.attacks` (each party replaying every key it held, and searching a
+small public key space for the other's), and the trust-model demonstration (party 0
+reconstructing the wallet's features from its own view under TFP, and failing under TTP).
 
 The audit is the reviewer's harness: to score the checks it reads both parties' tables
-(the ground truth); the parties themselves still see only their own data.
+(the ground truth); the parties themselves still see only their own data. That the
+checks catch what they are for is shown by :mod:`petlab.audit.negative_controls`:
+deliberately broken runs that must fail, each with its named check (``tests/test_audit.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from petlab.audit import checks
+from petlab.audit import attacks, checks
+from petlab.audit import keys as audit_keys
 from petlab.audit.classification import classification_table
 from petlab.audit.party0_view import reconstruct
 from petlab.config import PocConfig
@@ -23,7 +28,7 @@ from petlab.mpc.party import minibatches
 from petlab.parties import Party
 
 __all__ = ["AuditResult", "AuditFailed", "run_audit", "require_passed", "declared_reveals_only",
-           "received_words"]
+           "received_words", "openings", "BIT_OPENINGS"]
 
 
 class AuditFailed(AssertionError):
@@ -78,17 +83,68 @@ def received_words(party_dir: Path, *, narrow_ops: set[str] = frozenset()) -> tu
     return np.concatenate(wide), np.concatenate(narrow)
 
 
-def declared_reveals_only(*, messages: list[dict], allowed: set[str]) -> checks.CheckResult:
-    """Every decryption towards one receiver (``reduce``) must be a declared reveal."""
+#: Operations whose openings are bits by design (an XOR share of a bit opened under a
+#: random bit: 0 or 1), so "small" says nothing there: CrypTen's B2A conversion and
+#: petlab's ``lean.open_bit``. The mask-reuse and plaintext tests skip them; the bits'
+#: balance is tested on the words received (:data:`NARROW_OPS`).
+BIT_OPENINGS = {"beaver.B2A_single_bit", "lean.open_bit"}
+
+OPENING_CALLS = ("all_reduce", "reduce", "broadcast")
+
+
+def _declared(op: str, allowed: set[str]) -> bool:
+    return op.startswith("disclosure.reveal[") and op[18:-1] in allowed
+
+
+def openings(party_dir: Path) -> list[dict]:
+    """Everything a party saw opened, one entry per opened tensor (``op``, ``call``,
+    ``kind`` "sum"/"xor", ``words``): what its reductions opened and what broadcasts
+    brought, from the transcript of an audit run."""
+    audit = Path(party_dir) / "audit"
+    messages = json.loads((audit / "transcript.json").read_text())["messages"]
+    opened_path = audit / "opened_words.npz"
+    opened = np.load(opened_path) if opened_path.is_file() else {}
+    received = np.load(audit / "received_words.npz")
+    out = []
+    for idx, m in enumerate(messages):
+        key = f"m{idx}"
+        if m["call"] == "broadcast":
+            words = received[key] if key in received.files else None
+        elif m["call"] in ("all_reduce", "reduce"):
+            words = opened[key] if key in getattr(opened, "files", ()) else None
+        else:
+            continue
+        if words is None:
+            continue
+        words = words.astype(np.int64)
+        at = 0
+        for numel, kind in m.get("parts") or [[words.size, "sum"]]:
+            if at + numel > words.size:  # the words kept ran out (a run too large to keep whole)
+                break
+            out.append({"op": m["op"], "call": m["call"], "kind": kind, "words": words[at: at + numel]})
+            at += numel
+    return out
+
+
+def declared_reveals_only(*, messages: list[dict], allowed: set[str],
+                          opened: list[dict] | None = None) -> checks.CheckResult:
+    """Every decryption towards one receiver (``reduce``) must be a declared reveal, and
+    no other opening (``opened``: :func:`openings`; by any call, ``all_reduce`` included)
+    may look like plaintext (:func:`petlab.audit.checks.plaintext_parts`)."""
     decryptions = [m for m in messages if m["call"] == "reduce"]
-    bad = [m["op"] for m in decryptions
-           if not (m["op"].startswith("disclosure.reveal[") and m["op"][18:-1] in allowed)]
+    bad = [m["op"] for m in decryptions if not _declared(m["op"], allowed)]
     errors = [m for m in messages if m["op"] == "record-error"]
+    others = [o for o in (opened or []) if o["call"] in OPENING_CALLS and not _declared(o["op"], allowed)
+              and o["op"] not in BIT_OPENINGS]
+    plain = [others[i] for i in checks.plaintext_parts(parts=[o["words"] for o in others])]
+    plain_ops = sorted({f"{o['op']} ({o['call']})" for o in plain})
     return checks.CheckResult(
         name="only declared outputs decrypted, to their declared receiver",
-        passed=not bad and not errors, statistic=float(len(bad) + len(errors)),
-        threshold="0 undeclared decryptions, 0 unrecorded messages",
-        detail=f"{len(decryptions)} decryptions received; undeclared: {sorted(set(bad)) or 'none'}",
+        passed=not bad and not errors and not plain, statistic=float(len(bad) + len(errors) + len(plain)),
+        threshold="0 undeclared decryptions, 0 plaintext-looking openings outside declared reveals, "
+                  "0 unrecorded messages",
+        detail=f"{len(decryptions)} decryptions received; undeclared: {sorted(set(bad)) or 'none'}; "
+               f"{len(others):,} other openings, plaintext-looking: {plain_ops or 'none'}",
     )
 
 
@@ -101,37 +157,81 @@ def _truth(config: PocConfig, tables: dict):
     return {p: _party_features(config, tables, p, keep_ids=shared) for p in Party}
 
 
-def _save_figures(out: Path, tables: dict) -> None:
+def _save_figures(out: Path, providers) -> None:
     from petlab import plots
 
     words = {}
-    for provider in PROVIDERS:
+    for provider in providers:
         for party in Party:
             wide, _ = received_words(out / provider / str(party), narrow_ops=NARROW_OPS[provider])
             words[f"{party} ({provider})"] = wide
     plots.save_figure(plots.plot_received_words(words=words), out / "figures" / "received_words.png")
     pairs = {}
-    for provider in PROVIDERS:
+    for provider in providers:
         npz = np.load(out / f"reconstruction_{provider}.npz")
         pairs[provider] = (npz["reconstructed"], npz["truth"])
     plots.save_figure(plots.plot_reconstruction(pairs=pairs), out / "figures" / "reconstruction.png")
 
 
-def run_audit(*, config: PocConfig, out: str | Path, progress: bool = True) -> AuditResult:
-    """Audit runs under TFP and TTP into ``out``; returns (and writes) the findings.
+def _row(provider: str, party, res: checks.CheckResult) -> dict:
+    return {"provider": provider, "party": str(party), **dataclasses.asdict(res)}
 
-    Args:
-        config: a small configuration (e.g. 1,000 rows, 1 epoch); its provider is ignored.
-        out: a new folder for the audit (party records, ``audit.json``, figures).
-        progress: progress bars.
-    """
+
+def _word_checks(*, provider: str, party, pdir: Path, secrets: np.ndarray, allowed: set[str]) -> list:
+    """The checks on what one party received and saw opened."""
+    other = Party.WALLET if party == Party.GATEWAY else Party.GATEWAY
+    words, bits = received_words(pdir, narrow_ops=NARROW_OPS[provider])
+    messages = json.loads((pdir / "audit" / "transcript.json").read_text())["messages"]
+    opened = openings(pdir)
+    label = f"words the {party} received"
+    found = [
+        checks.raw_value_matches(words=words, secrets=secrets, label=f"the {other}"),
+        checks.bit_balance(words=words, label=label),
+        checks.byte_chi_square(words=words, label=label),
+        checks.ks_uniform(words=words, label=label),
+        declared_reveals_only(messages=messages, allowed=allowed, opened=opened),
+        checks.mask_reuse(openings=[(o["words"], o["kind"], o["op"]) for o in opened
+                                    if not _declared(o["op"], allowed) and o["op"] not in BIT_OPENINGS],
+                          label=f"the openings the {party} saw"),
+    ]
+    if bits.size:
+        found.append(checks.single_bit_balance(bits=bits, label=f"1-bit shares the {party} received"))
+    return [_row(provider, party, res) for res in found]
+
+
+def _attack_checks(*, provider: str, party, pdir: Path, feats, first: np.ndarray, d_gateway: int,
+                   config: PocConfig) -> tuple[list, dict | None]:
+    """The audit playing ``party`` (petlab's protocol: its view of the feature mask): the
+    key search for the other party's key, and the reconstruction from every key it held.
+    Returns the check rows and the reconstruction (None for CrypTen's operators)."""
+    view = audit_keys.load_mask_view(pdir / "audit")
+    if view is None:
+        return [], None
+    other = Party.WALLET if party == Party.GATEWAY else Party.GATEWAY
+    digest = json.loads((pdir / "result.json").read_text())["meta"]["config_digest"]
+    rows = [_row(provider, party, attacks.key_search(
+        E=view["E"], own_share=view["own_share"], other=str(other),
+        public_seeds=(config.data.seed, config.train.seed), config_digest=digest))]
+    columns = slice(d_gateway, None) if party == Party.GATEWAY else slice(0, d_gateway)
+    rec = attacks.reconstruct_from_keys(view=view, keys=audit_keys.load(pdir / "audit"), rows=first,
+                                        columns=columns, truth=feats[other].X_train[first])
+    if not (provider == "TFP" and party == Party.GATEWAY):  # there the gateway dealt the mask: it must succeed
+        rows.append(_row(provider, party, checks.CheckResult(
+            name=f"the {party} cannot reconstruct the {other}'s features from its keys and view",
+            passed=rec["recovered_fraction"] < 0.01, statistic=rec["recovered_fraction"],
+            threshold="< 1% of the values within 2^-15",
+            detail=f"{rec['attempts']} attempts (its view of the mask; its share plus every stream of every key "
+                   f"it held, as held and derived under every purpose); best: {rec['best']}, "
+                   f"{rec['recovered_fraction']:.1%} of {rec['values']} values")))
+    return rows, rec
+
+
+def _audit_provider(*, config: PocConfig, provider: str, tables: dict, feats: dict, out: Path,
+                    progress: bool) -> tuple[list, dict, list]:
+    """One audit run under ``provider``: its checks, the gateway's reconstruction, and
+    the classification table."""
     from petlab.mpc.launcher import run_mpc
-    from petlab.pipeline import prepare_tables
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tables = prepare_tables(config=config)
-    feats = _truth(config, tables)
     n_train = feats[Party.GATEWAY].X_train.shape[0]
     first = minibatches(n=n_train, batch_size=config.train.batch_size, seed=config.train.seed, epoch=0)[0]
     d_gateway = feats[Party.GATEWAY].n_features
@@ -143,50 +243,68 @@ def run_audit(*, config: PocConfig, out: str | Path, progress: bool = True) -> A
     }
     allowed = {d.item for d in declared_disclosures(reveal_weights=config.mpc.reveal_weights,
                                                      track_loss=config.mpc.track_loss)}
-    results, reconstruction, classification = [], {}, {}
-    for provider in PROVIDERS:
-        cfg = dataclasses.replace(config, mpc=dataclasses.replace(
-            config.mpc, provider=provider, audit_words=True, audit_party0_view=True))
-        mpc = run_mpc(config=cfg, tables=tables, out_dir=out / provider, progress=progress)
-        for party in Party:
-            other = Party.WALLET if party == Party.GATEWAY else Party.GATEWAY
-            pdir = Path(mpc.out_dir) / str(party)
-            words, bits = received_words(pdir, narrow_ops=NARROW_OPS[provider])
-            messages = json.loads((pdir / "audit" / "transcript.json").read_text())["messages"]
-            label = f"words the {party} received"
-            found = [
-                checks.raw_value_matches(words=words, secrets=secrets_of[other], label=f"the {other}"),
-                checks.bit_balance(words=words, label=label),
-                checks.byte_chi_square(words=words, label=label),
-                checks.ks_uniform(words=words, label=label),
-                declared_reveals_only(messages=messages, allowed=allowed),
-            ]
-            if bits.size:
-                found.append(checks.single_bit_balance(bits=bits, label=f"1-bit shares the {party} received"))
-            for res in found:
-                results.append({"provider": provider, "party": str(party), **dataclasses.asdict(res)})
-        view = np.load(Path(mpc.out_dir) / str(Party.GATEWAY) / "audit" / "party0_view.npz")
-        import torch
+    cfg = dataclasses.replace(config, mpc=dataclasses.replace(
+        config.mpc, provider=provider, audit_words=True, audit_party0_view=True))
+    mpc = run_mpc(config=cfg, tables=tables, out_dir=out / provider, progress=progress)
+    results, attacked = [], {}
+    for party in Party:
+        other = Party.WALLET if party == Party.GATEWAY else Party.GATEWAY
+        pdir = Path(mpc.out_dir) / str(party)
+        results += _word_checks(provider=provider, party=party, pdir=pdir, secrets=secrets_of[other],
+                                allowed=allowed)
+        rows, attacked[party] = _attack_checks(provider=provider, party=party, pdir=pdir, feats=feats,
+                                               first=first, d_gateway=d_gateway, config=config)
+        results += rows
+    view = np.load(Path(mpc.out_dir) / str(Party.GATEWAY) / "audit" / "party0_view.npz")
+    import torch
 
-        eps = view["epsilon_0"]
+    eps = view["epsilon_0"]
+    corr = checks.correlation_with_secret(opened=eps[:, d_gateway:], secret=wallet_first,
+                                          label="the opened ε (wallet columns)")
+    results.append(_row(provider, Party.GATEWAY, corr))
+    rec = attacked[Party.GATEWAY]
+    if rec is None:  # CrypTen's operators: party 0's view of its first Beaver product
         x_hat = reconstruct(a_view=torch.from_numpy(view["a_view_0"]), epsilon=torch.from_numpy(eps)).numpy()
         wallet_hat = x_hat[:, d_gateway:]
         err = np.abs(wallet_hat - wallet_first)
-        corr = checks.correlation_with_secret(opened=eps[:, d_gateway:], secret=wallet_first,
-                                              label="the opened ε (wallet columns)")
-        results.append({"provider": provider, "party": "gateway", **dataclasses.asdict(corr)})
-        recovered = float((err <= 2.0 ** -15).mean())
         r = np.corrcoef(wallet_hat.ravel(), wallet_first.ravel())[0, 1] if wallet_hat.std() > 0 else 0.0
-        reconstruction[provider] = {
-            "recovered_fraction": recovered, "max_abs_error": float(err.max()),
-            "correlation": float(r), "values": int(err.size),
-            "expected": "reconstructs" if provider == "TFP" else "fails",
-            "as_expected": (recovered > 0.99) if provider == "TFP" else (recovered < 0.01),
-        }
-        classification[provider] = classification_table(
-            provider=provider, reveal_weights=config.mpc.reveal_weights, track_loss=config.mpc.track_loss)
-        np.savez(out / f"reconstruction_{provider}.npz", reconstructed=wallet_hat, truth=wallet_first)
-    _save_figures(out, tables)
+        rec = {"recovered_fraction": float((err <= 2.0 ** -15).mean()), "max_abs_error": float(err.max()),
+               "correlation": float(r), "values": int(err.size), "attempts": 1,
+               "best": "E + its view of the mask", "reconstructed": wallet_hat}
+    recovered = rec["recovered_fraction"]
+    reconstruction = {
+        **{k: v for k, v in rec.items() if k != "reconstructed"},
+        "expected": "reconstructs" if provider == "TFP" else "fails",
+        "as_expected": (recovered > 0.99) if provider == "TFP" else (recovered < 0.01),
+    }
+    np.savez(out / f"reconstruction_{provider}.npz", reconstructed=rec["reconstructed"], truth=wallet_first)
+    classification = classification_table(provider=provider, reveal_weights=config.mpc.reveal_weights,
+                                          track_loss=config.mpc.track_loss)
+    return results, reconstruction, classification
+
+
+def run_audit(*, config: PocConfig, out: str | Path, progress: bool = True,
+              providers: tuple[str, ...] = PROVIDERS) -> AuditResult:
+    """Audit runs under TFP and TTP into ``out``; returns (and writes) the findings.
+
+    Args:
+        config: a small configuration (e.g. 1,000 rows, 1 epoch); its provider is ignored.
+        out: a new folder for the audit (party records, ``audit.json``, figures).
+        progress: progress bars.
+        providers: the providers to audit (both by default).
+    """
+    from petlab.pipeline import prepare_tables
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tables = prepare_tables(config=config)
+    feats = _truth(config, tables)
+    results, reconstruction, classification = [], {}, {}
+    for provider in providers:
+        found, reconstruction[provider], classification[provider] = _audit_provider(
+            config=config, provider=provider, tables=tables, feats=feats, out=out, progress=progress)
+        results += found
+    _save_figures(out, providers)
     passed = all(r["passed"] for r in results) and all(v["as_expected"] for v in reconstruction.values())
     payload = {"passed": passed, "checks": results, "reconstruction": reconstruction,
                "classification": classification, "config": config.to_dict()}

@@ -156,6 +156,10 @@ def run_party(*, job: Job, role: str) -> None:
         torch.set_num_threads(cfg.mpc.threads_per_party)
         crypten = import_crypten()
         _configure_crypten(crypten, cfg)
+        if cfg.mpc.audit_words:  # audit runs: every key this process holds, for the audit to replay
+            from petlab.audit import keys as audit_keys
+
+            audit_keys.install()
         if role == DEALER:
             _run_dealer(job=job, out=out)
         else:
@@ -391,6 +395,10 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
         if engine == "petlab":
             with meter.phase("mask_features"):  # once: E = X - A is opened, A stays secret
                 lean, E = _lean_setup(crypten=crypten, cfg=cfg, me=me, X_shares=X_train_enc.share)
+            if cfg.mpc.audit_words:  # audit runs: this party's view of the feature mask, for the audit to replay
+                from petlab.audit.keys import save_mask_view
+
+                save_mask_view(folder=out / "audit", E=E, own_share=lean["party"].rand.A, a_view=lean["a_view"])
             X_train_enc = None  # the masked features replace the shared ones (memory at scale)
             if party0_view is not None:  # audit runs: party 0's view of the first batch's mask
                 first = minibatches(n=n_train, batch_size=cfg.train.batch_size, seed=cfg.train.seed, epoch=0)[0]
@@ -481,6 +489,10 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
                 "bytes_sent": psi.bytes_sent, "bytes_received": psi.bytes_received},
     }
     transcript.save(out / "audit")
+    if cfg.mpc.audit_words:  # audit runs: the keys this process held
+        from petlab.audit import keys as audit_keys
+
+        audit_keys.save(out / "audit")
     record["transcript_summary"] = transcript.summary()
     if party0_view is not None:
         np.savez(out / "audit" / "party0_view.npz", **party0_view.arrays())
