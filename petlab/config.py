@@ -48,6 +48,9 @@ SIGMOID_METHODS = ("reciprocal", "piecewise")
 ALIGNMENTS = ("psi", "given")
 DATA_SOURCES = ("synthetic", "credit", "tables", "wide")
 PARTY_NAMES = ("gateway", "wallet")  # the data parties (see petlab.parties.Party)
+#: Deliberately broken variants that the privacy audit must fail (audit runs only;
+#: petlab.audit.negative_controls)
+NEGATIVE_CONTROLS = ("weak-key", "reused-mask", "undeclared-all-reduce", "gateway-holds-wallet-mask")
 MIN_TRAIN_ROWS = 40  # below this a minibatch run says nothing
 MIN_TEST_ROWS = 20  # below this an AUC says nothing
 
@@ -110,6 +113,7 @@ class MPCConfig:
     sigmoid_exp_iterations: int = 9  # petlab engine: exp by (1 + x/2^k)^(2^k); CrypTen's sigmoid uses 9
     sigmoid_nr_iterations: int = 3  # petlab engine: Newton steps for the reciprocal; CrypTen's sigmoid uses 3
     precision_bits: int = 16  # fixed-point fractional bits (both engines; CrypTen's default 16)
+    negative_control: str = ""  # audit runs only: a deliberately broken variant the audit must fail (NEGATIVE_CONTROLS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,6 +254,9 @@ def validate(cfg: PocConfig) -> None:
         raise ConfigError(f"triple_chunk must be at least 1, got {m.triple_chunk}")
     if m.provider not in PROVIDERS:
         raise ConfigError(f"unknown provider {m.provider!r}: expected one of {', '.join(PROVIDERS)}")
+    if m.negative_control and (m.negative_control not in NEGATIVE_CONTROLS or not (m.audit_words and m.audit_party0_view)):
+        raise ConfigError(f"negative_control {m.negative_control!r}: " + ("audit runs only (audit_words and audit_party0_view)"
+                          if m.negative_control in NEGATIVE_CONTROLS else f"expected one of {', '.join(NEGATIVE_CONTROLS)}"))
     if d.label_party not in PARTY_NAMES:
         raise ConfigError(f"label party {d.label_party!r} is not one of the parties: {', '.join(PARTY_NAMES)}")
     if d.source == "tables":

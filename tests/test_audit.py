@@ -3,17 +3,40 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
 
-from petlab.audit import checks
+from petlab.audit import attacks, checks
 from petlab.audit.classification import OWN, PROTECTED, REVEALED, classification_table
+from petlab.audit.negative_controls import CONTROLS, NegativeControlError, apply_negative_control
 from petlab.audit.run import AuditFailed, AuditResult, declared_reveals_only, require_passed, run_audit
 from petlab.audit.transcript import Transcript, wrap_communicator
+from petlab.config import ConfigError, poc_config
+from petlab.mpc.secret_random import SecretStream, derive_key, fresh_key
 
 RNG = np.random.default_rng(0)
+
+#: The audit runs of this file: a few hundred customers, one epoch, two minibatches.
+AUDIT_RUN = dict(rows=300, epochs=1, batch_size=128, timeout_s=600)
+#: The provider each negative control is run under (once each; TFP runs start no dealer).
+CONTROL_RUNS = {"weak-key": "TTP", "reused-mask": "TFP", "undeclared-all-reduce": "TFP",
+                "gateway-holds-wallet-mask": "TTP"}
+#: Checks a control fails besides its named one, because it is the same leak seen from the other side.
+SAME_LEAK = {"gateway-holds-wallet-mask": ("the wallet cannot reconstruct the gateway's features",)}
+
+
+def _audit_config(root, **overrides):
+    return poc_config(**{**AUDIT_RUN, "root": str(root), **overrides})
+
+
+@pytest.fixture(scope="module")
+def real_audit(tmp_path_factory):
+    """The audit of the real protocol (logistic regression, both providers), run once."""
+    out = tmp_path_factory.mktemp("real_audit")
+    return run_audit(config=_audit_config(out / "parties"), out=out / "audit", progress=False)
 
 
 def _uniform(n):
@@ -109,9 +132,9 @@ def test_classification_depends_on_the_provider_and_the_reveals():
 
 
 @pytest.mark.mpc
-def test_audit_runs_pass_and_show_the_trust_model(small_config, tmp_path):
-    config = small_config(rows=1000, epochs=1)
-    result = run_audit(config=config, out=tmp_path / "audit", progress=False)
+def test_audit_runs_pass_and_show_the_trust_model(real_audit):
+    result = real_audit
+    tmp_path = result.folder.parent
     assert result.passed, [c for c in result.checks if not c["passed"]]
     assert result.reconstruction["TFP"]["recovered_fraction"] == 1.0
     assert result.reconstruction["TTP"]["recovered_fraction"] == 0.0
@@ -132,10 +155,162 @@ def test_audit_runs_pass_and_show_the_trust_model(small_config, tmp_path):
 
 
 @pytest.mark.mpc
+def test_the_real_audit_runs_every_check_a_negative_control_fails(real_audit):
+    """Each check the negative controls are caught by ran on the real runs, for each
+    provider and party it applies to, and passed; both parties replayed their keys."""
+    for control in CONTROLS.values():
+        rows = [c for c in real_audit.checks if c["name"].startswith(control.fails)]
+        assert rows and all(c["passed"] for c in rows), control
+    by = {(c["provider"], c["party"]): set() for c in real_audit.checks}
+    for c in real_audit.checks:
+        by[(c["provider"], c["party"])].add(c["name"])
+    for (provider, party), names in by.items():
+        other = "wallet" if party == "gateway" else "gateway"
+        assert f"no key of the {other} found in a small public key space" in names
+        assert f"no mask reused across the openings the {party} saw" in names
+        assert (f"the {party} cannot reconstruct the {other}'s features from its keys and view" in names) == (
+            (provider, party) != ("TFP", "gateway"))  # there the gateway dealt the mask: it reconstructs
+    assert real_audit.reconstruction["TTP"]["attempts"] > 10  # its share plus the streams of every key it held
+    keys = json.loads((real_audit.folder / "TTP" / "gateway" / "audit" / "keys.json").read_text())
+    assert {"agreed", "fresh"} <= {o for origins in keys["keys"].values() for o in origins}
+    assert "protocol/correlated-randomness" in keys["purposes"]
+
+
+@pytest.mark.mpc
+@pytest.mark.parametrize("control", sorted(CONTROL_RUNS))
+def test_each_negative_control_fails_the_audit_with_its_check(control, tmp_path):
+    """A deliberately broken run (petlab.audit.negative_controls) is caught by the check
+    made for it, and only by it: the per-word tests alone would have passed it."""
+    config = _audit_config(tmp_path / "parties", negative_control=control, audit_words=True, audit_party0_view=True)
+    result = run_audit(config=config, out=tmp_path / "audit", progress=False, providers=(CONTROL_RUNS[control],))
+    expected = CONTROLS[control].fails
+    assert not result.passed
+    with pytest.raises(AuditFailed, match=re.escape(expected)):
+        require_passed(result)
+    failed = {c["name"] for c in result.checks if not c["passed"]}
+    allowed = (expected,) + SAME_LEAK.get(control, ())
+    assert failed and all(name.startswith(allowed) for name in failed), failed
+    if control == "gateway-holds-wallet-mask":  # the trust demonstration says so too
+        assert result.reconstruction["TTP"]["recovered_fraction"] == 1.0
+        assert not result.reconstruction["TTP"]["as_expected"]
+
+
+def test_negative_controls_are_refused_outside_audit_runs():
+    with pytest.raises(ConfigError, match="audit runs only"):
+        poc_config(negative_control="weak-key")
+    with pytest.raises(ConfigError, match="expected one of"):
+        poc_config(negative_control="leaky", audit_words=True, audit_party0_view=True)
+    with pytest.raises(NegativeControlError, match="only audit runs"):
+        apply_negative_control(name="reused-mask", role="gateway", config=poc_config())
+
+
+def _masked(words):
+    """Openings of ``words`` under fresh uniform masks."""
+    return [(w + _uniform(w.size), "sum") for w in words]
+
+
+def test_mask_reuse_is_caught_and_fresh_masks_pass():
+    values = [checks.encode_fixed_point(RNG.standard_normal(30)) for _ in range(2)]
+    fresh = [(_uniform(n), kind) for n, kind in zip(RNG.integers(2, 60, 5000), ["sum", "xor"] * 2500)]
+    fresh += [(_uniform(30), "sum") for _ in range(2000)]  # many openings of the mask's length
+    assert sum(w.size for w, _ in fresh) > 200_000
+    clean = checks.mask_reuse(openings=fresh, label="x")
+    assert clean.passed, clean.detail
+    B = _uniform(30)  # one 30-word mask for w1 - B and w2 - B, among the fresh openings
+    leaky = fresh[:3000] + [(values[0] - B, "sum", "step 1")] + fresh[3000:] + [(values[1] - B, "sum", "step 2")]
+    words = np.concatenate([w for w, *_ in leaky])
+    # each word alone still looks uniform: the per-word tests pass this run
+    assert checks.bit_balance(words=words, label="x").passed and checks.ks_uniform(words=words, label="x").passed
+    assert checks.byte_chi_square(words=words, label="x").passed
+    found = checks.mask_reuse(openings=leaky, label="x")
+    assert not found.passed and found.statistic == 1 and "step 1" in found.detail and "step 2" in found.detail
+    bits = _uniform(30)  # an XOR mask reused: x1 ^ B and x2 ^ B differ (XOR) by x1 ^ x2
+    assert not checks.mask_reuse(openings=fresh + [(values[0] ^ bits, "xor"), (values[1] ^ bits, "xor")],
+                                 label="x").passed
+    same = _uniform(8)  # the same opening twice
+    assert not checks.mask_reuse(openings=[(same, "sum"), (same.copy(), "sum")], label="x").passed
+    # near the ends of the ring: w - B with B close to 2^63 wraps; the difference is still found
+    edge = np.full(30, np.iinfo(np.int64).max - 5)
+    assert not checks.mask_reuse(openings=[(values[0] + edge, "sum"), (values[1] + edge, "sum")], label="x").passed
+    capped = checks.mask_reuse(openings=[(same, "sum")] * 50, label="x", max_pairs=10)
+    assert not capped.passed and "pair cap 10 reached" in capped.detail
+
+
+def test_plaintext_openings_outside_declared_reveals_fail():
+    y = checks.encode_fixed_point(RNG.integers(0, 2, 200).astype(float))
+    masked = [{"call": "all_reduce", "op": "lean.fm_left", "kind": "sum", "words": _uniform(200)},
+              {"call": "all_reduce", "op": "lean.open_bit", "kind": "xor", "words": RNG.integers(0, 2, 200)},
+              {"call": "reduce", "op": "disclosure.reveal[test_scores]", "kind": "sum", "words": y}]
+    messages = [{"call": "all_reduce", "op": "lean.fm_left"}, {"call": "all_reduce", "op": "lean.open_bit"},
+                {"call": "reduce", "op": "disclosure.reveal[test_scores]"}]
+    assert declared_reveals_only(messages=messages, allowed={"test_scores"}, opened=masked).passed
+    for call in ("all_reduce", "broadcast"):  # y decrypted by a call that is not a declared reveal
+        sneaky = masked + [{"call": call, "op": "party._run_data_party", "kind": "sum", "words": y}]
+        res = declared_reveals_only(messages=messages, allowed={"test_scores"}, opened=sneaky)
+        assert not res.passed and "party._run_data_party" in res.detail
+    # a declared item opened to both parties is still a declared reveal; an undeclared one is not
+    both = masked + [{"call": "all_reduce", "op": "disclosure.reveal[train_loss]", "kind": "sum", "words": y}]
+    assert declared_reveals_only(messages=messages, allowed={"test_scores", "train_loss"}, opened=both).passed
+    assert not declared_reveals_only(messages=messages, allowed={"test_scores"}, opened=both).passed
+    assert checks.plaintext_parts(parts=[_uniform(1000) for _ in range(1000)]) == []
+
+
+def test_the_transcript_keeps_what_each_reduction_opened_part_by_part():
+    transcript = Transcript(keep_words=True)
+
+    class Comm(_FakeComm):
+        pass
+
+    wrap_communicator(Comm, transcript=transcript)
+    x = torch.arange(6, dtype=torch.long)
+    Comm().all_reduce([x, x[:2]], batched=True)
+    assert transcript.entries[0]["parts"] == [[6, "sum"], [2, "sum"]]
+    (idx, opened), = transcript.opened
+    assert idx == 0 and opened.tolist() == (x + 5).tolist() + (x[:2] + 5).tolist()  # what the reduction opened
+    assert set(transcript.words[0][1].tolist()) == {5}  # what the peer contributed
+
+
+def _share_of(key, n, d):
+    return SecretStream(key=key, number=0).take((n, d))
+
+
+def test_key_search_finds_a_key_made_from_a_small_seed():
+    X = checks.encode_fixed_point(RNG.standard_normal((20, 6)))
+    own = _share_of(fresh_key(), 20, 6)
+    for weak in (attacks.seeded_key(4321), derive_key(key=attacks.seeded_key(77), purpose=attacks.KNOWN_PURPOSES[0]),
+                 (4321).to_bytes(32, "big")):
+        E = X - own - _share_of(weak, 20, 6)
+        hit = attacks.key_search(E=E, own_share=own, other="gateway", public_seeds=(0,), config_digest="ab" * 32)
+        assert not hit.passed and hit.statistic == 1, hit.detail
+    E = X - own - _share_of(fresh_key(), 20, 6)
+    assert attacks.key_search(E=E, own_share=own, other="gateway", public_seeds=(0,), config_digest="ab" * 32).passed
+
+
+def test_reconstruction_replays_every_key_a_party_held():
+    X = checks.encode_fixed_point(RNG.standard_normal((16, 4)))
+    mine, theirs = fresh_key(), fresh_key()
+    peer_key = derive_key(key=theirs, purpose=attacks.KNOWN_PURPOSES[0])
+    own = _share_of(derive_key(key=mine, purpose=attacks.KNOWN_PURPOSES[0]), 16, 4)
+    E = X - own - SecretStream(key=peer_key, number=1).take((16, 4))  # the peer's share is its stream 1
+    view = {"E": E, "own_share": own, "a_view": own}
+    rows, truth = np.arange(8), X[:8, 2:] / 2**16
+
+    def attempt(held, streams):
+        return attacks.reconstruct_from_keys(view=view, keys={"keys": {k.hex(): ["x"] for k in held},
+                                                              "purposes": [], "streams": streams},
+                                             rows=rows, columns=slice(2, None), truth=truth)
+
+    assert attempt([mine], {}).get("recovered_fraction") == 0.0
+    assert attempt([mine, theirs], {}).get("recovered_fraction") == 0.0  # it never read a stream 1
+    found = attempt([mine, theirs], {peer_key.hex(): 1})
+    assert found["recovered_fraction"] == 1.0 and "stream 1" in found["best"]
+
+
+@pytest.mark.mpc
 def test_audit_of_the_mlp_on_petlabs_protocol_passes(small_config, tmp_path):
     """The MLP's own openings (the ReLU bits under random bits, the masked hidden layer)
     pass the same checks: uniform words, balanced 1-bit words, no raw values."""
-    result = run_audit(config=small_config(rows=1000, epochs=1, model="mlp"), out=tmp_path / "audit", progress=False)
+    result = run_audit(config=small_config(**{**AUDIT_RUN, "model": "mlp"}), out=tmp_path / "audit", progress=False)
     assert result.passed, [c for c in result.checks if not c["passed"]]
     assert any(c["name"].startswith("balance of 1-bit shares") for c in result.checks)
     for party in ("gateway", "wallet"):

@@ -160,6 +160,10 @@ def run_party(*, job: Job, role: str) -> None:
             from petlab.audit import keys as audit_keys
 
             audit_keys.install()
+        if cfg.mpc.negative_control:  # audit runs only: a deliberately broken variant the audit must fail
+            from petlab.audit.negative_controls import apply_negative_control
+
+            apply_negative_control(name=cfg.mpc.negative_control, role=role, config=cfg)
         if role == DEALER:
             _run_dealer(job=job, out=out)
         else:
