@@ -26,13 +26,15 @@ import numpy as np
 import torch
 
 from petlab.config import PocConfig, resolved_engine, resolved_sigmoid_method
-from petlab.crypten_compat import applied_fixes, import_crypten, set_run_binding
+from petlab.crypten_compat import (agree_pair_key, applied_fixes, import_crypten, pair_key_agreed_in,
+                                   set_run_binding)
 from petlab.data.features import prepare_party_features
 from petlab.data.tables import file_sha256
 from petlab.models import ModelSpec, bce_loss, forward, gradients, init_params, sgd_step
 from petlab.mpc import disclosure
 from petlab.mpc.devices import resolve_device, stage_cuda_communication
 from petlab.mpc.job import Job
+from petlab.mpc.secret_random import KeyExchange
 from petlab.mpc.rendezvous import (RendezvousError, bounded_waits, check_port_free, greet_peer, lost_peer,
                                    use_interface_towards, watchdog)
 from petlab.parties import DEALER, Party
@@ -180,13 +182,15 @@ def run_party(*, job: Job, role: str) -> None:
 def _run_dealer(*, job: Job, out: Path) -> None:
     _set_rendezvous_env(job, rank=len(Party))
     use_interface_towards(job.address)
-    from petlab.mpc.lean import dealer_server_class
+    from petlab.mpc.dealer import DealerRequestError, dealer_server_class
 
     set_run_binding(config_digest=config_digest(job), roles=ROLES_BY_RANK)
     t0 = time.perf_counter()
     try:
         with bounded_waits(job.config.mpc.peer_timeout_s):
-            dealer_server_class()()  # CrypTen's TTPServer (+ petlab's bulk request) until party 0 says "terminate"
+            dealer_server_class()()  # checked requests of party 0 until it says "terminate"
+    except DealerRequestError:
+        raise
     except RuntimeError as err:  # TTPServer handles errors while serving; this is set-up
         raise RendezvousError(f"the dealer could not meet the parties at tcp://{job.address}:{job.port} "
                               f"within {job.config.mpc.peer_timeout_s:g} s: "
@@ -214,9 +218,13 @@ def _public_meta(job: Job, me: Party, feats, table_digest: str) -> dict:
 
 
 #: What the handshake sends in place of a digest: a keyed commitment (HMAC-SHA256 under a
-#: key only the two parties hold), so that equal tables or id sets still compare equal
-#: but nobody can test a guessed table or id list against it.
-COMMITTED_FIELDS = ("id_digest", "table_sha256")
+#: key only the two parties hold), so that equal values still compare equal but an
+#: eavesdropper on gloo cannot test a guessed configuration or id list against them. Both
+#: values are known to both parties anyway (the shared configuration; the intersection).
+COMMITTED_FIELDS = ("id_digest", "config_digest")
+#: Kept in the party's own record, never sent: a digest of the whole table file (customers
+#: outside the intersection too) would let the peer test guesses about its content.
+LOCAL_FIELDS = ("table_sha256",)
 
 
 def _meta_for_peer(meta: dict) -> dict:
@@ -226,7 +234,17 @@ def _meta_for_peer(meta: dict) -> dict:
 
     key = derive_key(key=pair_key(), purpose="handshake/commitments")
     return {k: keyed_commitment(key=key, data=f"{k}:{v}".encode()) if k in COMMITTED_FIELDS else v
-            for k, v in meta.items()}
+            for k, v in meta.items() if k not in LOCAL_FIELDS}
+
+
+def _key_share(greeting: dict, *, peer: Party) -> bytes:
+    try:
+        share = bytes.fromhex(greeting["key_share"])
+    except (KeyError, TypeError, ValueError):
+        raise RendezvousError(f"the {peer}'s greeting carries no valid key share (a different petlab?)") from None
+    if len(share) != 32:
+        raise RendezvousError(f"the {peer}'s key share is {len(share)} bytes, not 32")
+    return share
 
 
 def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
@@ -249,8 +267,12 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
     peer = next(p for p in Party if p != me)
     if me.rank == 0:  # the gateway's host is the rendezvous: both ports must be free there
         check_port_free(address=job.address, port=job.port, what="MPC rendezvous")
-    greet_peer(role=str(me), peer=str(peer), listen=(me.rank == 0), address=job.address, port=job.psi_port,
-               timeout_s=cfg.mpc.peer_timeout_s, shared=job.shared_dict(), tls=job.tls_identity(role=str(me)))
+    exchange = KeyExchange()  # the two parties' key: agreed inside the (TLS-authenticated) greeting
+    greeting = greet_peer(role=str(me), peer=str(peer), listen=(me.rank == 0), address=job.address,
+                          port=job.psi_port, timeout_s=cfg.mpc.peer_timeout_s, shared=job.shared_dict(),
+                          tls=job.tls_identity(role=str(me)), key_share=exchange.public)
+    agree_pair_key(exchange=exchange, peer_public=_key_share(greeting, peer=peer), my_role=str(me),
+                   peer_role=str(peer), config_digest=config_digest(job))
     # -- private set intersection with the peer: only the shared customers go on -------
     if cfg.data.alignment == "psi":  # rank 0 listens, at the rendezvous address
         psi = private_intersection(ids=table[source["id_column"]].tolist(), listen=(me.rank == 0),
@@ -486,6 +508,7 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
         "disclosure_summary": ledger.summary(),
         "feature_names": list(feats.feature_names),
         "compat_fixes": applied_fixes(),
+        "pair_key_agreed_in": pair_key_agreed_in(),
         "pid": os.getpid(),
         "peak_rss_mb": _peak_rss_mb(),
         "psi": {"alignment": cfg.data.alignment, "intersection_size": len(psi.ids), "own_set_size": psi.own_set_size,
@@ -623,5 +646,5 @@ def _check_peers(metas: dict, *, label_party: Party) -> None:
             raise RendezvousError(f"party {name} has a different number of rows")
     label_column = metas[str(label_party)]["label_column"]
     check_schemas(columns={name: meta["columns"] for name, meta in metas.items()},
-                  paths={name: f"(table commitment {meta['table_sha256'][:12]}…)" for name, meta in metas.items()},
+                  paths={name: f"(the {name}'s table)" for name in metas},
                   id_column=metas[str(label_party)]["id_column"], label_column=label_column, label_party=str(label_party))
