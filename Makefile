@@ -35,7 +35,7 @@ poc-cli: venv
 	$(BIN)/petlab poc $(POC_ARGS)
 
 test: venv
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=15
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -ra -m "not mpc and not notebooks"
