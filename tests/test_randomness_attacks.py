@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from test_lean import SCALE, _run, _SimParty, _Wire
 
+from petlab.audit.attacks import KNOWN_PURPOSES
 from petlab.mpc import lean
-from petlab.mpc.secret_random import StreamSource, fresh_key
+from petlab.mpc.secret_random import StreamSource, derive_key, fresh_key
 
 WINDOW = 2**12  # the attacker's search space (2^32 for the real mt19937 seed)
 N, D = 64, 5
@@ -93,9 +94,13 @@ def test_ttp_seed_search_recovers_the_features_on_the_old_seeding_only():
                                          [StreamSource(key=k) for k in keys], X_enc)
     wallet_seed = int.from_bytes(keys[1][:8], "big", signed=True)
     assert not [k for k in range(WINDOW) if _old_dealer_seeds(k)[1] == wallet_seed]
-    # the best the wallet can do without the gateway's share: nothing decodes
-    for guess in (E + wallet_rand.A, E + StreamSource(key=keys[1]).next().matrix(X_enc.shape)):
-        assert _decodes(guess, X) < 0.01
+    # the best the wallet can do without the gateway's share: every stream of its own key, as
+    # it is and under every purpose petlab derives keys for: nothing decodes
+    guesses = [E + wallet_rand.A]
+    for key in [keys[1]] + [derive_key(key=keys[1], purpose=p) for p in KNOWN_PURPOSES]:
+        source = StreamSource(key=key)
+        guesses += [E + wallet_rand.A + source.next().matrix(X_enc.shape) for _ in range(3)]
+    assert max(_decodes(guess, X) for guess in guesses) < 0.01
 
 
 class _RecordingWire(_Wire):
