@@ -317,12 +317,13 @@ def validate(cfg: PocConfig) -> None:
     bad = [b for b in sorted(sizes, reverse=True) if step_off(b, m.precision_bits) > 0.01]
     if bad:
         batch, exact = bad[0], t.lr / bad[0] * 2**m.precision_bits
-        which = "batch_size" if batch == t.batch_size else f"the {batch}-row batch (n_train {n_train})"
+        which = ("" if batch == t.batch_size else f" of the last batch of an epoch ({batch} of {n_train} training "
+                 "rows)" if batch < t.batch_size and batch != n_train else f" of the one batch of {batch} rows")
         enough = next((bits for bits in range(m.precision_bits + 1, 25)
                        if all(step_off(b, bits) <= 0.01 for b in sizes)), None)
         fix = "raise precision_bits" + (f" ({enough} would do)" if enough is not None else "") + (
             ", raise lr or change batch_size")
-        raise ConfigError(f"the SGD step constant round(lr / {which} * 2^precision_bits) = "
+        raise ConfigError(f"the SGD step constant{which} round(lr / batch * 2^precision_bits) = "
                           f"round({t.lr} / {batch} * 2^{m.precision_bits}) = {round(exact)} is "
                           f"{step_off(batch, m.precision_bits):.0%} off {exact:.4g} (more than 1%"
                           + (": the weights would never move" if round(exact) == 0 else "") + f"): {fix}")

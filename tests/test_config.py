@@ -85,9 +85,12 @@ def test_auto_engine_is_petlab_on_the_cpu_for_both_models():
                                 r"raise precision_bits \(14 would do\)"),
         ({"lr": 0.1, "batch_size": 3000}, r"= 2 is 8% off 2.185"),
         # 5,600 training rows: the last batch of an epoch holds 480, and 0.5 / 480 * 2^12 = 4.27
-        ({"precision_bits": 12, "batch_size": 1024}, r"lr / the 480-row batch \(n_train 5600\).* = 4 is 6% off"),
+        ({"precision_bits": 12, "batch_size": 1024}, r"constant of the last batch of an epoch \(480 of 5600 "
+                                                      r"training rows\).* = 4 is 6% off"),
+        ({"precision_bits": 8, "batch_size": 6000}, r"constant of the one batch of 5600 rows .* = 0 is 100% off"),
         ({"source": "tables", "gateway_table": "g.csv", "wallet_table": "w.csv", "id_column": "id",
-          "label_column": "y", "precision_bits": 8}, r"lr / batch_size .* = 0 is 100% off"),
+          "label_column": "y", "precision_bits": 8}, r"constant round\(lr / batch \* 2\^precision_bits\) = "
+                                                     r"round\(0.5 / 1024 \* 2\^8\) = 0 is 100% off"),
     ],
 )
 def test_an_sgd_step_constant_rounded_more_than_one_percent_off_is_refused(overrides, message):
