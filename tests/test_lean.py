@@ -286,6 +286,8 @@ def test_truncation_is_exact_to_one_unit_even_where_local_truncation_fails(bits)
         y0, y1 = _run(parties, work)
         error = (y0 + y1) - floor
         assert error.min() >= 0 and error.max() <= 1
+        # one more with probability (x mod 2^k) / 2^k: x / 2^k rounded at random, without bias
+        assert abs(error.mean() - ((x & (2**bits - 1)) / 2**bits).mean()) < 0.05
         assert wire.messages == [1, 1] and sum(t.size for t in wire.opened) == x.size  # one opening, a word a value
     # the local method on the wrapping shares: every value off by about 2^(64 - bits) (in
     # the ring: for bits = 1 that is half of it)

@@ -652,6 +652,9 @@ class LeanParty:
 
         Every step is exact: no event of any probability gives another result, so a run's
         failure probability is 0 (within any bound, 2^-40 included) while ``|x| < 2^62``.
+        ``e`` is 1 exactly when the low parts carry (``c_l < r_l``), with probability
+        ``(x mod 2^k) / 2^k`` over ``r``: the result is ``x / 2^k`` rounded at random,
+        without bias.
         The dealer deals 2 words per value (party 0's shares of ``r_h`` and ``r_msb``).
         Values outside the assumption (the piecewise sigmoid's unused pieces, which may
         overflow) give some ring value, which the selection cancels exactly.
