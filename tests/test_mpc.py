@@ -39,6 +39,7 @@ def _check_record(result, config):
     assert env["crypten"] == "0.4.1" and env["seed"] == config.data.seed
     report = (result.run.path / "report.html").read_text()
     assert f"Provider {config.mpc.provider}" in report and "Must be trusted" in report
+    assert "AES-256-CTR" in report and "wallet: in force" in report and "NOT in force" not in report
     return m
 
 
@@ -49,8 +50,12 @@ def _check_isolation(result, tables):
     job = json.loads((parties / "job.json").read_text())
     for party in ("gateway", "wallet"):
         record = json.loads((parties / party / "result.json").read_text())
-        assert record["compat_fixes"]["onnx_registration_alias"]
+        assert record["compat_fixes"]["onnx_registration_alias"] and record["compat_fixes"]["secret_randomness"]
+        assert record["pair_key_agreed_in"] == "greeting"  # inside the TLS greeting, not over gloo
         assert record["meta"]["table_sha256"] == tables[party]["sha256"]
+        peer = record["peers"][_other(party)]
+        assert "table_sha256" not in peer  # never sent: the peer could test guesses about the table
+        assert peer["config_digest"] != record["meta"]["config_digest"]  # a keyed commitment, not the digest
         assert record["pid"] != json.loads((parties / _other(party) / "result.json").read_text())["pid"]
         assert all(e["receiver"] == "gateway" for e in record["disclosures"])
     assert not (parties / "wallet" / "test_scores.npy").exists()

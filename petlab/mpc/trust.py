@@ -13,12 +13,24 @@ import dataclasses
 
 from petlab.parties import Party
 
-__all__ = ["SecurityModel", "security_model", "CHANNEL_NOTE", "REFERENCE_NOTE"]
+__all__ = ["SecurityModel", "security_model", "CHANNEL_NOTE", "RANDOMNESS_NOTE", "REFERENCE_NOTE"]
 
 CHANNEL_NOTE = (
-    "Parties talk over torch.distributed (gloo) on TCP, which is not encrypted or "
-    "authenticated. Shares are safe to observe only if nobody sees both parties' shares; "
-    "a deployment adds a VPN or TLS tunnel between the organisations."
+    "petlab's own sockets between the gateway and the wallet (greeting, PSI, and the direct "
+    "link that carries the openings) use mutually authenticated TLS 1.3 with each "
+    "organisation's pinned certificate (throw-away certificates in this simulation). "
+    "torch.distributed (gloo) is neither encrypted nor authenticated: it carries public keys, "
+    "metadata and uniform words only; an active attacker there can corrupt results or sit in "
+    "the middle of a dealer's key exchange (docs/security.md)."
+)
+
+RANDOMNESS_NOTE = (
+    "Every secret random value (masks, triples, random bits, truncation pairs, CrypTen's zero "
+    "sharings) comes from AES-256-CTR streams under keys drawn from the operating system or "
+    "agreed by X25519 with the one peer that shares them (the gateway-wallet key inside the "
+    "TLS greeting), bound to this run's configuration and roles; no key or seed is sent. "
+    "CrypTen 0.4.1's own generators (mt19937, 32-bit seeds sent in the clear) are replaced "
+    "in every party process."
 )
 
 REFERENCE_NOTE = (
