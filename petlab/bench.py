@@ -78,7 +78,7 @@ MPC_CONFIGS = {
                    "logreg", {"engine": "petlab", "provider": "TFP", "sigmoid_method": "reciprocal"}, False),
     "petlab-TTP": ("petlab protocol, CrypTen's sigmoid, TTP (dealer)", "logreg",
                    {"engine": "petlab", "provider": "TTP", "sigmoid_method": "reciprocal"}, False),
-    "petlab-pw-TFP": ("petlab protocol, piecewise-polynomial sigmoid (11 rounds a step), TFP", "logreg",
+    "petlab-pw-TFP": ("petlab protocol, piecewise-polynomial sigmoid (15 rounds a step), TFP", "logreg",
                       {"engine": "petlab", "provider": "TFP", "sigmoid_method": "piecewise"}, False),
     "petlab-pw-TTP": ("petlab protocol, piecewise-polynomial sigmoid, TTP (dealer)", "logreg",
                       {"engine": "petlab", "provider": "TTP", "sigmoid_method": "piecewise"}, False),
@@ -648,7 +648,7 @@ def render_mpc(*, rows: list[dict]) -> str:
         "Counted from the protocol (`petlab.mpc.lean.step_cost`); each party sends and receives",
         "each opened element (CrypTen counts both: 16 bytes per element). `tests/test_mpc.py`",
         "checks that a run's training traffic equals this count exactly. The piecewise method's",
-        "rounds are over petlab's direct link (without it, through gloo, its powers take 3 more).",
+        "rounds are over petlab's direct link (without it, through gloo, its powers and their truncations take 7 more).",
     ]
     for method, title in (("reciprocal", "CrypTen's sigmoid (`sigmoid_method: reciprocal`)"),
                           ("piecewise", "piecewise-polynomial sigmoid (`sigmoid_method: piecewise`)")):

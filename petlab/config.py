@@ -109,7 +109,7 @@ class MPCConfig:
     engine: str = "auto"  # "petlab" (own protocol on CrypTen shares, CPU), "crypten" (its operators); auto: petlab on the CPU
     direct_link: bool = True  # the two parties' openings over one direct TCP link instead of gloo (same bytes)
     triple_chunk: int = 32  # training steps whose correlated randomness is made in one go (petlab engine)
-    sigmoid_method: str = "reciprocal"  # petlab engine: "reciprocal" (CrypTen's method, 25 rounds a step) or "piecewise" (petlab's: 11 rounds, 1.8x the bytes, more accurate)
+    sigmoid_method: str = "reciprocal"  # petlab engine: "reciprocal" (CrypTen's method, 42 rounds a step) or "piecewise" (petlab's: 15 rounds, 1.6x the bytes, more accurate)
     sigmoid_exp_iterations: int = 9  # petlab engine: exp by (1 + x/2^k)^(2^k); CrypTen's sigmoid uses 9
     sigmoid_nr_iterations: int = 3  # petlab engine: Newton steps for the reciprocal; CrypTen's sigmoid uses 3
     precision_bits: int = 16  # fixed-point fractional bits (both engines; CrypTen's default 16)
