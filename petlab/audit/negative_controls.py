@@ -117,7 +117,9 @@ def _weak_key(*, role: str, provider: str) -> None:
 
         lean.local_dealer = weak_local_dealer
     elif role == "dealer":  # the gateway's streams under the same weak key
-        bulk = lean._DealerMixin.petlab_bulk
+        from petlab.mpc import dealer
+
+        bulk = dealer._petlab_bulk
 
         @functools.wraps(bulk)
         def petlab_bulk(self, plan):
@@ -126,7 +128,7 @@ def _weak_key(*, role: str, provider: str) -> None:
                 self._petlab_sources = [lean.StreamSource(key=_weakened(gateway)), lean.StreamSource(key=wallet)]
             return bulk(self, plan)
 
-        lean._DealerMixin.petlab_bulk = petlab_bulk
+        dealer._petlab_bulk = petlab_bulk  # dealer_server_class() builds the dealer from it
 
 
 # -- reused-mask -----------------------------------------------------------------------------

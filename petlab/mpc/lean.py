@@ -45,10 +45,10 @@ point scale), with the same algorithms and constants as CrypTen's operators:
 - **numpy, not torch**, for the arithmetic on shares: on a batch's arrays the cost is
   the per-operation overhead, and numpy's is a third of torch's;
 - **correlated randomness in bulk**: every triple a chunk of batches needs is made in
-  one go: under TTP by the dealer in one request (:func:`dealer_server_class`: CrypTen's
-  ``TTPServer`` with one more request, streams under the key it agreed with each party),
-  under TFP by
-  the gateway itself (CrypTen's TFP trust model: party 0 knows every triple).
+  one go: under TTP by the dealer in one request (:mod:`petlab.mpc.dealer`: it answers
+  only the protocol's requests, from the streams under the key it agreed with each
+  party), under TFP by the gateway itself (CrypTen's TFP trust model: party 0 knows
+  every triple).
 
 A party's secret streams (:mod:`petlab.mpc.secret_random`: AES-256-CTR under a key
 agreed by X25519 with whoever deals, never sent) are read in the same order by it and
@@ -73,7 +73,7 @@ from petlab.config import SIGMOID_METHODS
 from petlab.mpc.secret_random import SecretStream, StreamSource, derive_key
 
 __all__ = ["Sigmoid", "Randomness", "LeanParty", "batch_plan", "mlp_batch_plan", "deal", "train_logreg", "train_mlp",
-           "dealer_server_class", "ttp_fetch", "local_dealer", "sgd_constant", "step_cost", "mlp_step_cost",
+           "ttp_fetch", "local_dealer", "sgd_constant", "step_cost", "mlp_step_cost",
            "train_bytes"]
 
 #: HKDF purpose of the protocol's correlated randomness under a key agreed with the dealer
@@ -1036,26 +1036,6 @@ def train_mlp(*, party: LeanParty, E, y, params: dict, batches, lr: float, chunk
         if on_batch is not None:
             on_batch()
     return {k: torch.from_numpy(v) for k, v in zip(names, values)}
-
-
-class _DealerMixin:
-    """The extra function petlab's parties ask CrypTen's TTP server for."""
-
-    def petlab_bulk(self, plan):
-        if not hasattr(self, "_petlab_fixed"):
-            self._petlab_fixed = {}
-        if not hasattr(self, "_petlab_sources"):  # the keys agreed with each party (petlab.crypten_compat)
-            self._petlab_sources = [StreamSource(key=derive_key(key=k, purpose=PROTOCOL_PURPOSE))
-                                    for k in self.petlab_pair_keys]
-        return deal(plan=plan, sources=self._petlab_sources, fixed=self._petlab_fixed)
-
-
-def dealer_server_class():
-    """CrypTen's ``TTPServer`` serving :func:`deal` as one more request (made on demand,
-    since CrypTen is imported only inside party processes)."""
-    from crypten.mpc.provider.ttp_provider import TTPServer
-
-    return type("DealerServer", (_DealerMixin, TTPServer), {})
 
 
 class _TTPFetch:
