@@ -39,9 +39,11 @@ def test_the_protocols_own_plans_are_served():
     ({"function": "additive", "device": None, "args": ((4,), (4,), "mul"), "kwargs": {"alpha": 2}},
      "extra arguments"),
     ({"function": "square", "device": None, "args": ((4,),), "kwargs": {"remove_rank": True}}, "one size"),
+    # a product over an empty dimension is all zeros: its answer would be the wallet's words themselves
+    ({"function": "additive", "device": None, "args": ((1, 0), (0, 8), "matmul"), "kwargs": {}}, "not a shape"),
     # a daBit whose output is broadcast from one bit: the answer is the wallet's words, one bit off
     (_bulk([("dabit", (1,), (16,), None)]), "output shape"),
-    (_bulk([("fm_right", (0, 1), (6, 1), b"")]), "empty shape"),
+    (_bulk([("fm_right", (0, 1), (6, 1), b"")]), "not a shape"),
     (_bulk([("fm_right", (2, 1), (6, 1), b"")]), "non-empty"),
     (_bulk([("fm_left", (6, 1), (2, 1), np.array([0, 100]).tobytes())]), "outside 0..99"),
     (_bulk([("fm_left", (5, 1), (2, 1), np.array([0, 1]).tobytes())]), "does not fit"),
@@ -61,21 +63,43 @@ def test_a_plan_before_the_feature_mask_is_refused():
         check_plan([("mul", (2,), (2,), None)], feature_mask=None)
 
 
-def test_what_the_refused_broadcast_would_have_leaked():
-    """Why the output-shape check matters: without it, ``deal`` answers the broadcast daBit
-    with the wallet's stream words up to one bit (the reviewer's extraction)."""
-    keys = [fresh_key(), fresh_key()]
+class _UnboundSource(StreamSource):
+    """The broken reference: streams read by count alone, whatever request they serve."""
+
+    def next(self, *, bound_to=None):
+        return super().next()
+
+
+def _dealt_to_gateway(source_class, keys, gateway_plan):
     fixed: dict = {}
-    lean.deal(plan=[("fm_init", MASK, (0,), None)], sources=[StreamSource(key=k) for k in keys], fixed=fixed)
-    dealer = [StreamSource(key=k) for k in keys]
-    for s in dealer:
-        s.next()  # the feature mask's streams
-    answer = lean.deal(plan=[("dabit", (1,), (16,), None)], sources=dealer, fixed=fixed).numpy()
-    wallet = StreamSource(key=keys[1])
-    wallet.next()
-    stream = wallet.next()
-    stream.bits((1, 1))  # the wallet's own bit share comes first in its stream
-    leaked = stream.take((1, 16)).ravel()
-    assert (np.abs(answer + leaked) <= 1).all()  # -answer is the wallet's words, up to the bit
+    dealer = [source_class(key=k) for k in keys]
+    lean.deal(plan=[("fm_init", MASK, (0,), None)], sources=dealer, fixed=fixed)
+    return lean.deal(plan=gateway_plan, sources=dealer, fixed=fixed).numpy()
+
+
+def _wallet_words(source_class, key, wallet_plan, n):
+    """The words the wallet draws for its own (honest) plan, after the feature mask."""
+    wallet = source_class(key=key)
+    wallet.next(bound_to=lean.plan_binding([("fm_init", MASK, (0,), None)]))
+    return wallet.next(bound_to=lean.plan_binding(wallet_plan)).take((n,))
+
+
+def test_a_well_formed_request_the_wallet_never_makes_reads_words_the_wallet_never_uses():
+    """A deviating gateway asks for daBits where the wallet's plan has a truncation: each
+    answer is a bit minus a wallet word. Read by count alone (the broken reference), that
+    hands the gateway the wallet's words up to one; bound to the request, it is unrelated."""
+    keys = [fresh_key(), fresh_key()]
+    wallet_plan = [("trunc", (16,), (2, 16), 16)]  # the wallet reads 16 words of r, then its r >> k and top-bit shares
+    gateway_plan = [("dabit", (24,), (24,), None)]  # well-formed: the shape checks accept it
+    assert check_request(_bulk(gateway_plan), feature_mask=MASK)[0] == "petlab_bulk"
+    for source_class, leaked in ((_UnboundSource, 24), (StreamSource, 0)):
+        answer = _dealt_to_gateway(source_class, keys, gateway_plan)
+        wallet = _wallet_words(source_class, keys[1], wallet_plan, 48)  # everything the wallet uses
+        # each answer is a bit minus a word: how many give the gateway a word the wallet uses
+        matches = (np.abs(answer[:, None] + wallet[None, :]) <= 1).any(axis=1).sum()
+        assert matches == leaked, source_class.__name__
+
+
+def test_the_broadcast_daBit_is_refused_by_its_shape():
     with pytest.raises(DealerRequestError):
         check_plan([("dabit", (1,), (16,), None)], feature_mask=MASK)

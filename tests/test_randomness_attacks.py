@@ -44,7 +44,7 @@ class _OldSource:
     def __init__(self, seed: int):
         self.gen = torch.Generator().manual_seed(seed)
 
-    def next(self):
+    def next(self, *, bound_to=None):  # the old streams were bound to nothing
         return _OldStream(self.gen)
 
 

@@ -12,7 +12,16 @@ word:
   counts and random bits, with well-formed sizes;
 - petlab's bulk request (:func:`petlab.mpc.lean.deal`), whose plan is checked item by
   item (:func:`check_plan`): each kind's output shape follows from its input shape, row
-  indices are in range, the feature mask is dealt once, first.
+  indices are in range, the feature mask is dealt once, first. Shapes alone cannot tell
+  a request party 1 will make from another well-formed one, so every stream after the
+  feature mask's is also bound to the plan it serves (:func:`petlab.mpc.lean.plan_binding`):
+  a plan party 1 never makes reads words party 1 never uses.
+
+What this does not cover: CrypTen's own TTP requests (``engine: crypten``) are checked for
+their form but their streams are not bound to them, so a deviating gateway can still
+steer some of the wallet's words into low-entropy answers (``wraps``, ``B2A``). Like
+everything an actively deviating party can do, that is outside the semi-honest model
+petlab claims (``docs/security.md``); petlab's own protocol, the default, is covered.
 
 A refused request ends the dealer with a one-line :class:`DealerRequestError`, which its
 status records; party 0 then finds its dealer gone.
@@ -48,12 +57,13 @@ class DealerRequestError(RuntimeError):
     """Party 0 asked the dealer for something the protocol never asks for."""
 
 
-def _shape(value, *, what: str) -> tuple:
+def _shape(value, *, what: str, empty_ok: bool = False) -> tuple:
     try:
         shape = tuple(int(s) for s in value)
     except (TypeError, ValueError):
         raise DealerRequestError(f"dealer: refused {what}: {value!r} is not a shape") from None
-    if any(s < 0 for s in shape) or any(int(s) != s for s in value):
+    if any(s < (0 if empty_ok else 1) for s in shape) or any(int(s) != s for s in value):  # no empty dimension: a product
+        # over an empty one is all zeros, and its answer would be the other party's words themselves
         raise DealerRequestError(f"dealer: refused {what}: {value!r} is not a shape")
     return shape
 
@@ -78,7 +88,8 @@ def check_plan(plan, *, feature_mask: tuple | None) -> tuple | None:
         if not (isinstance(item, tuple) and len(item) == 4):
             raise DealerRequestError(f"dealer: refused plan item {pos}: not (kind, shape, output shape, extra)")
         kind, shape, out, extra = item
-        shape, out = _shape(shape, what=f"plan item {pos}"), _shape(out, what=f"plan item {pos}")
+        shape = _shape(shape, what=f"plan item {pos}")
+        out = _shape(out, what=f"plan item {pos}", empty_ok=kind == "fm_init")  # the mask derives nothing
 
         def refuse(why: str):
             raise DealerRequestError(f"dealer: refused plan item {pos} ({kind!r}): {why}")

@@ -72,7 +72,7 @@ import torch
 from petlab.config import SIGMOID_METHODS
 from petlab.mpc.secret_random import SecretStream, StreamSource, derive_key
 
-__all__ = ["Sigmoid", "Randomness", "LeanParty", "batch_plan", "mlp_batch_plan", "deal", "train_logreg", "train_mlp",
+__all__ = ["plan_binding", "Sigmoid", "Randomness", "LeanParty", "batch_plan", "mlp_batch_plan", "deal", "train_logreg", "train_mlp",
            "ttp_fetch", "local_dealer", "sgd_constant", "step_cost", "mlp_step_cost",
            "train_bytes"]
 
@@ -340,6 +340,24 @@ def _fm_product(kind: str, A_rows: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return A_rows @ mask if kind == "fm_left" else np.swapaxes(A_rows, 1, 2) @ mask
 
 
+def plan_binding(plan: list[tuple]) -> bytes | None:
+    """What a request's streams are bound to: the plan itself, canonically encoded (each
+    party computes its own plan from public values, so a dealer asked for another plan
+    reads streams the party never uses: party 0 cannot make it hand out party 1's words
+    in other roles). The feature mask's request is the first stream and unbound: its
+    shape is public and it derives nothing party 0 receives.
+
+    >>> plan_binding([("fm_init", (4, 3), (0,), None)]) is None
+    True
+    >>> plan_binding([("mul", (2,), (2,), None)]) != plan_binding([("mul", (3,), (3,), None)])
+    True
+    """
+    if plan and plan[0][0] == "fm_init":
+        return None
+    return repr([(str(kind), tuple(int(v) for v in shape), tuple(int(v) for v in out), extra)
+                 for kind, shape, out, extra in plan]).encode()
+
+
 def deal(*, plan: list[tuple], sources: list[StreamSource], fixed: dict) -> torch.Tensor:
     """Party 0's shares of every derived value in ``plan``, flat, group by group.
 
@@ -349,7 +367,8 @@ def deal(*, plan: list[tuple], sources: list[StreamSource], fixed: dict) -> torc
     stream is read in the same order as :meth:`Randomness.prepare` reads it. The result
     is a torch tensor (it travels through CrypTen's TTP channel); the work is numpy's.
     """
-    s0, s1 = sources[0].next(), sources[1].next()
+    bound = plan_binding(plan)
+    s0, s1 = sources[0].next(bound_to=bound), sources[1].next(bound_to=bound)
     if plan and plan[0][0] == "fm_init":
         shape = plan[0][1]
         A = np.empty(tuple(shape), dtype=np.int64)
@@ -417,7 +436,7 @@ class Randomness:
             if upcoming is not None and ahead:
                 self.fetch.request(upcoming)
                 self.pending = upcoming
-        mine = self.source.next()
+        mine = self.source.next(bound_to=plan_binding(plan))
         if plan and plan[0][0] == "fm_init":
             _groups(plan)  # checks it is alone
             self.A = mine.matrix(plan[0][1])  # this party's share of the feature mask, kept all run

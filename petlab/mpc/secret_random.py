@@ -165,15 +165,22 @@ class SecretStream:
 
 class StreamSource:
     """Numbered :class:`SecretStream` s under one key, handed out in order: two holders
-    of the same key who ask in the same order read the same streams."""
+    of the same key who ask in the same order (and for the same requests) read the same
+    streams."""
 
     def __init__(self, *, key: bytes):
         _check_key(key)
         self._key = key
         self.count = 0
 
-    def next(self) -> SecretStream:
-        stream = SecretStream(key=self._key, number=self.count)
+    def next(self, *, bound_to: bytes | None = None) -> SecretStream:
+        """The next stream; ``bound_to`` (e.g. the request it serves, canonically encoded)
+        makes its key depend on that too: whoever reads it for another request reads
+        words the key's other holder never uses."""
+        key = self._key
+        if bound_to is not None:
+            key = derive_key(key=key, purpose="request/" + hashlib.sha256(bound_to).hexdigest())
+        stream = SecretStream(key=key, number=self.count)
         self.count += 1
         return stream
 
