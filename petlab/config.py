@@ -199,6 +199,10 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+#: petlab's protocol: products at scale 2^(2p) must stay below 2^62 (its truncation's range)
+PETLAB_MAX_PRECISION_BITS = 20
+
+
 def resolved_engine(cfg: PocConfig) -> str:
     """The engine a run uses: ``auto`` is petlab's own protocol on the CPU (logistic
     regression and the MLP), CrypTen's operators on a GPU.
@@ -250,6 +254,12 @@ def validate(cfg: PocConfig) -> None:
         raise ConfigError(f"sigmoid_nr_iterations must be between 1 and 8, got {m.sigmoid_nr_iterations}")
     if not 8 <= m.precision_bits <= 24:
         raise ConfigError(f"precision_bits must be between 8 and 24, got {m.precision_bits}")
+    if m.precision_bits > PETLAB_MAX_PRECISION_BITS and resolved_engine(cfg) == "petlab":
+        # petlab's truncation is exact for |x| < 2^62: a product at scale 2^(2p) must stay
+        # below 2^(62 - 2p) in real value, 4.2e6 at p = 20 but 16,384 at p = 24
+        raise ConfigError(f"precision_bits {m.precision_bits} with petlab's protocol leaves products only "
+                          f"2^{62 - 2 * m.precision_bits} of headroom in real value: use at most "
+                          f"{PETLAB_MAX_PRECISION_BITS}")
     if m.triple_chunk < 1:
         raise ConfigError(f"triple_chunk must be at least 1, got {m.triple_chunk}")
     if m.provider not in PROVIDERS:

@@ -343,6 +343,7 @@ def _setup_prng() -> None:
 
     rank, world = comm.get().get_rank(), comm.get().get_world_size()
     _KEYS.pop("pair", None)  # never a key from an earlier crypten.init in this process
+    _KEYS.pop("how", None)
     if world == 1:
         pair = fresh_key()
     elif "agreed" in _KEYS:  # agreed in petlab's greeting (authenticated by TLS): used once

@@ -110,3 +110,12 @@ def test_the_default_configuration_has_an_exact_sgd_step_constant():
     last = 5600 % batch  # the default's 5,600 training rows: the last batch of an epoch
     assert abs(sgd_constant(lr=lr, batch=last, bits=bits) / (lr / last * 2**bits) - 1) < 0.01
     poc_config(batch_size=100, lr=0.3)  # small batches: large constants, always close
+
+
+def test_precision_beyond_the_truncations_range_is_refused_for_petlabs_protocol():
+    """petlab's truncation is exact for |x| < 2^62: at 24 fractional bits a product could
+    hold only 2^14 in real value; CrypTen's operators keep their own truncation."""
+    with pytest.raises(ConfigError, match="use at most 20"):
+        poc_config(precision_bits=24)
+    assert poc_config(precision_bits=20).mpc.precision_bits == 20
+    assert poc_config(precision_bits=24, engine="crypten").mpc.precision_bits == 24

@@ -119,3 +119,12 @@ def test_final_weights_stay_secret_between_organisations_unless_the_run_file_ask
     asked = {**base, "params": {"provider": "TTP", "reveal_weights": True}}
     assert host_job(config_path=_file(tmp_path, asked, "asked.yaml"), role="dealer").config.mpc.reveal_weights
     assert poc_config().mpc.reveal_weights  # the simulation compares the weights with plaintext
+
+
+@pytest.mark.parametrize("param,value", [("audit_words", True), ("audit_party0_view", True),
+                                         ("negative_control", "gateway-holds-wallet-mask")])
+def test_audit_only_parameters_are_refused_between_organisations(tmp_path, param, value):
+    doc = {"rendezvous": RV, "out": str(tmp_path / "runs"), "tls": "off",
+           "params": {"provider": "TTP", "audit_words": True, "audit_party0_view": True, param: value}}
+    with pytest.raises(ConfigError, match="belong to the privacy audit"):
+        host_job(config_path=_file(tmp_path, doc), role="dealer")

@@ -71,6 +71,10 @@ log = logging.getLogger("petlab.hosts")
 
 ROLES = (str(Party.GATEWAY), str(Party.WALLET), DEALER)
 
+#: Parameters only the privacy audit's own runs may set: they write every key and mask share
+#: to disk (audit_words, audit_party0_view) or break the protocol on purpose (negative_control).
+AUDIT_ONLY_PARAMS = ("audit_words", "audit_party0_view", "negative_control")
+
 #: Stands in for the other party's table path, which this host does not know.
 ELSEWHERE = "<on the other party's host>"
 
@@ -107,7 +111,8 @@ def _tls_identity(data: dict, *, path: Path, role: str) -> TlsIdentity | None:
                           f"with the {peer}'s certificate as peer_cert (or tls: off to run without TLS)")
     if section is False or section == "off":
         log.warning("tls: off: everything on petlab's own sockets (greeting, PSI, direct link) travels "
-                    "unauthenticated and in the clear")
+                    "unauthenticated and in the clear, the openings included, and the two parties' key "
+                    "exchange is unauthenticated: an attacker in the middle could learn both their keys")
         return None
     if not isinstance(section, dict) or set(section) != set(_TLS_KEYS):
         raise ConfigError(f"run file {path}: tls needs exactly cert, key and peer_cert (or: tls: off)")
@@ -158,6 +163,10 @@ def host_job(*, config_path: str | os.PathLike, role: str, out: str | None = Non
     # between organisations the final weights are not revealed unless the run file asks:
     # with the revealed scores they give one linear equation per customer in the other's features
     params.setdefault("reveal_weights", False)
+    audit_only = sorted(k for k in params if k in AUDIT_ONLY_PARAMS)
+    if audit_only:  # they keep every key and mask share on disk, or break the protocol on purpose
+        raise ConfigError(f"run file {path}: {', '.join(audit_only)} belong to the privacy audit's own small "
+                          "runs (petlab audit), not to a run between organisations")
     config = poc_config(**params)
     if config.data.source == "tables":  # keep the placeholder as it is (not a path)
         fixed = {f"{p}_table": ELSEWHERE for p in Party if params[f"{p}_table"] == ELSEWHERE}

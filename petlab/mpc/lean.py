@@ -635,8 +635,13 @@ class LeanParty:
     def trunc(self, x: np.ndarray, *, bits: int | None = None) -> np.ndarray:
         """Shares of ``floor(x / 2^k) + e``, ``e`` in {0, 1}, ``k = bits`` (default the
         fixed-point bits): one opening, with a pair the dealer made. Exact up to that one
-        unit, under one assumption: ``|x| < 2^62`` as a signed ring value (else the fixed-
-        point computation has overflowed the ring anyway). Nothing else can go wrong.
+        unit, under one assumption: ``|x| < 2^62`` as a signed ring value (the ring holds
+        values up to 2^63, but beyond 2^62 this truncation fails by about ``2^(64 - k)``).
+        For a product at scale ``2^(2f)`` that means a real value below ``2^(62 - 2f)``
+        (about 1.07e9 at f = 16; the configuration refuses f > 20). The reciprocal sigmoid's
+        ``exp`` (CrypTen's method, accurate only for ``|z| < 2^9``) leaves that range for
+        ``|z|`` above about 1,000; the piecewise sigmoid has no such limit. Nothing else can
+        go wrong.
 
         Local truncation (each party shifts its own share, CrypTen's 2-party method,
         SecureML's) is off by about ``2^(64 - k)`` whenever the shares' sum wraps the
