@@ -88,10 +88,12 @@ def classification_table(*, provider: str, reveal_weights: bool, track_loss: boo
         add(party, "PSI result: which of its own customers are shared, and the size of the other's set",
             REVEALED, f"personal data for the {party}: that each of these identified customers is also "
             f"a customer of the {other} (membership); nothing about the {other}'s other customers")
-        add(party, "handshake: row and feature counts, the id, label and column names of the other's "
-            "table, a digest of the shared configuration, keyed commitments (HMAC under a key only the "
-            "two parties hold) of the intersection and of the other's table file; X25519 public keys",
-            PUBLIC, "the number of shared customers and of features, the other's schema (column names can "
-            "themselves be sensitive: name them neutrally); that both PSI results agree. The commitments "
-            "cannot be tested against a guessed table or id list; the public keys carry nothing")
+        add(party, "handshake: role, version and the shared configuration (greeting); row and feature "
+            "counts, the id, label and column names of the other's table; keyed commitments (HMAC under "
+            "a key only the two parties hold) of the configuration and of the intersection; X25519 "
+            "public keys", PUBLIC,
+            "the number of shared customers and of features, the other's schema (column names can "
+            "themselves be sensitive: name them neutrally); that both PSI results agree. The "
+            "commitments cover what both parties know anyway, and no outsider can test a guess "
+            "against them; no digest of a table file is sent; the public keys carry nothing")
     return rows
