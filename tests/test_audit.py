@@ -236,6 +236,67 @@ def test_mask_reuse_is_caught_and_fresh_masks_pass():
     assert not capped.passed and "pair cap 10 reached" in capped.detail
 
 
+def test_partial_mask_reuse_is_caught_whatever_word_and_sign():
+    """A mask reused for some words of a pair only (not the first, with either sign) is
+    found: one close word by its closeness, several by their count."""
+    fresh = [(_uniform(35), "sum", "fresh") for _ in range(60)] + [(_uniform(128), "sum", "fresh") for _ in range(60)]
+    fresh += [(_uniform(84), "xor", "fresh") for _ in range(60)]
+    clean = checks.mask_reuse(openings=fresh, label="x")
+    assert clean.passed, clean.detail
+    w1, w2 = (checks.encode_fixed_point(0.1 * RNG.standard_normal(35)) for _ in range(2))
+    B = _uniform(35)
+    for sign in (1, -1):  # w2 opened under B or under -B (the sum of the openings is then w1 + w2)
+        later = _uniform(35)
+        later[17] = w2[17] + sign * -B[17]
+        found = checks.mask_reuse(openings=fresh[:30] + [(w1 - B, "sum", "step 1")] + fresh[30:]
+                                  + [(later, "sum", "step 2")], label="x")
+        assert not found.passed and found.statistic == 1, found.detail
+        assert "step 1 and" in found.detail and "step 2 (a word's" in found.detail, found.detail
+    # five words reused, each difference far above the closeness bound: their count gives them away
+    later = _uniform(35)
+    far = RNG.integers(2**35, 2**38, 5)
+    later[[3, 9, 20, 27, 34]] = (w1 - B)[[3, 9, 20, 27, 34]] + far
+    found = checks.mask_reuse(openings=fresh + [(w1 - B, "sum", "a"), (later, "sum", "b")], label="x")
+    assert not found.passed and "5 of 35 words within 2^40" in found.detail, found.detail
+    bits = _uniform(84)  # one word of an XOR mask reused
+    x1, x2 = _uniform(84), _uniform(84)
+    x2[40] = x1[40] ^ 12345
+    assert not checks.mask_reuse(openings=fresh + [(x1 ^ bits, "xor"), (x2 ^ bits, "xor")], label="x").passed
+    # the comparisons in full reach back `window` openings of a length, and the detail says so
+    apart = checks.mask_reuse(openings=[(w1 - B, "sum", "a")] + fresh[:60] + [(later, "sum", "b")], label="x",
+                              window=10)
+    assert apart.passed and "further apart than the window of 10" in apart.detail
+
+
+def test_one_word_openings_in_the_clear_fail():
+    masked = [{"call": "all_reduce", "op": "lean.trunc_together", "kind": "sum", "words": _uniform(1)}
+              for _ in range(100)]
+    sums = [{"call": "all_reduce", "op": "lean.train_logreg", "kind": "sum",
+             "words": checks.encode_fixed_point(np.array([v]))} for v in (-13.5, 7.25)]
+    messages = [{"call": "all_reduce", "op": "lean.trunc_together"}]
+    assert declared_reveals_only(messages=messages, allowed=set(), opened=masked).passed
+    assert declared_reveals_only(messages=messages, allowed=set(), opened=masked + sums[:1]).passed  # chance allows 1
+    res = declared_reveals_only(messages=messages, allowed=set(), opened=masked + sums)
+    assert not res.passed and "lean.train_logreg (all_reduce, 1 word)" in res.detail, res.detail
+    assert not declared_reveals_only(messages=messages, allowed=set(), opened=masked[:5] + sums[:1]).passed
+    assert checks.small_single_words(parts=[_uniform(1) for _ in range(8)])[1] == 1
+    assert checks.small_single_words(parts=[_uniform(1) for _ in range(9)])[1] == 2
+
+
+def test_opened_bits_must_be_fair_coins():
+    fair = [RNG.integers(0, 2, 128) for _ in range(20)]
+    assert checks.opened_bit_balance(openings=fair, label="b").passed
+    signs = np.zeros(128, dtype=np.int64)  # the sign of z = 0 at the first step, opened without its bit
+    res = checks.opened_bit_balance(openings=fair + [signs], label="b")
+    assert not res.passed and "0 ones in 64" in res.detail, res.detail
+    # the piecewise sigmoid's three comparisons (z < -10, z < 0, z < 10): balanced as a whole
+    n = 128
+    pieces = np.concatenate([RNG.random(n) < 0.02, RNG.integers(0, 2, n), RNG.random(n) < 0.98]).astype(np.int64)
+    assert abs(pieces.mean() - 0.5) < 0.05
+    assert not checks.opened_bit_balance(openings=fair + [pieces], label="b").passed
+    assert not checks.opened_bit_balance(openings=[b * 2 for b in fair], label="b").passed  # not bits
+
+
 def test_plaintext_openings_outside_declared_reveals_fail():
     y = checks.encode_fixed_point(RNG.integers(0, 2, 200).astype(float))
     masked = [{"call": "all_reduce", "op": "lean.fm_left", "kind": "sum", "words": _uniform(200)},

@@ -85,8 +85,9 @@ def received_words(party_dir: Path, *, narrow_ops: set[str] = frozenset()) -> tu
 
 #: Operations whose openings are bits by design (an XOR share of a bit opened under a
 #: random bit: 0 or 1), so "small" says nothing there: CrypTen's B2A conversion and
-#: petlab's ``lean.open_bit``. The mask-reuse and plaintext tests skip them; the bits'
-#: balance is tested on the words received (:data:`NARROW_OPS`).
+#: petlab's ``lean.open_bit``. The mask-reuse and plaintext tests skip them; the opened
+#: bits themselves must be fair coins (:func:`petlab.audit.checks.opened_bit_balance`),
+#: and so must the shares received (:data:`NARROW_OPS`).
 BIT_OPENINGS = {"beaver.B2A_single_bit", "lean.open_bit"}
 
 OPENING_CALLS = ("all_reduce", "reduce", "broadcast")
@@ -126,25 +127,45 @@ def openings(party_dir: Path) -> list[dict]:
     return out
 
 
+def _undeclared(opened: list[dict] | None, allowed: set[str]) -> list[dict]:
+    """The openings (:func:`openings`) that are neither declared reveals nor bits."""
+    return [o for o in (opened or []) if o["call"] in OPENING_CALLS and not _declared(o["op"], allowed)
+            and o["op"] not in BIT_OPENINGS]
+
+
+def _plaintext(others: list[dict]) -> tuple[list[int], list[int], int]:
+    """Which of ``others`` look like plaintext: the openings of >= 2 words
+    (:func:`petlab.audit.checks.plaintext_parts`), and the small one-word ones
+    (:func:`petlab.audit.checks.small_single_words`) with the count from which they fail."""
+    words = [o["words"] for o in others]
+    single, limit = checks.small_single_words(parts=words)
+    return checks.plaintext_parts(parts=words), single, limit
+
+
 def declared_reveals_only(*, messages: list[dict], allowed: set[str],
                           opened: list[dict] | None = None) -> checks.CheckResult:
     """Every decryption towards one receiver (``reduce``) must be a declared reveal, and
     no other opening (``opened``: :func:`openings`; by any call, ``all_reduce`` included)
-    may look like plaintext (:func:`petlab.audit.checks.plaintext_parts`)."""
+    may look like plaintext (:func:`petlab.audit.checks.plaintext_parts`), nor may more
+    one-word openings be small than chance allows (:func:`petlab.audit.checks.small_single_words`)."""
     decryptions = [m for m in messages if m["call"] == "reduce"]
     bad = [m["op"] for m in decryptions if not _declared(m["op"], allowed)]
     errors = [m for m in messages if m["op"] == "record-error"]
-    others = [o for o in (opened or []) if o["call"] in OPENING_CALLS and not _declared(o["op"], allowed)
-              and o["op"] not in BIT_OPENINGS]
-    plain = [others[i] for i in checks.plaintext_parts(parts=[o["words"] for o in others])]
-    plain_ops = sorted({f"{o['op']} ({o['call']})" for o in plain})
+    others = _undeclared(opened, allowed)
+    wide, single, limit = _plaintext(others)
+    plain = [others[i] for i in wide] + ([others[i] for i in single] if len(single) >= limit else [])
+    plain_ops = sorted({f"{o['op']} ({o['call']}, {o['words'].size} word{'s' if o['words'].size > 1 else ''})"
+                        for o in plain})
+    n_single = sum(1 for o in others if o["words"].size == 1)
     return checks.CheckResult(
         name="only declared outputs decrypted, to their declared receiver",
-        passed=not bad and not errors and not plain, statistic=float(len(bad) + len(errors) + len(plain)),
-        threshold="0 undeclared decryptions, 0 plaintext-looking openings outside declared reveals, "
+        passed=not plain and not bad and not errors, statistic=float(len(bad) + len(errors) + len(plain)),
+        threshold="0 undeclared decryptions, 0 plaintext-looking openings outside declared reveals "
+                  f"(of >= 2 words; of one word: fewer than {limit} below 2^{checks.SMALL_BITS}), "
                   "0 unrecorded messages",
         detail=f"{len(decryptions)} decryptions received; undeclared: {sorted(set(bad)) or 'none'}; "
-               f"{len(others):,} other openings, plaintext-looking: {plain_ops or 'none'}",
+               f"{len(others):,} other openings ({n_single:,} of one word, {len(single)} of them small), "
+               f"plaintext-looking: {plain_ops or 'none'}",
     )
 
 
@@ -177,6 +198,16 @@ def _row(provider: str, party, res: checks.CheckResult) -> dict:
     return {"provider": provider, "party": str(party), **dataclasses.asdict(res)}
 
 
+def _masked(opened: list[dict], allowed: set[str]) -> list[dict]:
+    """The openings the mask-reuse test compares: undeclared, not bits, and not
+    plaintext-looking (two plaintext values differ by little whatever their masks; the
+    declared-reveals check reports them)."""
+    others = _undeclared(opened, allowed)
+    wide, single, _ = _plaintext(others)
+    plain = set(wide) | set(single)
+    return [o for i, o in enumerate(others) if i not in plain]
+
+
 def _word_checks(*, provider: str, party, pdir: Path, secrets: np.ndarray, allowed: set[str]) -> list:
     """The checks on what one party received and saw opened."""
     other = Party.WALLET if party == Party.GATEWAY else Party.GATEWAY
@@ -190,12 +221,14 @@ def _word_checks(*, provider: str, party, pdir: Path, secrets: np.ndarray, allow
         checks.byte_chi_square(words=words, label=label),
         checks.ks_uniform(words=words, label=label),
         declared_reveals_only(messages=messages, allowed=allowed, opened=opened),
-        checks.mask_reuse(openings=[(o["words"], o["kind"], o["op"]) for o in opened
-                                    if not _declared(o["op"], allowed) and o["op"] not in BIT_OPENINGS],
+        checks.mask_reuse(openings=[(o["words"], o["kind"], o["op"]) for o in _masked(opened, allowed)],
                           label=f"the openings the {party} saw"),
     ]
     if bits.size:
         found.append(checks.single_bit_balance(bits=bits, label=f"1-bit shares the {party} received"))
+    opened_bits = [o["words"] for o in opened if o["op"] in BIT_OPENINGS]
+    if opened_bits:
+        found.append(checks.opened_bit_balance(openings=opened_bits, label=f"the opened bits the {party} saw"))
     return [_row(provider, party, res) for res in found]
 
 
