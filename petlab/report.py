@@ -83,7 +83,9 @@ def _audit_section(run_dir: Path) -> str:
              "Thresholds and their justification are in <code>petlab/audit/checks.py</code>. Every "
              "check is shown to fail on a deliberately broken variant of the protocol run through this "
              "same audit (<code>tests/test_audit.py</code>: a key from a small seed space, a mask reused "
-             "for two openings, an undeclared decryption through <code>all_reduce</code>, a TTP run in "
+             "for two openings, a mask reused for one word of two openings, an undeclared decryption "
+             "through <code>all_reduce</code>, a one-word sum opened in the clear at every step, a "
+             "comparison bit opened without its random bit (the sign of every row), a TTP run in "
              "which the gateway also holds the wallet's mask share).</p>"]
     rows = [[c["provider"], c["party"], c["name"], "pass" if c["passed"] else "FAIL",
              f"{c['statistic']:.4g}", c["threshold"], c["detail"]] for c in audit["checks"]]

@@ -23,7 +23,8 @@ RNG = np.random.default_rng(0)
 AUDIT_RUN = dict(rows=300, epochs=1, batch_size=128, timeout_s=600)
 #: The provider each negative control is run under (once each; TFP runs start no dealer).
 CONTROL_RUNS = {"weak-key": "TTP", "reused-mask": "TFP", "undeclared-all-reduce": "TFP",
-                "gateway-holds-wallet-mask": "TTP"}
+                "gateway-holds-wallet-mask": "TTP", "sign-in-clear": "TFP", "one-word-leak": "TFP",
+                "partial-mask-reuse": "TFP"}
 #: Checks a control fails besides its named one, because it is the same leak seen from the other side.
 SAME_LEAK = {"gateway-holds-wallet-mask": ("the wallet cannot reconstruct the gateway's features",)}
 
@@ -193,6 +194,14 @@ def test_each_negative_control_fails_the_audit_with_its_check(control, tmp_path)
     if control == "gateway-holds-wallet-mask":  # the trust demonstration says so too
         assert result.reconstruction["TTP"]["recovered_fraction"] == 1.0
         assert not result.reconstruction["TTP"]["as_expected"]
+
+
+def test_every_negative_control_can_be_chosen_by_the_configuration():
+    from petlab.config import NEGATIVE_CONTROLS
+
+    assert set(CONTROL_RUNS) == set(CONTROLS)
+    assert set(CONTROLS) == set(NEGATIVE_CONTROLS), (
+        f"petlab.config.NEGATIVE_CONTROLS lacks {sorted(set(CONTROLS) - set(NEGATIVE_CONTROLS))}")
 
 
 def test_negative_controls_are_refused_outside_audit_runs():

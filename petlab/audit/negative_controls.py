@@ -17,14 +17,23 @@ the audit to fail with the check named in :data:`CONTROLS`:
   key (it sends the wallet that key and deals both parties' streams under it), so the
   wallet's mask share is a stream the gateway can read. Under TFP the gateway deals the
   whole mask anyway: nothing to break.
+* ``sign-in-clear``: every comparison (``LeanParty._ltz``) opens its bit without the
+  random bit (``rb = 0``): the sign of every value compared, e.g. of every row's ``z``,
+  in the clear. The shares each party receives still look uniform; the opened bits do not;
+* ``one-word-leak``: every SGD step opens the bias gradient ``sum(p - y)`` of its batch
+  in the clear, one word (a plaintext test needs at least two words to say anything);
+* ``partial-mask-reuse``: as ``reused-mask``, but for the last word of ``w`` only (one
+  word under the previous step's mask, the others under fresh ones, and that word's
+  ``B_prev - B`` beside it): not every word of the pair is close, and not the first.
 
 A variant is chosen by ``mpc.negative_control`` and applied by :func:`apply_negative_control`
 at the start of every party process (gateway, wallet and dealer), by monkeypatching.
 It is refused outside audit runs (``audit_words`` and ``audit_party0_view`` on): the
 configuration refuses it, and so does :func:`apply_negative_control`.
 
->>> sorted(CONTROLS)
-['gateway-holds-wallet-mask', 'reused-mask', 'undeclared-all-reduce', 'weak-key']
+>>> sorted(CONTROLS)  # doctest: +NORMALIZE_WHITESPACE
+['gateway-holds-wallet-mask', 'one-word-leak', 'partial-mask-reuse', 'reused-mask', 'sign-in-clear',
+ 'undeclared-all-reduce', 'weak-key']
 """
 
 from __future__ import annotations
@@ -62,8 +71,12 @@ CONTROLS = {
                                      fails="only declared outputs decrypted, to their declared receiver"),
     "gateway-holds-wallet-mask": Control(providers=("TTP",),
                                          fails="the gateway cannot reconstruct the wallet's features"),
+    "sign-in-clear": Control(providers=("TFP", "TTP"), fails="balance of the opened bits"),
+    "one-word-leak": Control(providers=("TFP", "TTP"),
+                             fails="only declared outputs decrypted, to their declared receiver"),
+    "partial-mask-reuse": Control(providers=("TFP", "TTP"), fails="no mask reused across"),
 }
-assert set(CONTROLS) == set(NEGATIVE_CONTROLS)
+assert set(NEGATIVE_CONTROLS) <= set(CONTROLS)  # every control a configuration can name can be applied
 
 
 def apply_negative_control(*, name: str, role: str, config) -> None:
@@ -131,13 +144,14 @@ def _weak_key(*, role: str, provider: str) -> None:
         dealer._petlab_bulk = petlab_bulk  # dealer_server_class() builds the dealer from it
 
 
-# -- reused-mask -----------------------------------------------------------------------------
+# -- reused-mask, partial-mask-reuse ----------------------------------------------------------
 
-def _reused_mask(*, role: str, provider: str) -> None:
+def _reusing_fm_left(*, at) -> None:
+    """Every second feature-matrix product opens ``w[at]`` under the previous step's mask
+    ``B[at]`` (the other words under this step's), and ``(B_prev - B)[at]`` beside it, so
+    that the run stays correct."""
     import petlab.mpc.lean as lean
 
-    if role == "dealer":
-        return
     fm_left = lean.LeanParty.fm_left
 
     @functools.wraps(fm_left)
@@ -156,9 +170,13 @@ def _reused_mask(*, role: str, provider: str) -> None:
             if previous is None or previous.shape != B.shape:
                 state["B"] = B
                 return real_open(masked)
-            state["B"] = None  # every second step: w under the previous step's mask
-            reused, gap = real_open(w - previous, previous - B)
-            return [reused + gap]
+            state["B"] = None  # every second step: w[at] under the previous step's mask
+            reused = masked.copy()
+            reused[at] = (w - previous)[at]
+            opened, gap = real_open(reused, np.ascontiguousarray((previous - B)[at]))
+            opened = opened.copy()
+            opened[at] += gap
+            return [opened]
 
         self.open = open_once
         try:
@@ -167,6 +185,51 @@ def _reused_mask(*, role: str, provider: str) -> None:
             del self.open
 
     lean.LeanParty.fm_left = reusing_fm_left
+
+
+def _reused_mask(*, role: str, provider: str) -> None:
+    if role != "dealer":
+        _reusing_fm_left(at=slice(None))
+
+
+def _partial_mask_reuse(*, role: str, provider: str) -> None:
+    if role != "dealer":
+        _reusing_fm_left(at=[-1])
+
+
+# -- sign-in-clear -----------------------------------------------------------------------------
+
+def _sign_in_clear(*, role: str, provider: str) -> None:
+    import petlab.mpc.lean as lean
+
+    if role == "dealer":
+        return
+
+    @functools.wraps(lean.LeanParty._ltz)
+    def signing_ltz(self, x, riders=()):
+        msb, ridden = self.carry_msb(x, riders)
+        rb, _ = self.rand.take("dabit", x.shape)  # taken, unused: both parties' streams stay in step
+        e = self.open_bit(msb, np.zeros_like(rb))  # x < 0, for every value, in the clear
+        return self.public(e.astype(np.int64)), ridden
+
+    lean.LeanParty._ltz = signing_ltz
+
+
+# -- one-word-leak -----------------------------------------------------------------------------
+
+def _one_word_leak(*, role: str, provider: str) -> None:
+    import petlab.mpc.lean as lean
+
+    if role == "dealer":
+        return
+    sgd = lean._sgd
+
+    @functools.wraps(sgd)
+    def leaking_sgd(party, params, grads, *, lr, batch):
+        party.open(np.ascontiguousarray(grads[-1]))  # the bias gradient: sum over the batch of p - y
+        return sgd(party, params, grads, lr=lr, batch=batch)
+
+    lean._sgd = leaking_sgd
 
 
 # -- undeclared-all-reduce ----------------------------------------------------------------------
@@ -227,4 +290,5 @@ def _gateway_holds_wallet_mask(*, role: str, provider: str) -> None:
 
 
 _APPLY = {"weak-key": _weak_key, "reused-mask": _reused_mask, "undeclared-all-reduce": _undeclared_all_reduce,
-          "gateway-holds-wallet-mask": _gateway_holds_wallet_mask}
+          "gateway-holds-wallet-mask": _gateway_holds_wallet_mask, "sign-in-clear": _sign_in_clear,
+          "one-word-leak": _one_word_leak, "partial-mask-reuse": _partial_mask_reuse}
