@@ -50,7 +50,8 @@ DATA_SOURCES = ("synthetic", "credit", "tables", "wide")
 PARTY_NAMES = ("gateway", "wallet")  # the data parties (see petlab.parties.Party)
 #: Deliberately broken variants that the privacy audit must fail (audit runs only;
 #: petlab.audit.negative_controls)
-NEGATIVE_CONTROLS = ("weak-key", "reused-mask", "undeclared-all-reduce", "gateway-holds-wallet-mask")
+NEGATIVE_CONTROLS = ("weak-key", "reused-mask", "undeclared-all-reduce", "gateway-holds-wallet-mask", "sign-in-clear",
+                     "one-word-leak", "partial-mask-reuse")
 MIN_TRAIN_ROWS = 40  # below this a minibatch run says nothing
 MIN_TEST_ROWS = 20  # below this an AUC says nothing
 
