@@ -125,6 +125,18 @@ def _connect(address: str, port: int, timeout_s: float) -> socket.socket:
 _CONNECTOR_SERVES, _CONNECTOR_ASKS = b"S", b"A"
 
 
+def _secured(sock, *, tls, server_side: bool, timeout_s: float, channels: dict, where: str):
+    """``sock`` under TLS (or as it is, ``tls=None``); on a refusal the channels already
+    open are closed too."""
+    try:
+        return secure_socket(sock=sock, tls=tls, server_side=server_side, timeout_s=timeout_s, error=PsiError,
+                             where=where)
+    except PsiError:
+        for ch in channels.values():
+            ch.sock.close()
+        raise
+
+
 def _open_channels(*, listen: bool, address: str, port: int, timeout_s: float,
                    keep: list | None, tls: TlsIdentity | None) -> dict[str, _Channel]:
     """Two connections to the peer, one per direction: {"serve": ..., "ask": ...}."""
@@ -139,13 +151,8 @@ def _open_channels(*, listen: bool, address: str, port: int, timeout_s: float,
                     for ch in channels.values():
                         ch.sock.close()
                     raise PsiError(f"no PSI peer connected to {address}:{port} within {timeout_s:g} s") from None
-                try:
-                    sock = secure_socket(sock=sock, tls=tls, server_side=True, timeout_s=timeout_s, error=PsiError,
-                                         where=f"PSI at {address}:{port}")
-                except PsiError:
-                    for ch in channels.values():
-                        ch.sock.close()
-                    raise
+                sock = _secured(sock, tls=tls, server_side=True, timeout_s=timeout_s, channels=channels,
+                                where=f"PSI at {address}:{port}")
                 sock.settimeout(timeout_s)
                 tag = sock.recv(1)
                 if tag not in (_CONNECTOR_SERVES, _CONNECTOR_ASKS):
@@ -157,13 +164,8 @@ def _open_channels(*, listen: bool, address: str, port: int, timeout_s: float,
     else:
         for tag, role in ((_CONNECTOR_SERVES, "serve"), (_CONNECTOR_ASKS, "ask")):
             sock = _connect(address, port, timeout_s)
-            try:
-                sock = secure_socket(sock=sock, tls=tls, server_side=False, timeout_s=timeout_s, error=PsiError,
-                                     where=f"PSI with {address}:{port}")
-            except PsiError:
-                for ch in channels.values():
-                    ch.sock.close()
-                raise
+            sock = _secured(sock, tls=tls, server_side=False, timeout_s=timeout_s, channels=channels,
+                            where=f"PSI with {address}:{port}")
             sock.settimeout(timeout_s)
             sock.sendall(tag)
             channels[role] = _Channel(sock, keep=keep)
