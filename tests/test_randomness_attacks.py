@@ -1,4 +1,4 @@
-"""The attacks of the randomness review, replayed with a reduced search window.
+"""Two attacks on predictable masks, replayed with a reduced search window.
 
 Each test runs the same protocol twice: once on the old seeding (kept here, and only
 here, as the broken reference: numpy PCG64 streams seeded from torch's mt19937, whose
