@@ -487,8 +487,8 @@ def _stamp() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-#: Figures quoted from issue 6 (SecretFlow SPU 0.9.5, measured on this kind of machine by
-#: the issue's author, same data shape: d=30 split 15/15, 10 epochs, batch 1024, lr 0.5).
+#: Figures quoted, not measured here (SecretFlow SPU 0.9.5, measured elsewhere on this kind of
+#: machine, same data shape: d=30 split 15/15, 10 epochs, batch 1024, lr 0.5).
 #: ``spu`` is not installed here; these are quoted, never presented as measured.
 SPU_QUOTED = [
     ("SPU 0.9.5 SEMI2K (dealer), exact sigmoid", "logreg", {10_000: 1.4, 100_000: 13.5}, "1.8 GB at 100k"),
@@ -511,7 +511,7 @@ PETLAB_VARIANTS = {"petlab": "petlab protocol, CrypTen's sigmoid", "petlab-pw": 
 
 
 def _findings(rows: list[dict]) -> list[str]:
-    """Ratios the issue asks about, computed from the rows (per epoch where epochs differ).
+    """The ratios worth comparing, computed from the rows (per epoch where epochs differ).
 
     >>> rows = [{"config": c, "n_train": 10_000, "epochs": 10, "mpc_s": s, "model": "logreg"}
     ...         for c, s in (("petlab-TFP", 2.0), ("petlab-TTP", 3.0), ("crypten-TTP", 60.0), ("petlab-pw-TTP", 1.0))]
@@ -632,7 +632,7 @@ def render_mpc(*, rows: list[dict]) -> str:
         lines.append(f"- `{name}`: {described[name][0]}")
     lines += [
         "",
-        "Quoted from issue 6 (measured by its author, on this kind of machine at another time; the `spu-*` rows",
+        "Quoted, not measured here (measured on this kind of machine at another time; the `spu-*` rows",
         "above, where present, were measured here by `petlab/spu/run_lr.py`):",
         "",
         "| system | model | 10k train rows, 10 epochs, s | 100k, s | traffic |",

@@ -212,11 +212,19 @@ def agree_pair_key(*, exchange, peer_public: bytes, my_role: str, peer_role: str
     """Agree the two data parties' key from an exchange made outside gloo (inside petlab's
     TLS-authenticated greeting); the next ``crypten.init`` uses it instead of agreeing
     one over gloo."""
+    _KEYS["agreed"] = _bound_agreement(exchange=exchange, peer_public=peer_public, my_role=my_role,
+                                       peer_role=peer_role, config_digest=config_digest)
+
+
+def _bound_agreement(*, exchange, peer_public: bytes, my_role: str, peer_role: str, config_digest: str) -> bytes:
+    """The key of an X25519 exchange, bound to the run and both roles with their public
+    keys in role order (both sides build the same context)."""
     from petlab.mpc.secret_random import binding
 
-    (role_a, public_a), (role_b, public_b) = sorted([(my_role, exchange.public), (peer_role, bytes(peer_public))])
+    peer_public = bytes(peer_public)
+    (role_a, public_a), (role_b, public_b) = sorted([(my_role, exchange.public), (peer_role, peer_public)])
     context = binding(config_digest=config_digest, roles=(role_a, role_b), publics=(public_a, public_b))
-    _KEYS["agreed"] = exchange.agree(peer_public=bytes(peer_public), context=context)
+    return exchange.agree(peer_public=peer_public, context=context)
 
 
 def pair_key() -> bytes:
@@ -287,13 +295,12 @@ def _exchange_publics(*, send, recv, mine: bytes) -> bytes:
 def _agree_with(*, my_role: str, peer_role: str, send, recv) -> bytes:
     """An X25519 exchange over CrypTen's gloo link, bound to this run and both roles
     (an eavesdropper sees two public keys; see the README on an active attacker)."""
-    from petlab.mpc.secret_random import KeyExchange, binding
+    from petlab.mpc.secret_random import KeyExchange
 
     kx = KeyExchange()
     theirs = _exchange_publics(send=send, recv=recv, mine=kx.public)
-    (role_a, public_a), (role_b, public_b) = sorted([(my_role, kx.public), (peer_role, theirs)])
-    context = binding(config_digest=_BINDING["config_digest"], roles=(role_a, role_b), publics=(public_a, public_b))
-    return kx.agree(peer_public=theirs, context=context)
+    return _bound_agreement(exchange=kx, peer_public=theirs, my_role=my_role, peer_role=peer_role,
+                            config_digest=_BINDING["config_digest"])
 
 
 
@@ -404,7 +411,7 @@ def _ttp_server_setup(self) -> None:
     self.generators_cuda = self.generators
 
 
-def _refuse_manual_seed(*args, **kwargs):
+def _refuse_reseeding(*args, **kwargs):
     raise InsecureRandomnessError("crypten.manual_seed would make CrypTen's secrets predictable: refused in petlab")
 
 
@@ -423,7 +430,7 @@ def install_secret_randomness(crypten: ModuleType) -> None:
         if hasattr(module, "generate_kbit_random_tensor"):
             module.generate_kbit_random_tensor = _secret_kbit_tensor
     crypten._setup_prng = _setup_prng
-    crypten.manual_seed = _refuse_manual_seed
+    crypten.manual_seed = _refuse_reseeding
     ttp_provider.TTPClient._TTPClient__TTPClient._setup_generators = _ttp_client_setup
     ttp_provider.TTPServer._setup_generators = _ttp_server_setup
     _FIXES["secret_randomness"] = True

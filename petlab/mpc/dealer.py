@@ -136,8 +136,9 @@ def check_plan(plan, *, feature_mask: tuple | None) -> tuple | None:
     return feature_mask
 
 
-def check_request(message, *, feature_mask: tuple | None) -> tuple[str, tuple, dict]:
-    """Check one request of party 0: ``(function, args, kwargs)`` if it is served."""
+def check_request(message, *, feature_mask: tuple | None) -> tuple[str, tuple, dict, tuple | None]:
+    """Check one request of party 0: ``(function, args, kwargs, feature_mask)`` if it is
+    served, the feature mask's shape as it stands after the request."""
     if not (isinstance(message, dict) and set(message) == {"function", "device", "args", "kwargs"}):
         raise DealerRequestError("dealer: refused a request that is not a TTP request")
     function, args, kwargs = message["function"], tuple(message["args"] or ()), dict(message["kwargs"] or {})
@@ -146,7 +147,7 @@ def check_request(message, *, feature_mask: tuple | None) -> tuple[str, tuple, d
     if function == "petlab_bulk":
         if len(args) != 1 or kwargs:
             raise DealerRequestError("dealer: refused petlab_bulk: one plan, no options")
-        check_plan(args[0], feature_mask=feature_mask)
+        feature_mask = check_plan(args[0], feature_mask=feature_mask)
     elif function == "additive":
         if len(args) < 3 or args[2] not in PRODUCT_OPS:
             raise DealerRequestError(f"dealer: refused additive: the operation must be one of {', '.join(PRODUCT_OPS)}")
@@ -163,7 +164,7 @@ def check_request(message, *, feature_mask: tuple | None) -> tuple[str, tuple, d
         for size in sizes:
             if _words(_shape(size, what=f"{function}'s size")) > MAX_WORDS_PER_REQUEST:
                 raise DealerRequestError(f"dealer: refused {function}: more than {MAX_WORDS_PER_REQUEST} words")
-    return function, args, kwargs
+    return function, args, kwargs, feature_mask
 
 
 def _petlab_bulk(self, plan):
@@ -193,9 +194,7 @@ def _serve(self) -> None:
             message = comm.get().recv_obj(0, self.ttp_group)
             if message == "terminate":
                 return
-            function, args, kwargs = check_request(message, feature_mask=feature_mask)
-            if function == "petlab_bulk":
-                feature_mask = check_plan(args[0], feature_mask=feature_mask)
+            function, args, kwargs, feature_mask = check_request(message, feature_mask=feature_mask)
             self.device = message["device"]
             result = getattr(self, function)(*args, **kwargs)
             comm.get().send_obj(result.size(), 0, self.ttp_group)
