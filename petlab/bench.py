@@ -110,26 +110,32 @@ MPC_CONFIGS = {
                           {"engine": "petlab", "provider": "TTP", "sigmoid_method": "piecewise"}, False),
 }
 
-#: SecretFlow SPU on the same work, measured by ``petlab/spu/run_lr.py`` in SPU's own
-#: environment (``make venv-spu``; it pins jax and numpy, so it cannot share petlab's):
-#: name -> (description, SPU sigmoid mode).
+#: SecretFlow SPU on the same work, measured by ``petlab/spu/run_lr.py`` (SPU 0.9.5 is in
+#: petlab's environment): name -> (description, SPU sigmoid mode, where its parties run).
 SPU_CONFIGS = {
-    "spu-SEMI2K": ("SecretFlow SPU 0.9.5, SEMI2K, FM64, exact sigmoid (SIGMOID_REAL); Beaver triples made by "
-                   "party 0 (SPU's TrustedFirstParty: a dealer assumption, as CrypTen's TFP)", "real"),
-    "spu-SEMI2K-seg3": ("SecretFlow SPU 0.9.5, SEMI2K, FM64, clipped linear sigmoid (SIGMOID_SEG3), "
-                        "TrustedFirstParty", "seg3"),
+    "spu-SEMI2K": ("SecretFlow SPU 0.9.5, SEMI2K, FM64, exact sigmoid (SIGMOID_REAL), its two parties in two "
+                   "processes over SPU's brpc link on loopback; Beaver triples made by party 0 (SPU's "
+                   "TrustedFirstParty: a dealer assumption, as CrypTen's TFP)", "real", "processes"),
+    "spu-SEMI2K-seg3": ("SecretFlow SPU 0.9.5, SEMI2K, FM64, clipped linear sigmoid (SIGMOID_SEG3), two "
+                        "processes over brpc, TrustedFirstParty", "seg3", "processes"),
+    "spu-SEMI2K-sim": ("SecretFlow SPU 0.9.5, SEMI2K, FM64, exact sigmoid, in SPU's own simulator: both parties "
+                       "as threads of one process over an in-memory link (SPU's best case: no network, no "
+                       "serialisation), TrustedFirstParty", "real", "simulator"),
+    "spu-SEMI2K-seg3-sim": ("SecretFlow SPU 0.9.5, SEMI2K, FM64, clipped linear sigmoid, SPU's simulator "
+                            "(one process, in-memory link), TrustedFirstParty", "seg3", "simulator"),
 }
 SPU_RUNNER = Path(__file__).parent / "spu" / "run_lr.py"
-#: Where ``make venv-spu`` puts SPU's interpreter.
-SPU_VENV_PYTHON = ".venv-spu/bin/python"
 
 
 def spu_python(explicit: str | None = None) -> str | None:
-    """The interpreter that has SPU: ``explicit``, ``$PETLAB_SPU_PYTHON``, or ``.venv-spu``."""
-    for candidate in (explicit, os.environ.get("PETLAB_SPU_PYTHON"), SPU_VENV_PYTHON):
+    """The interpreter that has SPU: ``explicit``, ``$PETLAB_SPU_PYTHON``, or this one when
+    ``spu`` is installed here (``make venv`` installs it)."""
+    import importlib.util
+
+    for candidate in (explicit, os.environ.get("PETLAB_SPU_PYTHON")):
         if candidate and Path(candidate).is_file():
             return str(candidate)
-    return None
+    return sys.executable if importlib.util.find_spec("spu") is not None else None
 
 
 #: Where the WAN section also keeps its points, for notebook 04.
@@ -229,8 +235,8 @@ def run_benchmarks(*, sizes, epochs: int, output: str, data_root: str, runs_root
     spu_configs = [c for c in (mpc_configs or []) if c in SPU_CONFIGS] if "mpc" in sections else []
     spu = spu_python(spu)
     if spu_configs and spu is None:
-        raise ConfigError(f"{', '.join(spu_configs)} need SecretFlow SPU 0.9.5 in its own environment: "
-                          "run `make venv-spu` (or pass --spu-python / set PETLAB_SPU_PYTHON)")
+        raise ConfigError(f"{', '.join(spu_configs)} need SecretFlow SPU 0.9.5 (spu), which is not installed "
+                          "here: run `make venv` (or pass --spu-python / set PETLAB_SPU_PYTHON)")
     if "wan" in sections:  # before anything is measured: fail fast, not after an hour
         from petlab.wan import unavailable_reason
 
@@ -358,7 +364,7 @@ def _bench_spu(*, name: str, n_train: int, epochs: int, features: int, data_root
     from petlab.parties import Party
     from petlab.pipeline import prepare_tables, reference_features, train_references
 
-    description, sigmoid = SPU_CONFIGS[name]
+    description, sigmoid, where = SPU_CONFIGS[name]
     config = poc_config(source="wide", rows=int(round(n_train / 0.8)), features=features, alignment="given",
                         model="logreg", epochs=epochs, root=data_root, track_loss=False)
     tables = prepare_tables(config=config)
@@ -376,7 +382,8 @@ def _bench_spu(*, name: str, n_train: int, epochs: int, features: int, data_root
     print(f"[bench] {name}: {n_train:,} training rows x {features} features, {epochs} epoch(s)",
           file=sys.stderr, flush=True)
     proc = subprocess.run([python, str(SPU_RUNNER), "--data", str(folder / "inputs.npz"),
-                           "--out", str(folder / "result.json"), "--sigmoid", sigmoid],
+                           "--out", str(folder / "result.json"), "--sigmoid", sigmoid,
+                           *(["--simulator"] if where == "simulator" else [])],
                           capture_output=True, text=True, timeout=6 * 3600)
     (folder / "spu.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
@@ -389,7 +396,8 @@ def _bench_spu(*, name: str, n_train: int, epochs: int, features: int, data_root
     scores = 1 / (1 + np.exp(-(X_test @ w + b)))
     plain = fits[0].weights
     diff = max(float(np.max(np.abs(w - plain["w"].reshape(-1, 1)))), abs(b - float(plain["b"].ravel()[0])))
-    traffic = {p: (out["bytes_sent"][str(i)] or 0) + ((out.get("bytes_received") or {}).get(str(i)) or 0)
+    traffic = {p: None if out["bytes_sent"][str(i)] is None else
+               out["bytes_sent"][str(i)] + ((out.get("bytes_received") or {}).get(str(i)) or 0)
                for i, p in enumerate(("gateway", "wallet"))}
     mpc_s = out["input_s"] + out["train_s"]  # as the petlab rows: sharing the inputs and the steps
     return {
@@ -401,7 +409,8 @@ def _bench_spu(*, name: str, n_train: int, epochs: int, features: int, data_root
         "max_abs_weight_diff": diff, "bytes": traffic, "rounds": {"gateway": None, "wallet": None},
         "train_bytes_per_epoch": {"wallet": None}, "analytic_bytes_per_epoch": None,
         "peak_rss_mb": {"gateway": out["peak_rss_mb"]["0"], "wallet": out["peak_rss_mb"]["1"], "dealer": None},
-        "rss": "VmHWM", "run": str(folder), "spu": {k: out.get(k) for k in ("compile_s", "input_s", "train_s",
+        "rss": "VmHWM", "run": str(folder), "spu": {"where": where, "link": out.get("link")} | {
+                                                        k: out.get(k) for k in ("compile_s", "input_s", "train_s",
                                                                            "reveal_s", "fxp_fraction_bits",
                                                                            "security_model", "bytes_sent",
                                                                            "bytes_received")},
@@ -487,17 +496,6 @@ def _stamp() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-#: Figures quoted, not measured here (SecretFlow SPU 0.9.5, measured elsewhere on this kind of
-#: machine, same data shape: d=30 split 15/15, 10 epochs, batch 1024, lr 0.5).
-#: ``spu`` is not installed here; these are quoted, never presented as measured.
-SPU_QUOTED = [
-    ("SPU 0.9.5 SEMI2K (dealer), exact sigmoid", "logreg", {10_000: 1.4, 100_000: 13.5}, "1.8 GB at 100k"),
-    ("SPU 0.9.5 SEMI2K, clipped linear sigmoid", "logreg", {10_000: 0.84, 100_000: 8.3}, "1.0 GB at 100k"),
-    ("SPU 0.9.5 CHEETAH (no dealer)", "logreg", {10_000: 89, 100_000: 604}, "12.5 GB at 100k"),
-    ("SPU 0.9.5 SEMI2K", "mlp", {100_000: 630}, "5.3 GB at 100k"),
-]
-
-
 def _mb(x) -> str:
     return "—" if x is None else f"{x / 1e6:,.1f}"
 
@@ -514,20 +512,17 @@ def _findings(rows: list[dict]) -> list[str]:
     """The ratios worth comparing, computed from the rows (per epoch where epochs differ).
 
     >>> rows = [{"config": c, "n_train": 10_000, "epochs": 10, "mpc_s": s, "model": "logreg"}
-    ...         for c, s in (("petlab-TFP", 2.0), ("petlab-TTP", 3.0), ("crypten-TTP", 60.0), ("petlab-pw-TTP", 1.0))]
+    ...         for c, s in (("petlab-TFP", 2.0), ("petlab-TTP", 3.0), ("crypten-TTP", 60.0), ("petlab-pw-TTP", 1.0),
+    ...                      ("spu-SEMI2K-sim", 1.5))]
     >>> print("\\n".join(_findings(rows)))
     Findings at 10,000 training rows (seconds per epoch):
     - TTP / TFP, petlab protocol, CrypTen's sigmoid: 1.50
     - CrypTen operators as shipped (TTP) / petlab protocol, CrypTen's sigmoid (TTP): 20.0x
     - CrypTen operators as shipped (TTP) / petlab protocol, piecewise sigmoid (TTP): 60.0x
-    - petlab protocol, CrypTen's sigmoid (TTP) / SPU SEMI2K exact sigmoid (quoted): 2.1x (1.4 s for 10 epochs)
-    - petlab protocol, piecewise sigmoid (TTP) / SPU SEMI2K exact sigmoid (quoted): 0.7x (1.4 s for 10 epochs)
+    - petlab protocol, CrypTen's sigmoid (TTP) / spu-SEMI2K-sim (measured, same command): 2.00x
+    - petlab protocol, piecewise sigmoid (TTP) / spu-SEMI2K-sim (measured, same command): 0.67x
     """
     out = []
-    spu = {n: secs for system, model, secs_by_n, _ in SPU_QUOTED if "exact" in system
-           for n, secs in secs_by_n.items()}
-    mlp_spu = {n: secs for system, model, secs_by_n, _ in SPU_QUOTED if model == "mlp"
-               for n, secs in secs_by_n.items()}
     for n in sorted({r["n_train"] for r in rows}):
         per_epoch = {r["config"]: r["mpc_s"] / r["epochs"] for r in rows if r["n_train"] == n}
         command = {r["config"]: r.get("command") for r in rows if r["n_train"] == n}
@@ -548,18 +543,11 @@ def _findings(rows: list[dict]) -> list[str]:
                     lines.append(f"- {label} (TTP) / {spu_name} (measured, "
                                  f"{'same command' if same else 'different commands'}): "
                                  f"{per_epoch[f'{prefix}-TTP'] / per_epoch[spu_name]:.2f}x")
-        for prefix, label in PETLAB_VARIANTS.items():
-            if f"{prefix}-TTP" in per_epoch and n in spu:
-                lines.append(f"- {label} (TTP) / SPU SEMI2K exact sigmoid (quoted): "
-                             f"{per_epoch[f'{prefix}-TTP'] / (spu[n] / 10):.1f}x ({spu[n]:g} s for 10 epochs)")
         for name in ("mlp-crypten+link-TFP", "mlp-crypten+link-TTP", "mlp-petlab-TFP", "mlp-petlab-TTP",
                      "mlp-petlab-pw-TFP", "mlp-petlab-pw-TTP"):
             row = next((r for r in rows if r["config"] == name and r["n_train"] == n), None)
             if row is not None:
-                text = f"- {name}: {row['ratio']:,.0f}x plaintext"
-                if n in mlp_spu:
-                    text += f"; / SPU SEMI2K MLP (quoted): {per_epoch[name] / (mlp_spu[n] / 10):.2f}x"
-                lines.append(text)
+                lines.append(f"- {name}: {row['ratio']:,.0f}x plaintext")
         if lines:
             out += ([""] if out else []) + [f"Findings at {n:,} training rows (seconds per epoch):", *lines]
     return out
@@ -619,27 +607,20 @@ def render_mpc(*, rows: list[dict]) -> str:
             + (f" [{which[r['command']]}] |" if len(commands) > 1 else ""))
     spu_rows = [r for r in rows if r.get("spu")]
     if spu_rows:
-        lines += ["", "SecretFlow SPU rows (`petlab/spu/run_lr.py`: two processes over SPU's brpc link on loopback; "
-                  "**MPC s** = sharing the inputs + training; compiling excluded, as petlab's start-up is):", ""]
+        lines += ["", "SecretFlow SPU rows, measured by the same command (`petlab/spu/run_lr.py`; **MPC s** = sharing "
+                  "the inputs + training; compiling excluded, as petlab's start-up is). `-sim` rows ran in SPU's own "
+                  "simulator (both parties as threads of one process over an in-memory link: SPU's best case, no "
+                  "network); the others in two processes over SPU's brpc link on loopback, as petlab's parties run:", ""]
         for r in spu_rows:
             x = r["spu"]
-            lines.append(f"- `{r['config']}`, {r['n_train']:,} rows: inputs {x['input_s']:.1f} s, training "
+            lines.append(f"- `{r['config']}` ({x.get('where', 'processes')}), {r['n_train']:,} rows: inputs "
+                         f"{x['input_s']:.1f} s, training "
                          f"{x['train_s']:.1f} s, compile {x['compile_s']:.1f} s; fixed point "
                          f"{x['fxp_fraction_bits']} fractional bits; {x['security_model'].split('.')[0]}.")
     lines += ["", *_findings(rows), "", "Configurations:", ""]
     described = {**MPC_CONFIGS, **SPU_CONFIGS}
     for name in dict.fromkeys(r["config"] for r in rows):
         lines.append(f"- `{name}`: {described[name][0]}")
-    lines += [
-        "",
-        "Quoted, not measured here (measured on this kind of machine at another time; the `spu-*` rows",
-        "above, where present, were measured here by `petlab/spu/run_lr.py`):",
-        "",
-        "| system | model | 10k train rows, 10 epochs, s | 100k, s | traffic |",
-        "|---|---|---|---|---|",
-    ]
-    for system, model, secs, traffic in SPU_QUOTED:
-        lines.append(f"| {system} | {model} | {secs.get(10_000, '—')} | {secs.get(100_000, '—')} | {traffic} |")
     B, d = 1024, rows[0]["features"] if rows else 30
     lines += [
         "",

@@ -74,6 +74,9 @@ def parse_args():
     ap.add_argument("--field", choices=sorted(DEFAULT_FXP_BITS), default="FM64")
     ap.add_argument("--fxp-bits", type=int, default=0, help="0 = SPU's default for the field")
     ap.add_argument("--timeout-s", type=float, default=3600.0)
+    ap.add_argument("--simulator", action="store_true",
+                    help="both parties as threads in this one process over SPU's in-memory link "
+                         "(spu.utils.simulation's set-up: SPU's best case, no network)")
     ap.add_argument("--party", type=int, choices=(0, 1), help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     return ap.parse_args()
@@ -193,6 +196,116 @@ def build_training(sizes, lr, d):
     return train
 
 
+def runtime_config(args):
+    import spu
+    import spu.libspu as libspu
+
+    cfg = libspu.RuntimeConfig(protocol=libspu.ProtocolKind.SEMI2K,
+                               field=spu.parse_field_type(args.field),
+                               fxp_fraction_bits=args.fxp_bits)
+    cfg.sigmoid_mode = spu.parse_sigmoid_mode(SIGMOID_MODES[args.sigmoid])
+    cfg.beaver_type = libspu.RuntimeConfig.BeaverType.TrustedFirstParty  # = SPU's default
+    return cfg
+
+
+def compile_training(*, sizes, lr, n, d0, d1):
+    """The SPU executable of the whole training (inputs xg, xw, y; outputs w, b)."""
+    import jax
+    import jax.numpy as jnp
+    import spu.libspu as libspu
+    from spu.utils import frontend
+
+    lower_sigmoid_as_logistic_op()
+    f64 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float64)
+    secret = libspu.Visibility.VIS_SECRET
+    exe, _ = frontend.compile(
+        frontend.Kind.JAX, build_training(sizes, lr, d0 + d1),
+        [f64(n, d0), f64(n, d1), f64(n)], {},
+        ["xg", "xw", "y"], [secret, secret, secret], lambda outs: ["w", "b"])
+    return exe
+
+
+def load_inputs(path, ranks):
+    """The arrays the parties in ``ranks`` own, in batch order; batches and SGD settings."""
+    npz = np.load(path)  # lazy: a party reads only the members it owns
+    own = {}
+    if 0 in ranks:
+        own.update(xg=npz["X_gateway"], y=npz["y"])
+    if 1 in ranks:
+        own["xw"] = npz["X_wallet"]
+    batches, sizes = npz["batches"].astype(np.int64), [int(s) for s in npz["batch_sizes"]]
+    n_own = len(next(iter(own.values())))
+    assert 0 <= batches.min() and batches.max() < n_own, "batch index out of range"
+    assert sum(sizes) == len(batches), "batch_sizes do not sum to len(batches)"
+    # public indices: lay out own rows in batch order locally, before sharing
+    own = {k: np.ascontiguousarray(v[batches], dtype=np.float64) for k, v in own.items()}
+    return own, batches, sizes, float(npz["lr"]), int(npz["epochs"]), n_own
+
+
+def peak_rss_mb():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:")) / 1024.0
+
+
+# ----------------------------------------------------------------------------- simulator
+def run_simulator(args):
+    """Both parties in this process, one thread each, over SPU's in-memory link: the set-up
+    of ``spu.utils.simulation.Simulator``, with each phase timed. Returns the result fields."""
+    import threading
+
+    import jax
+    import spu
+    import spu.libspu as libspu
+
+    jax.config.update("jax_enable_x64", True)
+    t0 = time.perf_counter()
+    own, batches, sizes, lr, epochs, n_own = load_inputs(args.data, (0, 1))
+    cfg = runtime_config(args)
+    io = spu.Io(2, cfg)
+    setup_s = time.perf_counter() - t0
+    t = time.perf_counter()
+    exe = compile_training(sizes=sizes, lr=lr, n=len(batches), d0=own["xg"].shape[1], d1=own["xw"].shape[1])
+    compile_s = time.perf_counter() - t
+    t = time.perf_counter()
+    shares = {name: io.make_shares(own[name], libspu.Visibility.VIS_SECRET) for name in ("xg", "xw", "y")}
+    desc = libspu.link.Desc()
+    for rank in range(2):
+        desc.add_party(f"id_{rank}", f"thread_{rank}")
+    runtimes = [spu.Runtime(libspu.link.create_mem(desc, rank), cfg) for rank in range(2)]
+    for rank, rt in enumerate(runtimes):
+        for name, share in shares.items():
+            rt.set_var(name, share[rank])
+    input_s = time.perf_counter() - t
+    errors = []
+
+    def run(rt):
+        try:
+            rt.run(exe)
+        except BaseException as err:  # noqa: BLE001 - re-raised below
+            errors.append(err)
+
+    t = time.perf_counter()
+    threads = [threading.Thread(target=run, args=(rt,)) for rt in runtimes]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    train_s = time.perf_counter() - t
+    if errors:
+        raise errors[0]
+    t = time.perf_counter()
+    out = {name: np.asarray(io.reconstruct([rt.get_var(name) for rt in runtimes]), dtype=np.float64).tolist()
+           for name in ("w", "b")}
+    reveal_s = time.perf_counter() - t
+    rss = peak_rss_mb()
+    out.update(
+        version=spu.__version__, n_train=n_own, d=own["xg"].shape[1] + own["xw"].shape[1], epochs=epochs,
+        steps=len(sizes), setup_s=setup_s, compile_s=compile_s, input_s=input_s, train_s=train_s,
+        reveal_s=reveal_s, total_s=time.perf_counter() - t0, bytes_sent=None, bytes_received=None,
+        bytes_sent_by_phase=None, peak_rss_mb=rss, fxp_fraction_bits=args.fxp_bits or DEFAULT_FXP_BITS[args.field])
+    return out
+
+
 # ----------------------------------------------------------------------------- one party
 def run_party(args):
     import jax
@@ -204,15 +317,7 @@ def run_party(args):
     jax.config.update("jax_enable_x64", True)
     rank, peer = args.party, 1 - args.party
     t0 = time.perf_counter()
-    npz = np.load(args.data)  # lazy: a party reads only the members it owns
-    own = {"xg": npz["X_gateway"], "y": npz["y"]} if rank == 0 else {"xw": npz["X_wallet"]}
-    batches, sizes = npz["batches"].astype(np.int64), [int(s) for s in npz["batch_sizes"]]
-    n_own = len(own["y" if rank == 0 else "xw"])
-    assert 0 <= batches.min() and batches.max() < n_own, "batch index out of range"
-    # public indices: lay out own rows in batch order locally, before sharing
-    own = {k: np.ascontiguousarray(v[batches], dtype=np.float64) for k, v in own.items()}
-    lr, epochs = float(npz["lr"]), int(npz["epochs"])
-    assert sum(sizes) == len(batches), "batch_sizes do not sum to len(batches)"
+    own, batches, sizes, lr, epochs, n_own = load_inputs(args.data, (rank,))
 
     ports = (args.port_base, args.port_base + 1)
     desc = libspu.link.Desc()
@@ -228,23 +333,14 @@ def run_party(args):
     (n, d0), (n1, d1) = [json.loads(s) for s in lctx.all_gather(json.dumps(mine))]
     assert n == n1 == len(batches), "inconsistent n_train/indices"
 
-    cfg = libspu.RuntimeConfig(protocol=libspu.ProtocolKind.SEMI2K,
-                               field=spu.parse_field_type(args.field),
-                               fxp_fraction_bits=args.fxp_bits)
-    cfg.sigmoid_mode = spu.parse_sigmoid_mode(SIGMOID_MODES[args.sigmoid])
-    cfg.beaver_type = libspu.RuntimeConfig.BeaverType.TrustedFirstParty  # = SPU's default
+    cfg = runtime_config(args)
     runtime, io = spu.Runtime(lctx, cfg), spu.Io(2, cfg)
     setup_s = time.perf_counter() - t0
 
     t = time.perf_counter()  # each party compiles locally: the program depends on public data only
-    lower_sigmoid_as_logistic_op()
-    f64 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float64)
-    secret = libspu.Visibility.VIS_SECRET
-    exe, _ = frontend.compile(
-        frontend.Kind.JAX, build_training(sizes, lr, d0 + d1),
-        [f64(n, d0), f64(n, d1), f64(n)], {},
-        ["xg", "xw", "y"], [secret, secret, secret], lambda outs: ["w", "b"])
+    exe = compile_training(sizes=sizes, lr=lr, n=n, d0=d0, d1=d1)
     compile_s = time.perf_counter() - t
+    secret = libspu.Visibility.VIS_SECRET
     lctx.barrier()
     net = [tcp_counters(ports)]  # link counters at phase boundaries
 
@@ -278,8 +374,7 @@ def run_party(args):
     net.append(tcp_counters(ports))
     lctx.stop_link()
 
-    with open("/proc/self/status") as f:
-        rss = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:")) / 1024.0
+    rss = peak_rss_mb()
     out.update(
         version=spu.__version__, n_train=n_own, d=d0 + d1, epochs=epochs, steps=len(sizes),
         setup_s=setup_s, compile_s=compile_s, input_s=input_s, train_s=train_s,
@@ -307,21 +402,8 @@ def party_error(workdir, rank, rc):
     return lines[-1][:300]
 
 
-def main():
-    args = parse_args()
-    if args.party is not None:
-        try:
-            run_party(args)
-        except BaseException as e:  # one line for the launcher, then a non-zero exit
-            msg = " ".join(str(e).split("stacktrace:")[0].split())  # drop SPU's C++ trace
-            with open(os.path.join(args.workdir, f"party{args.party}.err"), "w") as f:
-                f.write(f"{type(e).__name__}: {msg}"[:300] + "\n")
-            traceback.print_exc()
-            sys.stderr.flush()
-            os._exit(1)  # don't wait for brpc/SPU threads to wind down
-        return
-
-    t0 = time.perf_counter()
+def run_two_processes(args):
+    """Start both parties (this file with --party 0/1); return their result fields."""
     with tempfile.TemporaryDirectory(prefix="spu_lr_") as work:
         procs = []
         try:  # the first failure (or the deadline) ends the other party too
@@ -353,11 +435,36 @@ def main():
             with open(os.path.join(work, f"party{r}.json")) as f:
                 res.append(json.load(f))
 
+    return res
+
+
+def main():
+    args = parse_args()
+    if args.party is not None:
+        try:
+            run_party(args)
+        except BaseException as e:  # one line for the launcher, then a non-zero exit
+            msg = " ".join(str(e).split("stacktrace:")[0].split())  # drop SPU's C++ trace
+            with open(os.path.join(args.workdir, f"party{args.party}.err"), "w") as f:
+                f.write(f"{type(e).__name__}: {msg}"[:300] + "\n")
+            traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(1)  # don't wait for brpc/SPU threads to wind down
+        return
+
+    t0 = time.perf_counter()
+    if args.simulator:
+        one = run_simulator(args)
+        res = [one, one]  # one process: its figures stand for both parties
+    else:
+        res = run_two_processes(args)
     p0, per = res[0], (lambda key: {str(r): res[r][key] for r in (0, 1)})
     w, b = np.asarray(p0["w"], dtype=np.float64).reshape(-1), float(p0["b"])
     npz = np.load(args.data)  # plaintext evaluation of the revealed model
     out = {
         "system": f"SecretFlow SPU {p0['version']}", "protocol": "SEMI2K", "field": args.field,
+        "link": ("SPU's in-memory link, both parties as threads in one process (simulator)" if args.simulator
+                 else "SPU's brpc link on 127.0.0.1, one process per party"),
         "fxp_fraction_bits": p0["fxp_fraction_bits"], "sigmoid": args.sigmoid,
         "sigmoid_impl": f"pphlo.logistic, SPU sigmoid_mode={SIGMOID_MODES[args.sigmoid]}",
         "security_model": SECURITY_MODEL,
@@ -368,7 +475,9 @@ def main():
         "bytes_sent": per("bytes_sent"), "bytes_received": per("bytes_received"),
         "messages": None, "bytes_sent_by_phase": per("bytes_sent_by_phase"),
         "peak_rss_mb": per("peak_rss_mb"),
-        "how_inputs_were_shared": HOW_SHARED,
+        "how_inputs_were_shared": ("In one process: spu.Io.make_shares of each array, each runtime given its "
+                                   "share (Runtime.set_var), as spu.utils.simulation.Simulator does"
+                                   if args.simulator else HOW_SHARED),
         "notes": (
             "Times are party 0's: setup_s = data load + brpc link + runtime init; total_s = "
             "setup through reveal (incl. compile); wall_s = whole script incl. process start. "
