@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="configurations of the mpc section (default all; see petlab.bench.MPC_CONFIGS)")
     bench.add_argument("--spu-python", default=None,
                        help="Python with SecretFlow SPU 0.9.5, for the spu-* configurations (default: "
-                       "$PETLAB_SPU_PYTHON, else .venv-spu/bin/python as `make venv-spu` makes it)")
+                       "$PETLAB_SPU_PYTHON, else this interpreter when spu is installed, as `make venv` does)")
     bench.add_argument("--scale-rows", type=int, default=1_000_000,
                        help="training rows of the scale section (the tables hold 25%% more: the test split; "
                        "default 1000000)")

@@ -271,31 +271,43 @@ def run_simulator(args):
     desc = libspu.link.Desc()
     for rank in range(2):
         desc.add_party(f"id_{rank}", f"thread_{rank}")
-    runtimes = [spu.Runtime(libspu.link.create_mem(desc, rank), cfg) for rank in range(2)]
-    for rank, rt in enumerate(runtimes):
-        for name, share in shares.items():
-            rt.set_var(name, share[rank])
-    input_s = time.perf_counter() - t
-    errors = []
+    # a runtime's construction is collective: each party's thread makes its own, as the
+    # simulator does; the barriers mark the phase boundaries for the clock
+    barrier, errors, outputs = threading.Barrier(3), [], [None, None]
 
-    def run(rt):
+    def party(rank):
         try:
+            rt = spu.Runtime(libspu.link.create_mem(desc, rank), cfg)
+            for name, share in shares.items():
+                rt.set_var(name, share[rank])
+            barrier.wait()  # inputs in place
             rt.run(exe)
+            barrier.wait()  # trained
+            outputs[rank] = [rt.get_var(name) for name in ("w", "b")]
+        except threading.BrokenBarrierError:
+            pass
         except BaseException as err:  # noqa: BLE001 - re-raised below
             errors.append(err)
+            barrier.abort()
 
-    t = time.perf_counter()
-    threads = [threading.Thread(target=run, args=(rt,)) for rt in runtimes]
+    threads = [threading.Thread(target=party, args=(rank,)) for rank in range(2)]
     for th in threads:
         th.start()
+    try:
+        barrier.wait()
+        input_s = time.perf_counter() - t
+        t = time.perf_counter()
+        barrier.wait()
+        train_s = time.perf_counter() - t
+    except threading.BrokenBarrierError:
+        pass
     for th in threads:
         th.join()
-    train_s = time.perf_counter() - t
     if errors:
         raise errors[0]
     t = time.perf_counter()
-    out = {name: np.asarray(io.reconstruct([rt.get_var(name) for rt in runtimes]), dtype=np.float64).tolist()
-           for name in ("w", "b")}
+    out = {name: np.asarray(io.reconstruct([outputs[0][i], outputs[1][i]]), dtype=np.float64).tolist()
+           for i, name in enumerate(("w", "b"))}
     reveal_s = time.perf_counter() - t
     rss = peak_rss_mb()
     out.update(
