@@ -98,9 +98,11 @@ def test_a_swapped_party_record_fails(runs, tmp_path):
     shutil.copy(runs["again"] / "parties" / "wallet" / "result.json", run / "parties" / "wallet" / "result.json")
     failed = _failed(verify_run(run_dir=run))
     assert "edited: parties/wallet/result.json" in failed["manifest"]
-    # same configuration and customers, but not the same exchange: the keyed commitments differ
+    # same parameters and customers, but another run: its rendezvous (in the digest), its
+    # start-up exchange (keyed commitments under that run's pair key) and its PSI timing
+    assert "wallet" in failed["configuration digest"] and "params.json gives" in failed["configuration digest"]
     assert "not from the same run" in failed["exchanged metadata"]
-    assert "configuration digest" not in failed
+    assert "PSI record is not the parties'" in failed["counts"]
 
 
 @pytest.mark.mpc
