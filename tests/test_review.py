@@ -288,3 +288,22 @@ def test_the_bands_are_the_ones_the_tests_assert():
     assert (MPC_BANDS["logreg"].auc, MPC_BANDS["logreg"].weights, MPC_BANDS["logreg"].loss) == (0.005, 0.02, 0.01)
     assert MPC_BANDS["mlp"].auc == 0.02
     assert RERUN_TOLERANCE.auc < MPC_BANDS["logreg"].auc
+
+
+@pytest.mark.notebooks
+@pytest.mark.mpc
+def test_the_notebooks_audit_their_own_run_when_asked(tmp_path):
+    from petlab.notebooks import run_notebooks
+
+    config = poc_config(rows=400, epochs=1, batch_size=128, provider="TFP", root=str(tmp_path / "parties"))
+    result = run_notebooks(config=config, out=str(tmp_path / "run"), progress=False, audit=True,
+                           notebooks=("02_joint_training_mpc.ipynb", "03_privacy_audit.ipynb"))
+    run = result.run.path
+    audit = json.loads((run / "audit" / "audit.json").read_text())
+    params = json.loads((run / "params.json").read_text())
+    assert audit["passed"] and audit["audited_run"] == str(run)
+    assert audit["config"]["data"] == params["config"]["data"]  # the run's 400 customers, not AUDIT_ROWS
+    assert "this run's own configuration and tables, under both" in (run / "report.html").read_text()
+    review = verify_run(run_dir=run)
+    assert review.passed, review.lines()
+    assert "notebooks/03_privacy_audit.ipynb" in json.loads((run / "manifest.json").read_text())["files"]
