@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from petlab.config import LOCAL_FIELDS, ConfigError, PocConfig
+from petlab.data.tables import file_sha256
 from petlab.parties import Party
 from petlab.runs import MANIFEST, file_digests
 
@@ -180,9 +181,7 @@ def _integrity_checks(run_dir: Path, prefix: str = "") -> list[Check]:
         out.append(Check(f"{prefix}manifest", False, f"no {MANIFEST}: the run never finished, or the file was "
                          "removed (runs made before manifests existed have none)"))
         return out
-    from petlab.runs import _sha256
-
-    own = _sha256(manifest_path)
+    own = file_sha256(manifest_path)
     if status.get("manifest_sha256") != own:
         out.append(Check(f"{prefix}manifest", False, f"{MANIFEST} is not the one status.json recorded "
                          f"(SHA-256 {own[:12]}..., recorded {str(status.get('manifest_sha256'))[:12]}...)"))

@@ -37,6 +37,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from petlab.data.tables import file_sha256
+
 __all__ = ["Run", "RunExistsError", "create_run", "open_run", "environment_record", "list_runs", "git_state",
            "file_digests", "MANIFEST", "UNLISTED"]
 
@@ -63,14 +65,6 @@ def _atomic_write(path: Path, data: bytes) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def file_digests(*, folder: str | os.PathLike) -> dict[str, str]:
     """SHA-256 of every file under ``folder`` (relative POSIX path -> hex digest), except
     :data:`UNLISTED` and the temporary files of writes in progress.
@@ -89,7 +83,7 @@ def file_digests(*, folder: str | os.PathLike) -> dict[str, str]:
         rel = path.relative_to(folder).as_posix()
         if not path.is_file() or rel in UNLISTED or (path.name.startswith(".") and path.name.endswith(".tmp")):
             continue
-        out[rel] = _sha256(path)
+        out[rel] = file_sha256(path)
     return out
 
 
@@ -156,7 +150,7 @@ class Run:
             manifest["amendments"] = before.get("amendments", []) + [
                 {"by": added_by, "utc": now, "added_or_changed": changed}]
         self.write_json(MANIFEST, manifest)
-        return _sha256(self.file(MANIFEST))
+        return file_sha256(self.file(MANIFEST))
 
     def mark_complete(self) -> None:
         """Write the manifest, then ``status.json`` saying ``complete`` (with the
@@ -262,7 +256,7 @@ def git_state(*, root: str | os.PathLike | None = None) -> dict:
     digest = hashlib.sha256(diff)
     for rel in untracked[:GIT_LIST_LIMIT]:
         path = root / rel
-        digest.update(f"\n{rel}\0".encode() + (_sha256(path) if path.is_file() else "-").encode())
+        digest.update(f"\n{rel}\0".encode() + (file_sha256(path) if path.is_file() else "-").encode())
     dirty = bool(changed or untracked)
     return {"git_commit": commit + ("+dirty" if dirty else ""),
             "git_changed": changed[:GIT_LIST_LIMIT], "git_changed_count": len(changed),
