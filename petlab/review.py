@@ -64,10 +64,14 @@ class RerunTolerance:
     references: float  # max |score difference| of the plaintext reference models
 
 
-#: The run-to-run tolerance of MPC. Measured over five runs of the default configuration
-#: (10,000 rows, logistic regression, TTP; docs/reviewing-a-run.md has the command and
-#: the spread) and set at several times the largest difference seen.
-RERUN_TOLERANCE = RerunTolerance(auc=0.002, scores=0.01, weights=0.01, loss=0.005, references=1e-6)
+#: The run-to-run tolerance of MPC, set at five or more times the largest difference
+#: measured (docs/reviewing-a-run.md has the commands): over the ten pairs of five runs of
+#: the default configuration (10,000 rows a side, logistic regression, TTP, 10 epochs) the
+#: largest differences were AUC 9.1e-5, one score 3.9e-3, one weight 2.3e-4, one epoch's
+#: loss 1.5e-4; over the three pairs of three runs of the MLP (otherwise default): AUC
+#: 4.4e-5, score 2.5e-3, weight 1.7e-3, loss 1.5e-4. The AUC tolerance also allows for
+#: small test sets, where one pair of scores changing order moves the AUC by 1/(n_pos n_neg).
+RERUN_TOLERANCE = RerunTolerance(auc=0.002, scores=0.02, weights=0.01, loss=0.002, references=1e-6)
 
 #: Metrics recomputed from the scores must equal the recorded ones to this (float noise).
 RECOMPUTE_ATOL = 1e-9
