@@ -183,7 +183,7 @@ def train_references(*, config: PocConfig, tables: dict) -> dict[str, PlaintextF
     it could not be trained without the label holder).
 
     This is the research harness: it reads both parties' tables, which only a
-    simulation may do (see :data:`petlab.mpc.trust.REFERENCE_NOTE`).
+    simulation may do (see :func:`petlab.mpc.trust.reference_note`).
     """
     feats = reference_features(config=config, tables=tables)
     label = feats[label_party(config)]
