@@ -2,7 +2,9 @@
 
   petlab poc        run the proof of concept without Jupyter (writes a run folder)
   petlab notebooks  run the notebooks with papermill into one run folder
-  petlab audit      privacy audit: what each party received, under TFP and TTP
+  petlab audit      privacy audit: what each party received, under TFP and TTP (of any run: audit RUN)
+  petlab verify     check a run folder: its files, the parties' records, the metrics, the bands
+  petlab rerun      run a run's recorded configuration on its recorded tables again
   petlab bench      measure MPC against plaintext and rewrite BENCHMARKS.md
   petlab party      one role of an MPC job (started by the launcher)
   petlab keygen     this organisation's TLS key pair and certificate, for petlab party
@@ -128,7 +130,8 @@ def _poc(args) -> int:
 
     config = _config_from_args(args)
     _check_out(args)
-    result = run_poc(config=config, runs_root=args.runs_root, out=args.out, progress=not args.quiet)
+    result = run_poc(config=config, runs_root=args.runs_root, out=args.out, progress=not args.quiet,
+                     audit=args.audit)
     _print_summary(result)
     return 0
 
@@ -138,9 +141,37 @@ def _notebooks(args) -> int:
 
     config = _config_from_args(args)  # validates before any notebook starts
     _check_out(args)
-    result = run_notebooks(config=config, runs_root=args.runs_root, out=args.out, progress=not args.quiet)
+    result = run_notebooks(config=config, runs_root=args.runs_root, out=args.out, progress=not args.quiet,
+                           audit=args.audit)
     _print_summary(result)
     return 0
+
+
+def _rerun(args) -> int:
+    from petlab.pipeline import prepare_tables, run_poc
+    from petlab.review import check_recorded_tables, recorded_config
+
+    config, recorded = recorded_config(run_dir=args.run)
+    _check_out(args)
+    tables = prepare_tables(config=config)
+    check_recorded_tables(tables=tables, recorded=recorded)
+    result = run_poc(config=config, runs_root=args.runs_root, out=args.out, progress=not args.quiet,
+                     audit=args.audit)
+    _print_summary(result)
+    print(f"\ncompare with the recorded run: petlab verify {result.run.path} --against {args.run}")
+    return 0
+
+
+def _verify(args) -> int:
+    from petlab.review import verify_run
+
+    review = verify_run(run_dir=args.run, against=args.against)
+    print(f"run folder: {review.run_dir}" + (f"\nagainst:    {review.against}" if review.against else ""))
+    for line in review.lines():
+        print(line)
+    for check in review.failed:
+        print(f"petlab verify: {check.name}: {check.detail}", file=sys.stderr)
+    return 0 if review.passed else 1
 
 
 def _bench(args) -> int:
@@ -156,24 +187,42 @@ def _bench(args) -> int:
     return 0
 
 
+#: ``petlab audit`` without RUN: the size of its own synthetic audit runs.
+_AUDIT_DEFAULTS = {"rows": 1000, "epochs": 1, "seed": 0, "model": "logreg", "data_root": "data/parties"}
+
+
 def _audit(args) -> int:
-    from petlab.audit.run import require_passed, run_audit
+    from petlab.audit.run import AuditFailed, audit_run_folder, require_passed, run_audit
     from petlab.config import ConfigError, poc_config
     from petlab.runs import create_run
 
-    config = poc_config(rows=args.rows, epochs=args.epochs, seed=args.seed, root=args.data_root,
-                        model=args.model)
-    _check_out(args)
-    run = create_run(root=args.runs_root, label="audit", path=args.out)
-    try:
-        result = run_audit(config=config, out=run.file("audit"), progress=not args.quiet)
-        require_passed(result)
-    except BaseException as err:
-        run.mark_failed(f"{type(err).__name__}: {err}".splitlines()[0])
-        if isinstance(err, AssertionError):
+    if args.run:
+        given = [f"--{k.replace('_', '-')}" for k in ("rows", "seed", "model", "data_root")
+                 if getattr(args, k) is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} set the audit's own synthetic runs; RUN is audited with its "
+                              "own configuration and tables (--epochs may shorten it)")
+        _check_out(args)
+        result = audit_run_folder(run_dir=args.run, out=args.out, epochs=args.epochs, progress=not args.quiet)
+        try:
+            require_passed(result)
+        except AuditFailed as err:
             raise ConfigError(str(err)) from None
-        raise
-    run.mark_complete()
+    else:
+        sizes = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in _AUDIT_DEFAULTS.items()}
+        config = poc_config(rows=sizes["rows"], epochs=sizes["epochs"], seed=sizes["seed"],
+                            root=sizes["data_root"], model=sizes["model"])
+        _check_out(args)
+        run = create_run(root=args.runs_root, label="audit", path=args.out)
+        try:
+            result = run_audit(config=config, out=run.file("audit"), progress=not args.quiet)
+            require_passed(result)
+        except BaseException as err:
+            run.mark_failed(f"{type(err).__name__}: {err}".splitlines()[0])
+            if isinstance(err, AssertionError):
+                raise ConfigError(str(err)) from None
+            raise
+        run.mark_complete()
     print(f"audit folder: {result.folder}  (passed: {result.passed})")
     print(result.table[["provider", "party", "name", "passed"]].to_string(index=False))
     for provider, v in result.reconstruction.items():
@@ -236,13 +285,41 @@ def build_parser() -> argparse.ArgumentParser:
                          "party in its own process), train the plaintext references, and write a "
                          "run folder with metrics.json, figures and report.html.")
     _add_run_options(poc)
+    poc.add_argument("--audit", action="store_true",
+                     help="also audit this configuration and these tables under TFP and TTP (into <run>/audit)")
     poc.set_defaults(func=_poc)
 
     nb = sub.add_parser("notebooks", help="run the notebooks with papermill into one run folder",
                         description="Execute notebooks/*.ipynb in order with papermill; the "
                         "executed copies land in <run>/notebooks/.")
     _add_run_options(nb)
+    nb.add_argument("--audit", action="store_true",
+                    help="notebook 03 audits this run's own configuration and tables, not its small synthetic runs")
     nb.set_defaults(func=_notebooks)
+
+    verify = sub.add_parser("verify", help="check a run folder (exit 0: every check passed)",
+                            description="Check a run folder: every file against the manifest made at the end "
+                            "of the run, the parties' records against each other (configuration digest, table "
+                            "digests, counts), the metrics recomputed from the revealed scores, and MPC against "
+                            "plaintext within the bands of petlab.review.MPC_BANDS. With --against, whether "
+                            "two runs agree within the run-to-run tolerance of MPC (petlab.review.RERUN_TOLERANCE). "
+                            "Exit status 0 when every check passes, 1 with one line per failed check. See "
+                            "docs/reviewing-a-run.md.")
+    verify.add_argument("run", metavar="RUN", help="the run folder")
+    verify.add_argument("--against", metavar="OTHER", help="a second run folder, e.g. a re-run of RUN")
+    verify.set_defaults(func=_verify)
+
+    rerun = sub.add_parser("rerun", help="run a run's recorded configuration again",
+                           description="Run RUN's configuration (its params.json) on its tables again, into a "
+                           "new run folder; each table must be the file RUN read (same SHA-256). The same as "
+                           "petlab poc --params RUN/params.json, with that check. Compare the two with "
+                           "petlab verify NEW --against RUN.")
+    rerun.add_argument("run", metavar="RUN", help="the run folder to repeat")
+    rerun.add_argument("--out", help="new run folder (must not exist or be empty)")
+    rerun.add_argument("--runs-root", default="runs", help="where the new run folder is made without --out (default runs)")
+    rerun.add_argument("--audit", action="store_true", help="also audit it under TFP and TTP (into <run>/audit)")
+    rerun.add_argument("--quiet", action="store_true", help="no progress bars")
+    rerun.set_defaults(func=_rerun)
 
     bench = sub.add_parser("bench", help="measure MPC vs plaintext and rewrite BENCHMARKS.md")
     bench.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000],
@@ -277,14 +354,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=_bench)
 
     audit = sub.add_parser("audit", help="privacy audit: what each party received, under TFP and TTP",
-                           description="Small MPC runs under both providers keeping every received ring "
-                           "element; checks them and shows whether party 0 can unmask the wallet's data.")
-    audit.add_argument("--rows", type=int, default=1000, help="customers (default 1000; every word is kept)")
-    audit.add_argument("--epochs", type=int, default=1, help="default 1")
-    audit.add_argument("--seed", type=int, default=0, help="default 0")
-    audit.add_argument("--model", default="logreg", help="logreg or mlp (default logreg)")
-    audit.add_argument("--data-root", default="data/parties", help="default data/parties")
-    audit.add_argument("--out", help="new run folder (must not exist or be empty)")
+                           description="MPC runs under both providers keeping every received ring element; "
+                           "checks them and shows whether party 0 can unmask the wallet's data. Without RUN, "
+                           "small synthetic runs (--rows, --epochs, --seed, --model); with RUN, that run's own "
+                           "configuration and tables, into RUN/audit (its report then shows the audit).")
+    audit.add_argument("run", metavar="RUN", nargs="?", help="a complete run folder to audit (optional)")
+    audit.add_argument("--rows", type=int, help=f"customers (default {_AUDIT_DEFAULTS['rows']}; every word is kept)")
+    audit.add_argument("--epochs", type=int, help=f"default {_AUDIT_DEFAULTS['epochs']}; with RUN, RUN's own")
+    audit.add_argument("--seed", type=int, help=f"default {_AUDIT_DEFAULTS['seed']}")
+    audit.add_argument("--model", help=f"logreg or mlp (default {_AUDIT_DEFAULTS['model']})")
+    audit.add_argument("--data-root", help=f"default {_AUDIT_DEFAULTS['data_root']}")
+    audit.add_argument("--out", help="new run folder (must not exist or be empty); with RUN, instead of RUN/audit")
     audit.add_argument("--runs-root", default="runs", help="default runs")
     audit.add_argument("--quiet", action="store_true", help="no progress bars")
     audit.set_defaults(func=_audit)

@@ -37,6 +37,7 @@ __all__ = [
     "resolved_sigmoid_method",
     "validate",
     "load_params_file",
+    "PARAMS_SECTIONS",
     "MIN_TRAIN_ROWS",
     "MIN_TEST_ROWS",
     "check_split_size",
@@ -369,8 +370,52 @@ def check_split_size(*, shared: int, test_fraction: float) -> None:
                           f"{test_fraction} (need {MIN_TRAIN_ROWS} train and {MIN_TEST_ROWS} test rows)")
 
 
+#: The sections of a run's ``params.json`` (and of a nested params file).
+PARAMS_SECTIONS = ("data", "train", "mpc")
+
+
+def _flatten_sections(sections: dict, *, path: Path) -> dict[str, Any]:
+    """Flat keywords of :func:`poc_config` from ``{"data": {...}, "train": {...}, "mpc": {...}}``."""
+    fields = _flat_fields()
+    flat: dict[str, Any] = {}
+    for section, values in sections.items():
+        if section not in PARAMS_SECTIONS:
+            raise ConfigError(f"params file {path}: unknown section {section!r} in 'config' (expected "
+                              f"{', '.join(PARAMS_SECTIONS)})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"params file {path}: section {section!r} must be a mapping")
+        for key, value in values.items():
+            if key == "seed":
+                flat[f"{section}_seed"] = value
+            elif fields.get(key) == section:
+                flat[key] = value
+            else:
+                where = f" (it belongs to {fields[key]!r})" if key in fields else ""
+                raise ConfigError(f"params file {path}: unknown parameter {section}.{key}{where}")
+    return flat
+
+
 def load_params_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Flat keyword overrides from a JSON or YAML file (e.g. ``{"rows": 5000}``)."""
+    """Keyword overrides of :func:`poc_config` from a JSON or YAML file.
+
+    Two forms are read:
+
+    * flat keywords, e.g. ``{"rows": 5000, "provider": "TFP"}`` (``seed`` sets both seeds);
+    * a run's ``params.json`` as written, ``{"config": {"data": ..., "train": ..., "mpc": ...},
+      "tables": ...}`` (or the three sections at the top level). ``tables`` is the record of
+      the files the run read (paths and SHA-256); the configuration already names them, so it
+      is not an override (``petlab rerun`` checks the files against it).
+
+    Args:
+        path: the file (``.json``, ``.yaml`` or ``.yml``).
+
+    >>> import json, tempfile
+    >>> f = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+    >>> _ = f.write(json.dumps({"config": {"data": {"rows": 3000, "seed": 1}, "train": {"seed": 1}},
+    ...                         "tables": {}})); f.close()
+    >>> load_params_file(f.name)
+    {'rows': 3000, 'data_seed': 1, 'train_seed': 1}
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params file not found: {path}")
@@ -386,4 +431,14 @@ def load_params_file(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"cannot parse params file {path}: {err}".splitlines()[0]) from None
     if not isinstance(data, dict):
         raise ConfigError(f"params file {path} must hold a mapping of parameter names")
+    if "config" in data:  # a run's params.json as written
+        extra = sorted(set(data) - {"config", "tables"})
+        if extra:
+            raise ConfigError(f"params file {path}: unknown top-level key {extra[0]!r} beside 'config' "
+                              "(a run's params.json holds 'config' and 'tables')")
+        if not isinstance(data["config"], dict):
+            raise ConfigError(f"params file {path}: 'config' must be a mapping of sections")
+        return _flatten_sections(data["config"], path=path)
+    if data and set(data) <= set(PARAMS_SECTIONS) and all(isinstance(v, dict) for v in data.values()):
+        return _flatten_sections(data, path=path)
     return data

@@ -84,7 +84,7 @@ def load_result(*, run_dir):
 
 def run_notebooks(*, config: PocConfig, runs_root: str = "runs", out: str | None = None,
                   progress: bool = True, notebooks: tuple[str, ...] = NOTEBOOKS,
-                  require_result: bool = True):
+                  require_result: bool = True, audit: bool = False):
     """Execute the notebooks with papermill into a new run folder and finish it.
 
     Args:
@@ -94,6 +94,8 @@ def run_notebooks(*, config: PocConfig, runs_root: str = "runs", out: str | None
         notebooks: notebook file names under ``notebooks/``, run in order.
         require_result: the notebooks must record a training result (``metrics.json``);
             ``False`` for a selection without notebook 02 (e.g. the data notebook alone).
+        audit: notebook 03 audits this run's own configuration and tables
+            (``AUDIT_THE_RUN``) instead of its small synthetic runs.
 
     Returns:
         The :class:`petlab.pipeline.PocResult` the notebooks recorded, or ``None`` when
@@ -108,7 +110,7 @@ def run_notebooks(*, config: PocConfig, runs_root: str = "runs", out: str | None
     run = start_run(config=config, tables=tables, runs_root=str(Path(runs_root).resolve()),
                     out=str(Path(out).resolve()) if out else None)
     params = {**notebook_parameters(config=config), "RUN_DIR": str(run.path),
-              "RUNS_ROOT": str(Path(runs_root).resolve())}
+              "RUNS_ROOT": str(Path(runs_root).resolve()), "AUDIT_THE_RUN": bool(audit)}
     (run.path / "notebooks").mkdir(exist_ok=True)
     try:
         for name in notebooks:

@@ -179,10 +179,11 @@ def reference_features(*, config: PocConfig, tables: dict) -> dict:
 
 def train_references(*, config: PocConfig, tables: dict) -> dict[str, PlaintextFit]:
     """Plaintext models: pooled (same features, order and settings as MPC), gateway
-    only and wallet only (a counterfactual: the labels are at the gateway).
+    only and wallet only (the model of the party without the labels is a counterfactual:
+    it could not be trained without the label holder).
 
     This is the research harness: it reads both parties' tables, which only a
-    simulation may do (see :data:`petlab.mpc.trust.REFERENCE_NOTE`).
+    simulation may do (see :func:`petlab.mpc.trust.reference_note`).
     """
     feats = reference_features(config=config, tables=tables)
     label = feats[label_party(config)]
@@ -330,7 +331,7 @@ def start_run(*, config: PocConfig, tables: dict | None = None, run: Run | None 
 
 
 def run_poc(*, config: PocConfig, run: Run | None = None, runs_root: str = "runs",
-            out: str | None = None, progress: bool = True) -> PocResult:
+            out: str | None = None, progress: bool = True, audit: bool = False) -> PocResult:
     """The whole proof of concept: tables, MPC, references, record. Marks the run
     ``complete`` (if this call created it) or ``failed``.
 
@@ -340,13 +341,22 @@ def run_poc(*, config: PocConfig, run: Run | None = None, runs_root: str = "runs
         runs_root: where to create a new run folder when ``run`` and ``out`` are None.
         out: exact folder for the new run (must not exist or be empty).
         progress: show progress bars.
+        audit: also audit this configuration and these tables under both providers into
+            ``<run>/audit/`` (:func:`petlab.audit.run.run_audit`); a failed audit fails the run.
     """
     tables = prepare_tables(config=config)  # bad tables fail here, before any run folder exists
     run = start_run(config=config, tables=tables, run=run, runs_root=runs_root, out=out)
     try:
         mpc = train_mpc(config=config, tables=tables, run=run, progress=progress)
         references = train_references(config=config, tables=tables)
+        found = None
+        if audit:
+            from petlab.audit.run import require_passed, run_audit
+
+            found = run_audit(config=config, out=run.file("audit"), progress=progress, audited_run=run.path)
         result = write_record(config=config, tables=tables, mpc=mpc, references=references, run=run)
+        if found is not None:
+            require_passed(found)  # the report shows what failed
     except BaseException as err:
         run.mark_failed(f"{type(err).__name__}: {err}".splitlines()[0])
         raise

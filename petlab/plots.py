@@ -13,14 +13,29 @@ import pandas as pd
 
 __all__ = ["plot_loss", "plot_roc", "plot_cost", "plot_party_data", "plot_received_words", "plot_reconstruction",
            "save_figure", "save_poc_figures",
-           "MODEL_LABELS"]
+           "MODEL_LABELS", "model_labels"]
 
-MODEL_LABELS = {
-    "mpc": "MPC (joint, CrypTen)",
-    "plaintext": "plaintext (pooled)",
-    "gateway_only": "gateway only",
-    "wallet_only": "wallet only (counterfactual)",
-}
+def model_labels(*, label_party: str = "gateway") -> dict[str, str]:
+    """The four models' names in figures and the report; the model of the party without
+    the labels is the counterfactual (it could not be trained without the label holder).
+
+    Args:
+        label_party: the party that holds the labels.
+
+    >>> model_labels(label_party="wallet")["gateway_only"]
+    'gateway only (counterfactual)'
+    """
+    holder = str(label_party)
+    return {
+        "mpc": "MPC (joint, CrypTen)",
+        "plaintext": "plaintext (pooled)",
+        "gateway_only": "gateway only" + ("" if holder == "gateway" else " (counterfactual)"),
+        "wallet_only": "wallet only" + ("" if holder == "wallet" else " (counterfactual)"),
+    }
+
+
+#: The models' names with the labels at the gateway (:func:`model_labels`).
+MODEL_LABELS = model_labels(label_party="gateway")
 
 
 def _plt():
@@ -62,15 +77,22 @@ def plot_loss(*, curves: dict):
     return fig
 
 
-def plot_roc(*, scores: dict, y_test: np.ndarray, auc: dict):
-    """ROC curves of the four models on the test customers."""
+def plot_roc(*, scores: dict, y_test: np.ndarray, auc: dict, label_party: str = "gateway"):
+    """ROC curves of the four models on the test customers.
+
+    Args:
+        scores / y_test / auc: the models' test scores, the labels and the AUCs.
+        label_party: the party that holds the labels (names the counterfactual model).
+    """
     from petlab.metrics import roc_points
+
+    labels = model_labels(label_party=label_party)
 
     plt, sns = _plt()
     rows, dashes = [], {}
     for name, s in scores.items():
         fpr, tpr = roc_points(y_true=y_test, scores=s)
-        label = f"{MODEL_LABELS.get(name, name)}  AUC {auc[name]:.3f}"
+        label = f"{labels.get(name, name)}  AUC {auc[name]:.3f}"
         dashes[label] = (4, 2) if name == "mpc" else ""  # MPC dashed: it lies on the plaintext curve
         rows += [{"false positive rate": a, "true positive rate": b, "model": label} for a, b in zip(fpr, tpr)]
     fig, ax = plt.subplots(figsize=(6, 5))
@@ -122,7 +144,8 @@ def save_poc_figures(*, result, folder) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     figures = {
         "loss": plot_loss(curves=result.curves),
-        "roc": plot_roc(scores=result.scores, y_test=result.y_test, auc=result.metrics["auc"]),
+        "roc": plot_roc(scores=result.scores, y_test=result.y_test, auc=result.metrics["auc"],
+                        label_party=result.metrics.get("label_party", "gateway")),
         "cost": plot_cost(metrics=result.metrics),
     }
     paths = {}

@@ -15,8 +15,8 @@ from pathlib import Path
 from petlab.config import PocConfig
 from petlab.audit.classification import classification_table
 from petlab.mpc.disclosure import declared_disclosures
-from petlab.mpc.trust import CHANNEL_NOTE, RANDOMNESS_NOTE, REFERENCE_NOTE, security_model
-from petlab.plots import MODEL_LABELS
+from petlab.mpc.trust import CHANNEL_NOTE, RANDOMNESS_NOTE, reference_note, security_model
+from petlab.plots import model_labels
 
 __all__ = ["write_report", "render_report"]
 
@@ -71,15 +71,31 @@ def _secret_randomness_in_force(run_dir: Path) -> str:
     return f" In this run ({', '.join(said)})." if said else ""
 
 
-def _audit_section(run_dir: Path) -> str:
+def _audit_scope(audit: dict, params: dict) -> str:
+    """What the audit ran on: this run's configuration and tables, or its own small runs."""
+    config = audit.get("config", {})
+    if audit.get("audited_run") and config.get("data") == params["config"]["data"]:
+        epochs = config.get("train", {}).get("epochs")
+        shorter = ("" if epochs == params["config"]["train"]["epochs"]
+                   else f" (audit runs of {epochs} epoch{'s' if epochs != 1 else ''})")
+        return (f"Audit runs of this run's own configuration and tables{shorter}, under both providers, "
+                "kept every ring element each party received. ")
+    d = config.get("data", {})
+    return (f"Small audit runs of their own ({_e(d.get('source', 'synthetic'))} data, {d.get('rows', '?'):,} "
+            "customers, not this run's tables) under both providers kept every ring element each party "
+            "received; <code>petlab audit RUN</code> audits this run's own configuration and tables. ")
+
+
+def _audit_section(run_dir: Path, params: dict) -> str:
     path = run_dir / "audit" / "audit.json"
     if not path.is_file():
-        return ("<p>No privacy audit in this run folder (run notebook 03 or "
-                "<code>petlab.audit.run.run_audit</code>).</p>")
+        return ("<p>No privacy audit in this run folder: <code>petlab audit RUN</code> audits this run's "
+                "configuration and tables into <code>RUN/audit</code> (or <code>petlab poc --audit</code> "
+                "as part of a run).</p>")
     audit = json.loads(path.read_text())
     verdict = '<b class="ok">passed</b>' if audit["passed"] else '<b class="bad">FAILED</b>'
     parts = [f"<h2>Privacy audit: {verdict}</h2>",
-             "<p>Small audit runs under both providers kept every ring element each party received. "
+             f"<p>{_audit_scope(audit, params)}"
              "Thresholds and their justification are in <code>petlab/audit/checks.py</code>. Every "
              "check is shown to fail on a deliberately broken variant of the protocol run through this "
              "same audit (<code>tests/test_audit.py</code>: a key from a small seed space, a mask reused "
@@ -124,16 +140,20 @@ def render_report(*, run_dir: Path) -> str:
     params = json.loads((run_dir / "params.json").read_text())
     env = json.loads((run_dir / "environment.json").read_text())
     config = PocConfig.from_dict(params["config"])
+    holder = str(metrics.get("label_party", config.data.label_party))
+    other = "wallet" if holder == "gateway" else "gateway"
+    labels = model_labels(label_party=holder)
     sm = security_model(provider=metrics["provider"])
     parts = [f"<h1>petlab proof of concept: {_e(metrics['model'])} with CrypTen MPC "
              f"({_e(metrics['provider'])}, {_e(metrics['device'])})</h1>",
              f"<p>Run folder <code>{_e(run_dir)}</code>. Gateway and wallet (label holder: "
-             f"{_e(config.data.label_party)}) each "
+             f"{_e(holder)}) each "
              f"ran in their own process, loaded only their own table, and secret-shared their "
-             f"own columns before any joint operation.</p>"]
+             f"own columns before any joint operation. The labels are at the {_e(holder)}, which alone "
+             f"receives the outputs; the {_e(other)} contributes its features and receives none.</p>"]
 
     parts.append("<h2>Results on the test customers</h2>")
-    rows = [[MODEL_LABELS[n], _fmt(metrics["auc"][n]), _fmt(metrics["accuracy"][n]),
+    rows = [[labels[n], _fmt(metrics["auc"][n]), _fmt(metrics["accuracy"][n]),
              _fmt(metrics["log_loss"][n])] for n in ("mpc", "plaintext", "gateway_only", "wallet_only")]
     parts.append(_table(["model", "AUC", "accuracy", "log-loss"], rows))
     parts.append(
@@ -182,7 +202,7 @@ def render_report(*, run_dir: Path) -> str:
         provider=metrics["provider"], reveal_weights=config.mpc.reveal_weights,
         track_loss=config.mpc.track_loss, label_party=config.data.label_party)]
     parts.append(_table(["party", "item", "classification", "what could be inferred"], rows, left=4))
-    parts.append(_audit_section(run_dir))
+    parts.append(_audit_section(run_dir, params))
 
     parts.append("<h2>What MPC costs</h2>")
     s = metrics["seconds"]
@@ -202,7 +222,7 @@ def render_report(*, run_dir: Path) -> str:
                  "element) over input sharing, training and the reveals, excluding loss monitoring.</p>")
 
     parts.append("<h2>Reference models</h2>")
-    parts.append(f"<p>{_e(REFERENCE_NOTE)}</p>")
+    parts.append(f"<p>{_e(reference_note(label_party=holder))}</p>")
 
     parts.append("<h2>Data</h2>")
     rows = [[p, t["path"], t["id_column"], t["label_column"] or "—", metrics["n_features"][p],
@@ -228,7 +248,8 @@ def render_report(*, run_dir: Path) -> str:
     rows = [[f"{section}.{k}", v] for section, d in params["config"].items() for k, v in d.items()]
     parts.append(_table(["parameter", "value"], rows))
     parts.append("<h2>Environment</h2>")
-    parts.append(_table(["key", "value"], [[k, v] for k, v in env.items()]))
+    parts.append(_table(["key", "value"], [[k, ", ".join(map(str, v)) or "none" if isinstance(v, list) else v]
+                                           for k, v in env.items()]))
     notebooks = sorted((run_dir / "notebooks").glob("*.ipynb")) if (run_dir / "notebooks").is_dir() else []
     if notebooks:
         parts.append("<p>Executed notebooks: " + ", ".join(f"<code>notebooks/{_e(n.name)}</code>"

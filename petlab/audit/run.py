@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,7 @@ from petlab.mpc.disclosure import declared_disclosures
 from petlab.mpc.party import minibatches
 from petlab.parties import Party
 
-__all__ = ["AuditResult", "AuditFailed", "run_audit", "require_passed", "declared_reveals_only",
+__all__ = ["AuditResult", "AuditFailed", "run_audit", "audit_run_folder", "require_passed", "declared_reveals_only",
            "received_words", "openings", "BIT_OPENINGS"]
 
 
@@ -269,13 +271,14 @@ def _audit_provider(*, config: PocConfig, provider: str, tables: dict, feats: di
     first = minibatches(n=n_train, batch_size=config.train.batch_size, seed=config.train.seed, epoch=0)[0]
     d_gateway = feats[Party.GATEWAY].n_features
     wallet_first = feats[Party.WALLET].X_train[first]
-    secrets_of = {
-        Party.GATEWAY: np.concatenate([feats[Party.GATEWAY].X_train.ravel(), feats[Party.GATEWAY].X_test.ravel(),
-                                       feats[Party.GATEWAY].y_train, feats[Party.GATEWAY].y_test]),
-        Party.WALLET: np.concatenate([feats[Party.WALLET].X_train.ravel(), feats[Party.WALLET].X_test.ravel()]),
+    secrets_of = {  # each party's own values, its labels too where it holds them
+        p: np.concatenate([feats[p].X_train.ravel(), feats[p].X_test.ravel()]
+                          + [y for y in (feats[p].y_train, feats[p].y_test) if y is not None])
+        for p in Party
     }
     allowed = {d.item for d in declared_disclosures(reveal_weights=config.mpc.reveal_weights,
-                                                     track_loss=config.mpc.track_loss)}
+                                                     track_loss=config.mpc.track_loss,
+                                                     label_party=config.data.label_party)}
     cfg = dataclasses.replace(config, mpc=dataclasses.replace(
         config.mpc, provider=provider, audit_words=True, audit_party0_view=True))
     mpc = run_mpc(config=cfg, tables=tables, out_dir=out / provider, progress=progress)
@@ -312,19 +315,22 @@ def _audit_provider(*, config: PocConfig, provider: str, tables: dict, feats: di
     }
     np.savez(out / f"reconstruction_{provider}.npz", reconstructed=rec["reconstructed"], truth=wallet_first)
     classification = classification_table(provider=provider, reveal_weights=config.mpc.reveal_weights,
-                                          track_loss=config.mpc.track_loss)
+                                          track_loss=config.mpc.track_loss, label_party=config.data.label_party)
     return results, reconstruction, classification
 
 
 def run_audit(*, config: PocConfig, out: str | Path, progress: bool = True,
-              providers: tuple[str, ...] = PROVIDERS) -> AuditResult:
+              providers: tuple[str, ...] = PROVIDERS, audited_run: str | Path | None = None) -> AuditResult:
     """Audit runs under TFP and TTP into ``out``; returns (and writes) the findings.
 
     Args:
-        config: a small configuration (e.g. 1,000 rows, 1 epoch); its provider is ignored.
+        config: the configuration to audit: a small synthetic one (e.g. 1,000 rows, 1
+            epoch), or a run's own (:func:`audit_run_folder`); its provider is ignored.
         out: a new folder for the audit (party records, ``audit.json``, figures).
         progress: progress bars.
         providers: the providers to audit (both by default).
+        audited_run: the run folder whose configuration and tables these are, if any
+            (recorded in ``audit.json``; the report says what the audit covered).
     """
     from petlab.pipeline import prepare_tables
 
@@ -340,7 +346,82 @@ def run_audit(*, config: PocConfig, out: str | Path, progress: bool = True,
     _save_figures(out, providers)
     passed = all(r["passed"] for r in results) and all(v["as_expected"] for v in reconstruction.values())
     payload = {"passed": passed, "checks": results, "reconstruction": reconstruction,
-               "classification": classification, "config": config.to_dict()}
+               "classification": classification, "config": config.to_dict(),
+               "tables": {p: {"path": t["path"], "sha256": t["sha256"]} for p, t in tables.items()},
+               "audited_run": str(Path(audited_run).resolve()) if audited_run is not None else None}
     (out / "audit.json").write_text(json.dumps(payload, indent=2))
     return AuditResult(folder=out, checks=results, reconstruction=reconstruction,
                        classification=classification, passed=passed)
+
+
+def audit_run_folder(*, run_dir: str | Path, out: str | Path | None = None, epochs: int | None = None,
+                     progress: bool = True) -> AuditResult:
+    """Audit a finished run: its configuration and its tables (own tables included) run
+    again under both providers with every received word kept.
+
+    The audit goes into ``<run_dir>/audit/``, the run's report is rebuilt to show it, and
+    its manifest is written again naming what the audit added (``petlab verify`` still
+    checks every file). With ``out``, it goes into that new folder instead and the run
+    folder is left as it is (e.g. a notebook run, whose ``audit/`` holds notebook 03's).
+
+    Args:
+        run_dir: a complete run folder (``petlab poc``, ``petlab notebooks``, ``petlab rerun``).
+        out: a new folder for the audit instead of ``<run_dir>/audit``.
+        epochs: audit runs of fewer epochs than the run (every received word is kept:
+            the audit's memory grows with the run's traffic); default the run's own.
+        progress: progress bars.
+
+    Raises:
+        ConfigError: not a complete run folder, an audit is there already, or a table is
+            not the file the run read.
+    """
+    from petlab.config import ConfigError, poc_config
+    from petlab.pipeline import prepare_tables
+    from petlab.review import check_recorded_tables, recorded_config
+    from petlab.runs import Run, create_run
+
+    run_dir = Path(run_dir).resolve()
+    config, recorded = recorded_config(run_dir=run_dir)
+    run = Run(path=run_dir, owned=False)
+    if run.status() != "complete":
+        raise ConfigError(f"{run_dir} is not a complete run (status {run.status()!r}); audit a finished run")
+    if epochs is not None:
+        config = poc_config(**{**_flat(config), "epochs": epochs})
+    if config.mpc.negative_control or config.mpc.audit_words:
+        raise ConfigError(f"{run_dir} is an audit run itself; audit the run it was made for")
+    check_recorded_tables(tables=prepare_tables(config=config), recorded=recorded)
+    if out is None:
+        target = run.file("audit")
+        if target.exists():
+            raise ConfigError(f"{target} exists already (runs are never overwritten): give --out NEW for "
+                              "another audit of this run")
+        partial = run.file("audit.partial")  # renamed to audit/ once complete: never half an audit
+        if partial.exists():
+            shutil.rmtree(partial)  # what an interrupted audit left
+        result = run_audit(config=config, out=partial, progress=progress, audited_run=run_dir)
+        os.replace(partial, target)
+        result = dataclasses.replace(result, folder=target)
+        from petlab.report import write_report
+
+        if run.file("metrics.json").is_file():
+            write_report(run=run)
+        run.amend(added_by="petlab audit")
+        return result
+    new = create_run(path=out)
+    try:
+        new.write_json("params.json", {"config": config.to_dict(), "tables": recorded})
+        result = run_audit(config=config, out=new.file("audit"), progress=progress, audited_run=run_dir)
+    except BaseException as err:
+        new.mark_failed(f"{type(err).__name__}: {err}".splitlines()[0])
+        raise
+    new.mark_complete()
+    return result
+
+
+def _flat(config: PocConfig) -> dict:
+    """Keywords of :func:`petlab.config.poc_config` that give ``config`` back."""
+    out = {}
+    for section, values in config.to_dict().items():
+        for key, value in values.items():
+            out[f"{section}_seed" if key == "seed" else key] = value
+    return out

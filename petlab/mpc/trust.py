@@ -13,7 +13,7 @@ import dataclasses
 
 from petlab.parties import Party
 
-__all__ = ["SecurityModel", "security_model", "CHANNEL_NOTE", "RANDOMNESS_NOTE", "REFERENCE_NOTE"]
+__all__ = ["SecurityModel", "security_model", "CHANNEL_NOTE", "RANDOMNESS_NOTE", "REFERENCE_NOTE", "reference_note"]
 
 CHANNEL_NOTE = (
     "petlab's own sockets between the gateway and the wallet (greeting, PSI, and the direct "
@@ -33,12 +33,25 @@ RANDOMNESS_NOTE = (
     "in every party process."
 )
 
-REFERENCE_NOTE = (
-    "The plaintext reference models (pooled, gateway only, wallet only) are trained by "
-    "the research harness, which reads both parties' tables on this machine. They exist "
-    "only in this simulation, to measure what MPC costs and what collaboration gains; "
-    "the wallet-only model is a counterfactual, since the labels are at the gateway."
-)
+def reference_note(*, label_party: str = "gateway") -> str:
+    """What the plaintext reference models are, for a run with the labels at ``label_party``.
+
+    Args:
+        label_party: the party that holds the labels.
+
+    >>> reference_note(label_party="wallet").split("; ")[-1]
+    'the gateway-only model is a counterfactual, since the labels are at the wallet.'
+    """
+    holder = str(label_party)
+    other = "wallet" if holder == "gateway" else "gateway"
+    return ("The plaintext reference models (pooled, gateway only, wallet only) are trained by "
+            "the research harness, which reads both parties' tables on this machine. They exist "
+            "only in this simulation, to measure what MPC costs and what collaboration gains; "
+            f"the {other}-only model is a counterfactual, since the labels are at the {holder}.")
+
+
+#: :func:`reference_note` with the labels at the gateway.
+REFERENCE_NOTE = reference_note(label_party="gateway")
 
 
 @dataclasses.dataclass(frozen=True)
