@@ -44,6 +44,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-root", dest="root", help=f"where party tables live (default {_D.root})")
     g.add_argument("--alignment", help=f"psi (private set intersection) or given (the tables already hold the "
                    f"same customers: no PSI) (default {_D.alignment})")
+    g.add_argument("--psi", help=f"PSI protocol: rr22 (OPRF from VOLE, fastest) or ecdh (Curve25519) "
+                   f"(default {_D.psi})")
     g = p.add_argument_group("training")
     g.add_argument("--model", help=f"logreg or mlp (default {_T.model})")
     g.add_argument("--epochs", type=int, help=f"default {_T.epochs}")
@@ -75,7 +77,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-_CONFIG_KEYS = ("source", "gateway_table", "wallet_table", "id_column", "label_column", "label_party", "rows", "overlap", "wallet_extra", "seed", "test_fraction", "root", "features", "alignment", "model", "epochs", "batch_size", "lr", "hidden",
+_CONFIG_KEYS = ("source", "gateway_table", "wallet_table", "id_column", "label_column", "label_party", "rows", "overlap", "wallet_extra", "seed", "test_fraction", "root", "features", "alignment", "psi", "model", "epochs", "batch_size", "lr", "hidden",
                 "provider", "device", "engine", "sigmoid_method", "direct_link", "reveal_weights", "track_loss", "threads_per_party", "timeout_s", "peer_timeout_s")
 
 

@@ -108,6 +108,8 @@ def load_library():
     import pyarrow.csv  # noqa: F401 - measures the alignment, not imports
 
     import petlab.mpc.secret_random  # noqa: F401
+
+    _as_strings(["warm-up"])  # pyarrow's kernels initialise on first use (0.3 s)
     return psi, link
 
 
@@ -211,6 +213,10 @@ class _Doorway:
 
     def close(self) -> None:
         self._stop.set()
+        try:
+            self._server.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+        except OSError:
+            pass
         self._server.close()
         with self._lock:
             for sock in self._sockets:
