@@ -516,7 +516,7 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
         "psi": {"alignment": cfg.data.alignment, "protocol": psi.protocol, "intersection_size": len(psi.ids),
                 "own_set_size": psi.own_set_size, "other_set_size": psi.other_set_size, "seconds": psi.seconds,
                 "bytes_sent": psi.bytes_sent, "bytes_received": psi.bytes_received, "phases": psi.phases,
-                "library_peak_rss_mb": psi.peak_rss_mb},
+                "library_peak_rss_mb": psi.peak_rss_mb, "tls": job.tls_identity(role=str(me)) is not None},
     }
     transcript.save(out / "audit")
     if cfg.mpc.audit_words:  # audit runs: the keys this process held
