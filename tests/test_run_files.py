@@ -11,7 +11,8 @@ from petlab.cli import main
 from petlab.config import ConfigError, poc_config
 from petlab.mpc.hosts import host_job
 
-RV = {"address": "127.0.0.1", "port": 29500, "psi_port": 29501}
+RV = {"address": "127.0.0.1", "port": 29500, "psi_port": 29501, "wallet_address": "127.0.0.1",
+      "wallet_psi_port": 29502}
 
 
 def _file(tmp_path, doc, name="run.yaml"):
@@ -27,6 +28,10 @@ def _file(tmp_path, doc, name="run.yaml"):
     ({"rendezvous": RV, "out": "x", "params": {}, "extra": 1}, "wallet", {}, "unknown section(s) extra"),
     ({"rendezvous": {"address": "127.0.0.1"}, "out": "x"}, "wallet", {}, "rendezvous needs address, port and psi_port"),
     ({"rendezvous": {**RV, "psi_port": 29500}, "out": "x"}, "wallet", {}, "two different TCP ports"),
+    ({"rendezvous": {k: v for k, v in RV.items() if not k.startswith("wallet")}, "out": "x"}, "wallet", {},
+     "rendezvous needs wallet_address and wallet_psi_port"),
+    ({"rendezvous": {**RV, "wallet_psi_port": 29501}, "out": "x"}, "gateway", {},
+     "wallet_psi_port 29501 is already the rendezvous port or psi_port"),
     ({"rendezvous": RV, "params": {"provider": "TFP"}}, "dealer", {}, "say where this party writes its record"),
     ({"rendezvous": RV, "out": "x"}, "bank", {}, "unknown role 'bank'"),
     ({"rendezvous": RV, "out": "x"}, "dealer", {"table": "t.csv"}, "the dealer holds no table"),

@@ -441,6 +441,10 @@ def _run_library(*, psi_lib, link_lib, me: Party, peer: Party, ends: dict, tls, 
                 failure = _died(child, paths, where)
             elif not linked and time.monotonic() > deadline:
                 failure = _not_linked(paths=paths, where=where, peer=peer, timeout_s=timeout_s, tls=tls)
+            elif not linked:  # a refused certificate: the library would try again until the deadline
+                refusal = _tls_refusal(_log_text(paths), peer=peer, tls=tls)
+                if refusal:
+                    failure = f"PSI with {where}: {refusal}"
         if bar is not None and report is not None:
             bar.update(100 - bar.n)
     finally:
