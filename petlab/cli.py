@@ -152,6 +152,7 @@ def _bench(args) -> int:
                    mpc_configs=args.mpc_configs, scale_rows_n=args.scale_rows, scale_features=args.scale_features,
                    scale_epochs=args.scale_epochs,
                    output=args.output, data_root=args.data_root, psi_sizes=args.psi_sizes,
+                   psi_protocols=args.psi_protocols,
                    sections=args.sections, spu=args.spu_python,
                    wan={"rtts_ms": args.wan_rtts, "rates_mbit": args.wan_rates, "providers": args.wan_providers,
                         "models": args.wan_models, "rows": args.wan_rows, "epochs": args.wan_epochs})
@@ -263,8 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "default 1000000)")
     bench.add_argument("--scale-features", type=int, default=100, help="columns of the scale section (default 100)")
     bench.add_argument("--scale-epochs", type=int, default=1, help="epochs of the scale section (default 1)")
-    bench.add_argument("--psi-sizes", type=int, nargs="*", default=[10_000, 100_000],
-                       help="ids per side for the PSI benchmark (default 10000 100000)")
+    bench.add_argument("--psi-sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000, 10_000_000],
+                       help="ids per side for the PSI benchmark (default 10000 100000 1000000 10000000)")
+    bench.add_argument("--psi-protocols", nargs="+", default=["rr22", "ecdh"],
+                       help="PSI protocols to measure: rr22, ecdh (default both)")
     bench.add_argument("--sections", nargs="+", default=["mpc", "scale", "psi", "wan"],
                        help="which sections of the file to measure and rewrite: mpc, scale, psi, wan "
                        "(default all; the others are kept)")
