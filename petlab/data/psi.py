@@ -10,14 +10,15 @@ uses on its other sockets). The gateway is the protocol's receiver and sends the
 to the wallet (``broadcast_result``), so **both** learn the intersection.
 
 What each party learns: the intersection and the size of the other's set (the
-protocol's messages reveal it; petlab also sends it, to report it). What crosses the
-link besides the protocol's messages is listed in ``docs/security.md`` ("What crosses
-each link"); no id crosses it in the clear. Each party then keeps its rows in the
+protocol's messages reveal it; petlab also sends it, to report it). Every message that
+crosses the link is listed in ``docs/security.md`` ("The PSI link"); no id crosses it in
+the clear. Each party then keeps its rows in the
 intersection in ascending order of its *own* copy of the id: the same order at both,
 and no id is sent for it.
 
-The library runs in a child process of the party (forked, so the ids are not copied):
-its waits are bounded there (a peer that never connects, or dies, ends the run within
+Each party's PSI port is open from the start and relays to the library's own server
+(:class:`_Doorway`). The library runs in a child process of the party (forked, so the ids
+are not copied): its waits are bounded there (a peer that never connects, or dies, ends the run within
 ``timeout_s`` with a message naming it), its log goes to ``psi.log`` in the party's
 work folder, its temporary files stay in that folder, and the trace file it always
 writes to ``/tmp`` is moved there.
@@ -39,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import logging
 import os
 import re
 import shutil
@@ -57,8 +57,6 @@ from petlab.parties import Party
 
 __all__ = ["PsiResult", "PsiError", "private_intersection", "free_port", "PROTOCOLS", "SECURITY_MODEL",
            "load_library"]
-
-log = logging.getLogger("petlab.psi")
 
 #: The protocols offered (``data.psi``): RR22 by default, ECDH on Curve25519 on request.
 PROTOCOLS = ("rr22", "ecdh")
@@ -81,6 +79,8 @@ class PsiError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class PsiResult:
+    """What one party learned from the PSI, and what it cost there."""
+
     ids: list  # this party's ids in the intersection, in the shared order (ascending id)
     own_set_size: int
     other_set_size: int
