@@ -135,10 +135,10 @@ def _as_strings(ids):
         raise PsiError("there are no ids to intersect (the table is empty)")
     if arr.null_count:
         raise PsiError(f"{arr.null_count:,} ids are missing (every row needs a customer id)")
-    empty = pc.sum(pc.equal(pc.utf8_length(arr), 0)).as_py() or 0
+    empty = pc.sum(pc.equal(pc.binary_length(arr), 0)).as_py() or 0
     if empty:
         raise PsiError(f"{empty:,} ids are empty strings (every row needs a customer id)")
-    awkward = pc.sum(pc.match_substring_regex(arr, r'[\r\n"]')).as_py() or 0
+    awkward = sum(pc.sum(pc.match_substring(arr, c)).as_py() or 0 for c in ('"', "\n", "\r"))
     if awkward:
         raise PsiError(f"{awkward:,} ids hold a line break or a double quote, which the PSI library's CSV "
                        "input cannot carry: use plain ids")
@@ -298,7 +298,9 @@ def _aligned(own, shared):
     """(ids in the shared order, their positions in ``own``): ascending id, byte order."""
     import pyarrow.compute as pc
 
-    shared = pc.take(shared, pc.sort_indices(shared))
+    ascending = len(shared) < 2 or pc.all(pc.less(shared[:-1], shared[1:])).as_py()
+    if not ascending:  # the library writes them sorted already; this party does not rely on it
+        shared = pc.take(shared, pc.sort_indices(shared))
     rows = pc.index_in(shared, value_set=own).to_numpy(zero_copy_only=False)
     if (rows < 0).any():
         raise PsiError("the PSI library returned an id this party does not hold")
