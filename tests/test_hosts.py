@@ -33,13 +33,13 @@ PEER_TIMEOUT_S = 20  # the runs' peer_timeout_s: the bound on every wait for a p
 
 def _run_file(tmp_path, *, name="run.yaml", address="127.0.0.1", wallet_address=None, ports=None, out=None,
               **params):
-    """A run file; ``ports``: (rendezvous, gateway's psi_port, wallet's psi port)."""
+    """A run file; ``ports``: (rendezvous, greeting and direct link, each party's end of the PSI link)."""
     ports = list(ports or ())
-    while len(ports) < 3:
+    while len(ports) < 4:
         candidate = free_port()
         if candidate not in ports:
             ports.append(candidate)
-    port, psi_port, wallet_psi_port = ports
+    port, psi_port, gateway_psi_port, wallet_psi_port = ports
     base = {"rows": 1500, "epochs": 2, "batch_size": 256, "provider": "TFP", "seed": 1,
             "root": str(tmp_path / "data"), "peer_timeout_s": PEER_TIMEOUT_S}
     base.update(params)
@@ -47,7 +47,8 @@ def _run_file(tmp_path, *, name="run.yaml", address="127.0.0.1", wallet_address=
     if not keys.exists():
         throwaway_pair(folder=keys)
     doc = {"rendezvous": {"address": address, "port": port, "psi_port": psi_port,
-                          "wallet_address": wallet_address or address, "wallet_psi_port": wallet_psi_port},
+                          "gateway_psi_port": gateway_psi_port, "wallet_address": wallet_address or address,
+                          "wallet_psi_port": wallet_psi_port},
            "tls": {"cert": f"{keys}/{{role}}.crt", "key": f"{keys}/{{role}}.key", "peer_cert": f"{keys}/{{peer}}.crt"},
            "out": str(out or tmp_path / "hosts"), "params": base}
     path = tmp_path / name
@@ -115,7 +116,8 @@ def test_the_dealer_never_coming_up_is_named(tmp_path):
 
 
 def test_ports_already_in_use_are_reported_at_start_up(tmp_path):
-    for which, role in (("port", "gateway"), ("psi_port", "gateway"), ("wallet_psi_port", "wallet")):
+    for which, role in (("port", "gateway"), ("psi_port", "gateway"), ("gateway_psi_port", "gateway"),
+                        ("wallet_psi_port", "wallet")):
         run_file, doc = _run_file(tmp_path, name=f"{which}.yaml", out=tmp_path / which)
         taken = doc["rendezvous"][which]
         with socket.create_server(("127.0.0.1", taken)):
@@ -135,7 +137,7 @@ def test_wrong_roles_are_refused(tmp_path):
                                                 ("seed", 1, 2)])
 def test_mismatched_configurations_are_named_by_both_parties(tmp_path, param, mine, theirs):
     ports = []
-    while len(ports) < 3:
+    while len(ports) < 4:
         ports += [p for p in [free_port()] if p not in ports]
     g_file, doc = _run_file(tmp_path, name="g.yaml", ports=ports, **{param: mine})
     w_file, _ = _run_file(tmp_path, name="w.yaml", ports=ports, **{param: theirs})
@@ -213,7 +215,7 @@ def two_namespaces():
 def test_parties_in_separate_network_namespaces_train_over_a_veth_link(tmp_path, two_namespaces):
     net = two_namespaces
     run_file, doc = _run_file(tmp_path, address=net["ips"]["gateway"], wallet_address=net["ips"]["wallet"],
-                              ports=(29500, 29501, 29502), peer_timeout_s=120)
+                              ports=(29500, 29501, 29502, 29503), peer_timeout_s=120)
 
     def rx_bytes(role):
         return int(subprocess.run(["ip", "netns", "exec", net["ns"][role], "cat",

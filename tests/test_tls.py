@@ -266,8 +266,8 @@ def test_an_eavesdropper_reads_neither_the_greeting_nor_the_shares(pair, encrypt
 
 # -- the run file's tls section -------------------------------------------------------------
 
-RV = {"address": "127.0.0.1", "port": 29500, "psi_port": 29501, "wallet_address": "127.0.0.1",
-      "wallet_psi_port": 29502}
+RV = {"address": "127.0.0.1", "port": 29500, "psi_port": 29501, "gateway_psi_port": 29502,
+      "wallet_address": "127.0.0.1", "wallet_psi_port": 29503}
 
 
 def _run_file(tmp_path, **sections):

@@ -267,8 +267,9 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
     peer = next(p for p in Party if p != me)
     if me.rank == 0:  # the gateway's host is the rendezvous: both ports must be free there
         check_port_free(address=job.address, port=job.port, what="MPC rendezvous")
-    elif cfg.data.alignment == "psi":  # the wallet listens for the PSI link on its own host
-        check_port_free(address=job.psi_endpoints()["wallet"][0], port=job.wallet_psi_port, what="PSI")
+    if cfg.data.alignment == "psi":  # each data party listens for the PSI link on its own host
+        host, port = job.psi_endpoints()[str(me)]
+        check_port_free(address=host, port=port, what="PSI")
     exchange = KeyExchange()  # the two parties' key: agreed inside the (TLS-authenticated) greeting
     greeting = greet_peer(role=str(me), peer=str(peer), listen=(me.rank == 0), address=job.address,
                           port=job.psi_port, timeout_s=cfg.mpc.peer_timeout_s, shared=job.shared_dict(),
