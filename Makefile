@@ -17,12 +17,13 @@ help:
 	@echo "make lab      open JupyterLab on notebooks/"
 	@echo "Extra flags for poc / poc-cli: make poc POC_ARGS='--model mlp --provider TFP'"
 
-$(BIN)/petlab: requirements.txt requirements-crypten.txt pyproject.toml
+$(BIN)/petlab: requirements.txt requirements-crypten.txt requirements-spu.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	@if [ -n "$(TORCH_SPEC)" ]; then $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"; fi
 	$(BIN)/python -m pip install --quiet $$(grep -v '^torch==' requirements.txt | grep -v '^#' | grep .)
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-crypten.txt
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-spu.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(BIN)/petlab
 

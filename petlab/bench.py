@@ -26,40 +26,93 @@ def _machine() -> str:
             f"Python {platform.python_version()}, torch {torch.__version__}")
 
 
-def _psi_side(ids, listen, port, queue):
-    from petlab.data.psi import private_intersection
+def _psi_side(role, path, endpoints, protocol, work, barrier, queue):
+    """One party of the PSI benchmark, in its own process: read the ids, align."""
+    import time
 
+    import pyarrow.parquet as pq
+
+    from petlab.data.psi import load_library, private_intersection
+
+    load_library()  # process start-up (imports), before the clock as at a party
+    barrier.wait()
+    t0 = time.perf_counter()
+    ids = pq.read_table(path, columns=["customer_id"]).column("customer_id")
     # the protocol alone (its time and bytes), as in the published figures: no TLS around it
-    result = private_intersection(ids=ids, listen=listen, address="127.0.0.1", port=port, timeout_s=7200,
-                                  tls=None)
-    from petlab.mpc.party import _peak_rss_mb
+    result = private_intersection(ids=ids, role=role, endpoints=endpoints, protocol=protocol, tls=None,
+                                  work_dir=work, timeout_s=600, progress=role == "gateway")
+    seconds = time.perf_counter() - t0  # reading the ids to the aligned row order (result.rows)
+    queue.put({"role": role, "seconds": seconds, "size": len(result.rows), "phases": result.phases,
+               "bytes": result.bytes_sent + result.bytes_received,
+               "peak_rss_mb": _vm_hwm_mb() + result.peak_rss_mb, "library_rss_mb": result.peak_rss_mb})
 
-    queue.put({"listen": listen, "seconds": result.seconds, "size": len(result.ids),
-               "bytes": result.bytes_sent + result.bytes_received, "peak_rss_mb": _peak_rss_mb()})
+
+def _vm_hwm_mb() -> float:
+    """This process's peak resident memory (Linux VmHWM), MB."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
-def bench_psi(*, n: int, overlap: float = 0.7) -> dict:
-    """Time PSI (both directions) between two processes with ``n`` ids each."""
+def bench_psi(*, n: int, protocol: str = "rr22", overlap: float = 0.7) -> dict:
+    """Time SecretFlow's PSI between two processes with ``n`` ids each (a share
+    ``overlap`` shared), each reading its ids from a Parquet file.
+
+    Args:
+        n: ids per party.
+        protocol: "rr22" or "ecdh".
+        overlap: share of each party's ids the other holds too.
+    """
     import multiprocessing as mp
+    import shutil
+    import tempfile
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
     from petlab.net import free_port
 
     shared = int(n * overlap)
-    gateway_ids = [f"C{i:09d}" for i in range(n)]
-    wallet_ids = [f"C{i:09d}" for i in range(n - shared, 2 * n - shared)]
-    ctx = mp.get_context("spawn")
-    queue, port = ctx.Queue(), free_port()
-    procs = [ctx.Process(target=_psi_side, args=(gateway_ids, True, port, queue)),
-             ctx.Process(target=_psi_side, args=(wallet_ids, False, port, queue))]
-    for p in procs:
-        p.start()
-    results = [queue.get(timeout=7200) for _ in procs]
-    for p in procs:
-        p.join()
-    assert all(r["size"] == shared for r in results), results
-    return {"n": n, "intersection": shared, "seconds": max(r["seconds"] for r in results),
-            "mb_per_party": max(r["bytes"] for r in results) / 1e6,
-            "peak_rss_mb": max(r["peak_rss_mb"] for r in results)}
+    folder = Path(tempfile.mkdtemp(prefix="petlab-bench-psi-"))
+    try:
+        paths = {}
+        for role, first in (("gateway", 0), ("wallet", n - shared)):
+            numbers = pa.array(np.random.default_rng(7).permutation(np.arange(first, first + n)))  # public order
+            ids = pc.binary_join_element_wise("C", pc.utf8_lpad(pc.cast(numbers, pa.string()), 9, "0"), "")
+            paths[role] = folder / f"{role}.parquet"
+            pq.write_table(pa.table({"customer_id": ids}), paths[role])
+        ports = []
+        while len(ports) < 2:
+            ports += [p for p in [free_port()] if p not in ports]
+        endpoints = {"gateway": ("127.0.0.1", ports[0]), "wallet": ("127.0.0.1", ports[1])}
+        ctx = mp.get_context("spawn")
+        queue, barrier = ctx.Queue(), ctx.Barrier(2)
+        procs = [ctx.Process(target=_psi_side, args=(role, str(paths[role]), endpoints, protocol,
+                                                     str(folder / role), barrier, queue))
+                 for role in ("gateway", "wallet")]
+        for p in procs:
+            p.start()
+        results = {}
+        for _ in procs:
+            r = queue.get(timeout=3600)
+            results[r["role"]] = r
+        for p in procs:
+            p.join()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    assert all(r["size"] == shared for r in results.values()), results
+    g, w = results["gateway"], results["wallet"]
+    return {"n": n, "protocol": protocol, "intersection": shared,
+            "seconds": max(g["seconds"], w["seconds"]), "gateway_s": g["seconds"], "wallet_s": w["seconds"],
+            "protocol_s": max(g["phases"]["protocol"], w["phases"]["protocol"]),
+            "link_s": max(g["phases"]["link"], w["phases"]["link"]),
+            "mb_per_party": max(g["bytes"], w["bytes"]) / 1e6,
+            "peak_rss_mb": {"gateway": g["peak_rss_mb"], "wallet": w["peak_rss_mb"]},
+            "library_rss_mb": {"gateway": g["library_rss_mb"], "wallet": w["library_rss_mb"]}}
 
 
 SECTIONS = ("mpc", "scale", "psi", "wan")
@@ -203,7 +256,8 @@ def merge_sections(*, text: str, sections: dict[str, str]) -> str:
 
 def run_benchmarks(*, sizes, epochs: int, output: str, data_root: str, runs_root: str = "runs",
                    mpc_configs=None, slow_epochs: int = 1, features: int = 30,
-                   psi_sizes=(10_000, 100_000), scale_rows_n: int = 1_000_000, scale_features: int = 100,
+                   psi_sizes=(10_000, 100_000, 1_000_000, 10_000_000), psi_protocols=("rr22", "ecdh"),
+                   scale_rows_n: int = 1_000_000, scale_features: int = 100,
                    scale_epochs: int = 1, sections=SECTIONS, wan: dict | None = None,
                    spu: str | None = None) -> list[dict]:
     """Measure the requested sections and rewrite them in ``output`` (others are kept).
@@ -214,7 +268,7 @@ def run_benchmarks(*, sizes, epochs: int, output: str, data_root: str, runs_root
         mpc_configs: names from :data:`MPC_CONFIGS` (default all); features: columns.
         scale_rows_n, scale_features, scale_epochs: the ``scale`` section (one petlab TTP run;
             ``scale_rows_n`` training rows, as ``sizes``).
-        psi_sizes: ids per side for section ``psi``.
+        psi_sizes: ids per side for section ``psi``; psi_protocols: "rr22", "ecdh".
         wan: keyword arguments of :func:`petlab.wan.measure_wan` for section ``wan``
             (rtts_ms, rates_mbit, providers, models, rows, epochs).
         output: the markdown file to update.
@@ -232,6 +286,9 @@ def run_benchmarks(*, sizes, epochs: int, output: str, data_root: str, runs_root
     if unknown:
         raise ConfigError(f"unknown benchmark configuration(s) {unknown}: expected "
                           f"{', '.join([*MPC_CONFIGS, *SPU_CONFIGS])}")
+    bad = [p for p in psi_protocols if p not in ("rr22", "ecdh")]
+    if bad and "psi" in sections:
+        raise ConfigError(f"unknown PSI protocol(s) {bad}: expected rr22, ecdh")
     spu_configs = [c for c in (mpc_configs or []) if c in SPU_CONFIGS] if "mpc" in sections else []
     spu = spu_python(spu)
     if spu_configs and spu is None:
@@ -267,10 +324,12 @@ def run_benchmarks(*, sizes, epochs: int, output: str, data_root: str, runs_root
         rendered["scale"] = render_scale(rows=scale_rows, command=command, machine=_machine())
     if "psi" in sections:
         psi_rows = []
-        for n in psi_sizes:
-            print(f"[bench] PSI {n} ids per side", file=sys.stderr, flush=True)
-            psi_rows.append(bench_psi(n=n))
-        command = f"petlab bench --sections psi --psi-sizes {' '.join(map(str, psi_sizes))}"
+        for protocol in psi_protocols:
+            for n in psi_sizes:
+                print(f"[bench] PSI {protocol}, {n:,} ids per side", file=sys.stderr, flush=True)
+                psi_rows.append(bench_psi(n=n, protocol=protocol))
+        command = (f"petlab bench --sections psi --psi-sizes {' '.join(map(str, psi_sizes))} "
+                   f"--psi-protocols {' '.join(psi_protocols)}")
         rendered["psi"] = render_psi(rows=psi_rows, command=command, machine=_machine())
     if "wan" in sections:
         rendered["wan"] = _bench_wan(wan=wan or {}, root=root)
@@ -674,18 +733,47 @@ def render_scale(*, rows: list[dict], command: str, machine: str) -> str:
     return "\n".join(lines)
 
 
+#: The rows of the PSI library petlab used before SecretFlow's (openmined-psi 2.0.6, ECDH on
+#: P-256 run in both directions at once), as measured by ``petlab bench --sections psi
+#: --psi-sizes 10000 100000 1000000`` on 2026-11-30 06:45 UTC on this kind of machine; kept
+#: for comparison: (ids per side, shared, seconds, MB per party, peak RSS MB).
+OPENMINED_ROWS = ((10_000, 7_000, 27.2, 1.5, 328), (100_000, 70_000, 203.3, 15.2, 348),
+                  (1_000_000, 700_000, 2635.2, 151.2, 918))
+
+
 def render_psi(*, rows: list[dict], command: str, machine: str) -> str:
-    """The private-set-intersection section for measured ``rows``."""
+    """The private-set-intersection section for measured ``rows``, and the old library's."""
     lines = _section_head(title="Private set intersection", command=command, machine=machine) + [
-        "OpenMined ECDH PSI in both directions at once (so both parties learn the intersection),",
-        "between two processes on loopback, n ids per side, 70% shared; time of the slower",
-        "party, bytes sent + received by one party, peak resident memory of the larger party",
-        "process.",
+        "SecretFlow's PSI (`spu` 0.9.5's `psi_execute`), RR22 and ECDH on Curve25519, the gateway",
+        "receiving and sending the result on (both parties learn the intersection), between two",
+        "party processes on loopback, each listening on its own port, without TLS (the protocol",
+        "alone); n ids per side in a Parquet file, 70% shared.",
+        "",
+        "- **seconds**: the slower party, end to end: reading its ids from the file, checking them,",
+        "  the library's process (link, protocol, its output), to the aligned row order (each",
+        "  party's row numbers of the shared customers, in ascending id). **link s** / **protocol s**:",
+        "  the library's link set-up and `psi_execute` (slower party).",
+        "- **MB per party**: TCP payload sent + received on the link by one party (the larger).",
+        "- **peak RSS MB**: each party's process (Linux VmHWM, imports included) plus what the",
+        "  library's process added above the memory it shared with it at its start.",
+        "",
+        "| protocol | ids per side | shared | seconds | link s | protocol s | MB per party | peak RSS MB gateway / wallet |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        rss = r["peak_rss_mb"]
+        lines.append(f"| {r['protocol']} | {r['n']:,} | {r['intersection']:,} | {r['seconds']:.2f} | "
+                     f"{r['link_s']:.2f} | {r['protocol_s']:.2f} | {r['mb_per_party']:.1f} | "
+                     f"{rss['gateway']:,.0f} / {rss['wallet']:,.0f} |")
+    lines += [
+        "",
+        "The library used before (openmined-psi 2.0.6: ECDH on P-256 in both directions at once, over",
+        "petlab's own sockets; removed), as measured by `petlab bench --sections psi --psi-sizes 10000",
+        "100000 1000000` on 2026-11-30 06:45 UTC on the same kind of machine (not re-measured):",
         "",
         "| ids per side | shared | seconds | MB per party | peak RSS MB |",
         "|---|---|---|---|---|",
     ]
-    for r in rows:
-        lines.append(f"| {r['n']:,} | {r['intersection']:,} | {r['seconds']:.1f} | {r['mb_per_party']:.1f} "
-                     f"| {r['peak_rss_mb']:,.0f} |")
+    for n, shared, seconds, mb, rss in OPENMINED_ROWS:
+        lines.append(f"| {n:,} | {shared:,} | {seconds:.1f} | {mb:.1f} | {rss:,} |")
     return "\n".join(lines)

@@ -46,6 +46,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-root", dest="root", help=f"where party tables live (default {_D.root})")
     g.add_argument("--alignment", help=f"psi (private set intersection) or given (the tables already hold the "
                    f"same customers: no PSI) (default {_D.alignment})")
+    g.add_argument("--psi", help=f"PSI protocol: rr22 (OPRF from VOLE, fastest) or ecdh (Curve25519) "
+                   f"(default {_D.psi})")
     g = p.add_argument_group("training")
     g.add_argument("--model", help=f"logreg or mlp (default {_T.model})")
     g.add_argument("--epochs", type=int, help=f"default {_T.epochs}")
@@ -77,7 +79,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-_CONFIG_KEYS = ("source", "gateway_table", "wallet_table", "id_column", "label_column", "label_party", "rows", "overlap", "wallet_extra", "seed", "test_fraction", "root", "features", "alignment", "model", "epochs", "batch_size", "lr", "hidden",
+_CONFIG_KEYS = ("source", "gateway_table", "wallet_table", "id_column", "label_column", "label_party", "rows", "overlap", "wallet_extra", "seed", "test_fraction", "root", "features", "alignment", "psi", "model", "epochs", "batch_size", "lr", "hidden",
                 "provider", "device", "engine", "sigmoid_method", "direct_link", "reveal_weights", "track_loss", "threads_per_party", "timeout_s", "peer_timeout_s")
 
 
@@ -181,6 +183,7 @@ def _bench(args) -> int:
                    mpc_configs=args.mpc_configs, scale_rows_n=args.scale_rows, scale_features=args.scale_features,
                    scale_epochs=args.scale_epochs,
                    output=args.output, data_root=args.data_root, psi_sizes=args.psi_sizes,
+                   psi_protocols=args.psi_protocols,
                    sections=args.sections, spu=args.spu_python,
                    wan={"rtts_ms": args.wan_rtts, "rates_mbit": args.wan_rates, "providers": args.wan_providers,
                         "models": args.wan_models, "rows": args.wan_rows, "epochs": args.wan_epochs})
@@ -338,8 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "default 1000000)")
     bench.add_argument("--scale-features", type=int, default=100, help="columns of the scale section (default 100)")
     bench.add_argument("--scale-epochs", type=int, default=1, help="epochs of the scale section (default 1)")
-    bench.add_argument("--psi-sizes", type=int, nargs="*", default=[10_000, 100_000],
-                       help="ids per side for the PSI benchmark (default 10000 100000)")
+    bench.add_argument("--psi-sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000, 10_000_000],
+                       help="ids per side for the PSI benchmark (default 10000 100000 1000000 10000000)")
+    bench.add_argument("--psi-protocols", nargs="+", default=["rr22", "ecdh"],
+                       help="PSI protocols to measure: rr22, ecdh (default both)")
     bench.add_argument("--sections", nargs="+", default=["mpc", "scale", "psi", "wan"],
                        help="which sections of the file to measure and rewrite: mpc, scale, psi, wan "
                        "(default all; the others are kept)")

@@ -47,6 +47,7 @@ PROVIDERS = ("TTP", "TFP")
 ENGINES = ("auto", "petlab", "crypten")
 SIGMOID_METHODS = ("reciprocal", "piecewise")
 ALIGNMENTS = ("psi", "given")
+PSI_PROTOCOLS = ("rr22", "ecdh")  # SecretFlow's PSI: RR22 (OPRF from VOLE) or ECDH on Curve25519
 DATA_SOURCES = ("synthetic", "credit", "tables", "wide")
 PARTY_NAMES = ("gateway", "wallet")  # the data parties (see petlab.parties.Party)
 #: Deliberately broken variants that the privacy audit must fail (audit runs only;
@@ -77,6 +78,7 @@ class DataConfig:
     test_fraction: float = 0.2  # share of aligned rows held out for the metrics
     features: int = 30  # numeric columns of the "wide" synthetic data (benchmarks), split evenly
     alignment: str = "psi"  # "psi": private set intersection; "given": both tables already hold the same customers
+    psi: str = "rr22"  # the PSI protocol: "rr22" (OPRF from VOLE, fastest) or "ecdh" (Curve25519)
     root: str = "data/parties"  # each party's tables live in <root>/<party>/
     gateway_table: str = ""  # your own gateway table, CSV or Parquet (source "tables")
     wallet_table: str = ""  # your own wallet table, CSV or Parquet (source "tables")
@@ -240,6 +242,8 @@ def validate(cfg: PocConfig) -> None:
         raise ConfigError(f"features must be at least 2 for the wide data (one column per party), got {d.features}")
     if d.alignment not in ALIGNMENTS:
         raise ConfigError(f"unknown alignment {d.alignment!r}: expected one of {', '.join(ALIGNMENTS)}")
+    if d.psi not in PSI_PROTOCOLS:
+        raise ConfigError(f"unknown PSI protocol {d.psi!r}: expected one of {', '.join(PSI_PROTOCOLS)}")
     if m.engine not in ENGINES:
         raise ConfigError(f"unknown engine {m.engine!r}: expected one of {', '.join(ENGINES)}")
     if m.sigmoid_method not in SIGMOID_METHODS:

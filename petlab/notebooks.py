@@ -45,7 +45,7 @@ def notebook_parameters(*, config: PocConfig) -> dict:
         "SOURCE": d.source, "ROWS": d.rows, "OVERLAP": d.overlap, "WALLET_EXTRA": d.wallet_extra, "SEED": d.seed, "TEST_FRACTION": d.test_fraction,
         "DATA_ROOT": str(Path(d.root).resolve()),
         "GATEWAY_TABLE": d.gateway_table, "WALLET_TABLE": d.wallet_table, "ID_COLUMN": d.id_column,
-        "LABEL_COLUMN": d.label_column, "LABEL_PARTY": d.label_party,
+        "LABEL_COLUMN": d.label_column, "LABEL_PARTY": d.label_party, "PSI": d.psi,
         "MODEL": t.model, "EPOCHS": t.epochs, "BATCH_SIZE": t.batch_size, "LR": t.lr,
         "HIDDEN": t.hidden, "PROVIDER": m.provider, "DEVICE": m.device, "ENGINE": m.engine,
         "SIGMOID_METHOD": m.sigmoid_method,

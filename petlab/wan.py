@@ -244,7 +244,9 @@ def measure_wan(*, rtts_ms, rates_mbit, providers, models, rows: int, epochs: in
             keys = out_dir / name / "tls"  # throw-away key pairs: every role runs on this machine
             throwaway_pair(folder=keys)
             run_file.write_text(yaml.safe_dump({
-                "rendezvous": {"address": hosts["gateway"]["ip"], "port": 29500, "psi_port": 29501},
+                "rendezvous": {"address": hosts["gateway"]["ip"], "port": 29500, "psi_port": 29501,
+                               "gateway_psi_port": 29502, "wallet_address": hosts["wallet"]["ip"],
+                               "wallet_psi_port": 29503},
                 "tls": {"cert": f"{keys}/{{role}}.crt", "key": f"{keys}/{{role}}.key",
                         "peer_cert": f"{keys}/{{peer}}.crt"},
                 "out": str(out_dir / name),

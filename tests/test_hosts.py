@@ -31,17 +31,24 @@ STARTUP_S = 60  # interpreter + torch + CrypTen start-up, generous for a loaded 
 PEER_TIMEOUT_S = 20  # the runs' peer_timeout_s: the bound on every wait for a peer
 
 
-def _run_file(tmp_path, *, name="run.yaml", address="127.0.0.1", ports=None, out=None, **params):
-    port, psi_port = ports or (free_port(), free_port())
-    while psi_port == port:
-        psi_port = free_port()
+def _run_file(tmp_path, *, name="run.yaml", address="127.0.0.1", wallet_address=None, ports=None, out=None,
+              **params):
+    """A run file; ``ports``: (rendezvous, greeting and direct link, each party's end of the PSI link)."""
+    ports = list(ports or ())
+    while len(ports) < 4:
+        candidate = free_port()
+        if candidate not in ports:
+            ports.append(candidate)
+    port, psi_port, gateway_psi_port, wallet_psi_port = ports
     base = {"rows": 1500, "epochs": 2, "batch_size": 256, "provider": "TFP", "seed": 1,
             "root": str(tmp_path / "data"), "peer_timeout_s": PEER_TIMEOUT_S}
     base.update(params)
     keys = tmp_path / "keys"  # each organisation's key pair; one file serves both ({role}, {peer})
     if not keys.exists():
         throwaway_pair(folder=keys)
-    doc = {"rendezvous": {"address": address, "port": port, "psi_port": psi_port},
+    doc = {"rendezvous": {"address": address, "port": port, "psi_port": psi_port,
+                          "gateway_psi_port": gateway_psi_port, "wallet_address": wallet_address or address,
+                          "wallet_psi_port": wallet_psi_port},
            "tls": {"cert": f"{keys}/{{role}}.crt", "key": f"{keys}/{{role}}.key", "peer_cert": f"{keys}/{{peer}}.crt"},
            "out": str(out or tmp_path / "hosts"), "params": base}
     path = tmp_path / name
@@ -109,11 +116,12 @@ def test_the_dealer_never_coming_up_is_named(tmp_path):
 
 
 def test_ports_already_in_use_are_reported_at_start_up(tmp_path):
-    for which in ("port", "psi_port"):
+    for which, role in (("port", "gateway"), ("psi_port", "gateway"), ("gateway_psi_port", "gateway"),
+                        ("wallet_psi_port", "wallet")):
         run_file, doc = _run_file(tmp_path, name=f"{which}.yaml", out=tmp_path / which)
         taken = doc["rendezvous"][which]
         with socket.create_server(("127.0.0.1", taken)):
-            code, _, err = _finish(_start("gateway", run_file), STARTUP_S)
+            code, _, err = _finish(_start(role, run_file), STARTUP_S)
         assert code == 1 and f"port {taken} on 127.0.0.1 is already in use" in err, err
 
 
@@ -128,7 +136,9 @@ def test_wrong_roles_are_refused(tmp_path):
 @pytest.mark.parametrize("param,mine,theirs", [("model", "logreg", "mlp"), ("rows", 1500, 1400),
                                                 ("seed", 1, 2)])
 def test_mismatched_configurations_are_named_by_both_parties(tmp_path, param, mine, theirs):
-    ports = (free_port(), free_port())
+    ports = []
+    while len(ports) < 4:
+        ports += [p for p in [free_port()] if p not in ports]
     g_file, doc = _run_file(tmp_path, name="g.yaml", ports=ports, **{param: mine})
     w_file, _ = _run_file(tmp_path, name="w.yaml", ports=ports, **{param: theirs})
     procs = {"gateway": _start("gateway", g_file), "wallet": _start("wallet", w_file)}
@@ -204,8 +214,8 @@ def two_namespaces():
 
 def test_parties_in_separate_network_namespaces_train_over_a_veth_link(tmp_path, two_namespaces):
     net = two_namespaces
-    run_file, doc = _run_file(tmp_path, address=net["ips"]["gateway"], ports=(29500, 29501),
-                              peer_timeout_s=120)
+    run_file, doc = _run_file(tmp_path, address=net["ips"]["gateway"], wallet_address=net["ips"]["wallet"],
+                              ports=(29500, 29501, 29502, 29503), peer_timeout_s=120)
 
     def rx_bytes(role):
         return int(subprocess.run(["ip", "netns", "exec", net["ns"][role], "cat",
@@ -225,4 +235,9 @@ def test_parties_in_separate_network_namespaces_train_over_a_veth_link(tmp_path,
     for role, record in (("gateway", gateway), ("wallet", wallet)):
         received = rx_bytes(role) - before[role]
         assert received > record["comm_total"]["bytes"] / 4, (role, received, record["comm_total"])
+    # the PSI link ran between the two hosts, each listening on its own address: each received
+    # over the veth at least what the other sent on it, and both found the same customers
+    for role, other in (("gateway", wallet), ("wallet", gateway)):
+        assert rx_bytes(role) - before[role] > other["psi"]["bytes_sent"] > 0
+    assert gateway["psi"]["intersection_size"] == wallet["psi"]["intersection_size"] == 1050
     assert gateway["metrics"]["auc"] > 0.7

@@ -1,66 +1,335 @@
-"""Private set intersection between two parties over TCP, and alignment after it."""
+"""Private set intersection between two parties with SecretFlow's PSI (both protocols),
+alignment after it, what crosses the link, and every failure ending in one line within
+its bound. The two parties run in threads here (each forks the library's process); the
+peer that dies mid-PSI is a separate process."""
 
 from __future__ import annotations
 
+import glob
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
 from petlab.data.features import prepare_party_features
-from petlab.data.psi import PsiError, free_port, private_intersection
+from petlab.data.psi import PsiError, free_port, load_library, private_intersection
 from petlab.data.synthetic import make_engagement_tables
+from petlab.mpc.tls import TlsIdentity, throwaway_pair
+
+TIMEOUT_S = 10.0
 
 
-def _run_both(gateway_ids, wallet_ids):
-    port, out = free_port(), {}
-    received = {"gateway": [], "wallet": []}
+def _endpoints():
+    ports = []
+    while len(ports) < 2:
+        ports += [p for p in [free_port()] if p not in ports]
+    return {"gateway": ("127.0.0.1", ports[0]), "wallet": ("127.0.0.1", ports[1])}
 
-    def gateway():
-        out["gateway"] = private_intersection(ids=gateway_ids, listen=True, address="127.0.0.1", port=port,
-                                              tls=None, keep_received=received["gateway"])
 
-    thread = threading.Thread(target=gateway)
+def _both(gateway, wallet, limit=4 * TIMEOUT_S):
+    """Run ``gateway()`` in a thread and ``wallet()`` here: {role: result or exception}."""
+    out = {}
+
+    def run(role, fn):
+        try:
+            out[role] = fn()
+        except Exception as err:  # noqa: BLE001 - the test inspects it
+            out[role] = err
+
+    thread = threading.Thread(target=run, args=("gateway", gateway), daemon=True)
     thread.start()
-    out["wallet"] = private_intersection(ids=wallet_ids, listen=False, address="127.0.0.1", port=port,
-                                         tls=None, keep_received=received["wallet"])
-    thread.join(timeout=120)
-    return out, received
+    run("wallet", wallet)
+    thread.join(limit)
+    assert not thread.is_alive(), "the gateway's side did not end"
+    return out
 
 
-def test_psi_finds_exactly_the_plain_intersection_and_leaks_no_other_id():
-    tables = make_engagement_tables(rows=3000, seed=1, overlap=0.7, wallet_extra=0.3)
-    g_ids = tables["gateway"]["customer_id"].tolist()
-    w_ids = tables["wallet"]["customer_id"].tolist()
-    out, received = _run_both(g_ids, w_ids)
-    plain = set(g_ids) & set(w_ids)
+def _psi(ids, *, tmp, protocol="rr22", tls=None, ends=None, timeout_s=TIMEOUT_S):
+    """Both parties' results: ``ids`` is {role: ids}, ``ends`` {role: endpoints seen by that role}."""
+    base = _endpoints()
+    ends = ends or {"gateway": base, "wallet": base}
+    tls = tls or {"gateway": None, "wallet": None}
+
+    def side(role):
+        return lambda: private_intersection(ids=ids[role], role=role, endpoints=ends[role], protocol=protocol,
+                                            tls=tls[role], work_dir=Path(tmp) / role, timeout_s=timeout_s)
+
+    return _both(side("gateway"), side("wallet"))
+
+
+@pytest.fixture(scope="module")
+def tables():
+    t = make_engagement_tables(rows=3000, seed=1, overlap=0.7, wallet_extra=0.3)
+    return {role: t[role] for role in ("gateway", "wallet")}
+
+
+@pytest.fixture(scope="module", params=["rr22", "ecdh"])
+def run(request, tables, tmp_path_factory):
+    """One PSI per protocol on 3,000 customers a side (2,100 shared), over TLS."""
+    tmp = tmp_path_factory.mktemp(f"psi-{request.param}")
+    ids = {role: t["customer_id"].tolist() for role, t in tables.items()}
+    out = _psi(ids, tmp=tmp, protocol=request.param, tls=throwaway_pair(folder=tmp / "keys"))
+    return {"protocol": request.param, "out": out, "ids": ids, "tmp": tmp}
+
+
+def test_psi_finds_exactly_the_plain_intersection_at_both_parties(run):
+    out, ids = run["out"], run["ids"]
+    for role in ("gateway", "wallet"):
+        assert not isinstance(out[role], Exception), out[role]
+    plain = set(ids["gateway"]) & set(ids["wallet"])
     assert len(plain) == 2100
     assert set(out["gateway"].ids) == set(out["wallet"].ids) == plain
-    assert out["gateway"].other_set_size == len(w_ids) and out["wallet"].other_set_size == len(g_ids)
-    # what each process received holds none of the other's ids in the clear
-    for me, other_ids in (("gateway", w_ids), ("wallet", g_ids)):
-        blob = b"".join(received[me])
-        assert blob and not any(i.encode() in blob for i in other_ids)
-        assert out[me].bytes_received == sum(len(m) + 8 for m in received[me])
+    assert out["gateway"].ids == out["wallet"].ids == sorted(plain)  # the same order at both
+    assert out["gateway"].other_set_size == len(ids["wallet"]) and out["wallet"].other_set_size == len(ids["gateway"])
+    assert out["gateway"].own_set_size == len(ids["gateway"])
+    assert out["gateway"].protocol == out["wallet"].protocol == run["protocol"]
+    # rows: each party's own row numbers of the shared customers, in the shared order
+    for role in ("gateway", "wallet"):
+        assert [ids[role][i] for i in out[role].rows] == out[role].ids
 
 
-def test_rows_line_up_after_psi():
-    tables = make_engagement_tables(rows=1000, seed=2, overlap=0.6, wallet_extra=0.5)
-    out, _ = _run_both(tables["gateway"]["customer_id"].tolist(), tables["wallet"]["customer_id"].tolist())
+def test_the_byte_counts_agree_between_the_parties(run):
+    """What one party counts as sent the other counts as received (TCP payload on the
+    link, TLS records included), within the last acknowledgements."""
+    g, w = run["out"]["gateway"], run["out"]["wallet"]
+    assert g.bytes_sent > 10_000 and w.bytes_sent > 10_000
+    for sent, received in ((g.bytes_sent, w.bytes_received), (w.bytes_sent, g.bytes_received)):
+        assert abs(sent - received) <= 0.01 * received + 2_000, (sent, received)
+
+
+def test_the_library_leaves_only_its_log_and_trace_in_the_work_folder(run):
+    for role in ("gateway", "wallet"):
+        folder = run["tmp"] / role
+        assert sorted(p.name for p in folder.iterdir()) == ["psi.log", "psi.trace"], list(folder.iterdir())
+        assert "PSI config" in (folder / "psi.log").read_text()
+        # no customer id of either party in what stays on disk
+        kept = b"".join(p.read_bytes() for p in folder.iterdir())
+        assert not any(i.encode() in kept for i in run["ids"]["gateway"][:200] + run["ids"]["wallet"][:200])
+
+
+def test_rows_line_up_after_psi(run, tables):
+    out = run["out"]
     g = prepare_party_features(table=tables["gateway"], id_column="customer_id", label_column="engaged",
                                test_fraction=0.2, seed=0, keep_ids=out["gateway"].ids)
     w = prepare_party_features(table=tables["wallet"], id_column="customer_id", label_column=None,
                                test_fraction=0.2, seed=0, keep_ids=out["wallet"].ids)
-    assert g.X_train.shape[0] == w.X_train.shape[0] == 480 and g.id_digest == w.id_digest
+    assert g.X_train.shape[0] == w.X_train.shape[0] == 1680 and g.id_digest == w.id_digest
     # row i is the same customer at both parties (each compared with its own copy of the ids)
     assert g.train_ids == w.train_ids
     assert set(g.train_ids) <= set(out["gateway"].ids)
 
 
-def test_a_peer_that_never_comes_is_reported():
-    with pytest.raises(PsiError, match="did not answer"):
-        private_intersection(ids=["a"], listen=False, address="127.0.0.1", port=free_port(), timeout_s=1, tls=None)
-    with pytest.raises(PsiError, match="no PSI peer connected"):
-        private_intersection(ids=["a"], listen=True, address="127.0.0.1", port=free_port(), timeout_s=1, tls=None)
+# -- what crosses the link ---------------------------------------------------------------
+
+class _Recorder:
+    """Forwards connections to ``target`` and records every byte, both ways."""
+
+    def __init__(self, target: tuple[str, int]):
+        self.target, self.recorded, self.lock = target, bytearray(), threading.Lock()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src, dst):
+        try:
+            while chunk := src.recv(1 << 16):
+                with self.lock:
+                    self.recorded += chunk
+                dst.sendall(chunk)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self):
+        self.server.close()
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_no_id_crosses_the_link_in_the_clear(tmp_path, encrypted):
+    """Each party reaches the other through a recording relay. In the clear the wire holds
+    neither party's ids, though the link's own framing is readable there (so the check
+    could fail); under TLS it holds TLS records only."""
+    ids = {"gateway": [f"GW-ONLY-{i:05d}" for i in range(400)] + [f"SHARED-{i:05d}" for i in range(300)],
+           "wallet": [f"WL-ONLY-{i:05d}" for i in range(500)] + [f"SHARED-{i:05d}" for i in range(300)]}
+    base = _endpoints()
+    relays = {role: _Recorder(base[role]) for role in base}  # relays[r] leads to r's port
+    ends = {"gateway": {"gateway": base["gateway"], "wallet": ("127.0.0.1", relays["wallet"].port)},
+            "wallet": {"wallet": base["wallet"], "gateway": ("127.0.0.1", relays["gateway"].port)}}
+    tls = throwaway_pair(folder=tmp_path / "keys") if encrypted else None
+    try:
+        out = _psi(ids, tmp=tmp_path, ends=ends, tls=tls)
+    finally:
+        for relay in relays.values():
+            relay.close()
+    assert out["gateway"].ids == out["wallet"].ids == sorted(ids["gateway"][400:])
+    wire = bytes(relays["gateway"].recorded + relays["wallet"].recorded)
+    assert len(wire) > 50_000
+    for role in ("gateway", "wallet"):
+        assert not any(i.encode() in wire for i in ids[role]), role
+    assert (b"interconnection.link.ReceiverService" in wire) is not encrypted  # the link's RPC framing
+    if encrypted:
+        assert wire[:1] == b"\x16"  # a TLS handshake record
+
+
+def test_the_work_folder_and_tmp_hold_no_temporary_file_after_a_run(tmp_path, monkeypatch):
+    private_tmp = tmp_path / "tmpdir"
+    private_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(private_tmp))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    traces = set(glob.glob("/tmp/psi_*.trace"))
+    out = _psi({"gateway": ["a", "b", "c"], "wallet": ["c", "d"]}, tmp=tmp_path / "work")
+    assert out["gateway"].ids == ["c"]
+    assert list(private_tmp.iterdir()) == []
+    assert set(glob.glob("/tmp/psi_*.trace")) <= traces  # each trace was moved into its party's folder
+    assert all((tmp_path / "work" / role / "psi.trace").is_file() for role in ("gateway", "wallet"))
+
+
+# -- results that are not errors, and bad ids ------------------------------------------
+
+def test_an_empty_intersection_is_an_empty_result_at_both(tmp_path):
+    out = _psi({"gateway": ["a", "b"], "wallet": ["x", "y", "z"]}, tmp=tmp_path)
+    assert out["gateway"].ids == out["wallet"].ids == [] and len(out["wallet"].rows) == 0
+    assert out["gateway"].other_set_size == 3
+
+
+@pytest.mark.parametrize("ids,message", [
+    ([], "there are no ids to intersect"),
+    (["a", "b", "a", "c", "c"], "the ids hold 2 duplicates (3 distinct of 5)"),
+    (["a", None, "b"], "1 ids are missing"),
+    (["a", "", "b"], "1 ids are empty strings"),
+    (["a", 'b"c'], "hold a line break or a double quote"),
+])
+def test_bad_ids_are_refused_in_one_line_before_any_connection(tmp_path, ids, message):
+    t0 = time.monotonic()
+    with pytest.raises(PsiError) as err:
+        private_intersection(ids=ids, role="gateway", endpoints=_endpoints(), tls=None, work_dir=tmp_path)
+    assert message in str(err.value) and len(str(err.value).splitlines()) == 1
+    assert time.monotonic() - t0 < 2
+
+
+def test_numeric_ids_are_compared_as_text(tmp_path):
+    out = _psi({"gateway": [101, 102, 103], "wallet": ["103", "101", "999"]}, tmp=tmp_path)
+    assert out["gateway"].ids == out["wallet"].ids == ["101", "103"]
+    assert out["gateway"].rows.tolist() == [0, 2]
+
+
+def test_an_unknown_protocol_is_refused(tmp_path):
+    with pytest.raises(PsiError, match="unknown PSI protocol 'kkrt'"):
+        private_intersection(ids=["a"], role="gateway", endpoints=_endpoints(), tls=None, work_dir=tmp_path,
+                             protocol="kkrt")
+
+
+# -- failures, each in one line within its bound -----------------------------------------
+
+def test_a_peer_that_never_comes_is_named_within_the_timeout(tmp_path):
+    for role, peer in (("gateway", "wallet"), ("wallet", "gateway")):
+        ends = _endpoints()
+        t0 = time.monotonic()
+        with pytest.raises(PsiError) as err:
+            private_intersection(ids=["a"], role=role, endpoints=ends, tls=None, work_dir=tmp_path / role,
+                                 timeout_s=2)
+        assert time.monotonic() - t0 < 2 + 2
+        assert f"the {peer} at 127.0.0.1:{ends[peer][1]} did not open its PSI port within 2 s" in str(err.value)
+
+
+def test_a_port_in_use_is_one_line(tmp_path):
+    ends = _endpoints()
+    with socket.create_server(ends["wallet"]):
+        with pytest.raises(PsiError, match=f"PSI port {ends['wallet'][1]} on 127.0.0.1 is already in use"):
+            private_intersection(ids=["a"], role="wallet", endpoints=ends, tls=None, work_dir=tmp_path)
+
+
+@pytest.fixture
+def impostor(tmp_path):
+    """The genuine pair, and identities with a key pair of their own that trust the genuine peer."""
+    pair = throwaway_pair(folder=tmp_path / "keys")
+    other = throwaway_pair(folder=tmp_path / "impostor")
+    fake = {role: TlsIdentity(role=role, peer_role=pair[role].peer_role, cert=other[role].cert,
+                              key=other[role].key, peer_cert=pair[role].peer_cert) for role in pair}
+    return pair, fake
+
+
+@pytest.mark.parametrize("fake", ["wallet", "gateway"])
+def test_a_wrong_certificate_is_refused_on_both_sides(tmp_path, impostor, fake):
+    pair, impostors = impostor
+    genuine = "gateway" if fake == "wallet" else "wallet"
+    tls = {fake: impostors[fake], genuine: pair[genuine]}
+    t0 = time.monotonic()
+    out = _psi({"gateway": ["a", "b"], "wallet": ["b"]}, tmp=tmp_path / "run", tls=tls)
+    assert time.monotonic() - t0 < TIMEOUT_S
+    for role in ("gateway", "wallet"):
+        assert isinstance(out[role], PsiError), (role, out[role])
+        assert len(str(out[role]).splitlines()) == 1
+    assert f"the {fake}'s certificate does not match the pinned one ({pair[genuine].peer_cert})" in str(out[genuine])
+    assert f"the {genuine} did not accept this party's certificate ({impostors[fake].cert})" in str(out[fake])
+
+
+_PEER = textwrap.dedent("""
+    import sys
+    from petlab.data.psi import private_intersection
+    port_g, port_w, n, work = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    private_intersection(ids=[f"C{i:09d}" for i in range(n)], role="gateway", tls=None, work_dir=work,
+                         endpoints={"gateway": ("127.0.0.1", port_g), "wallet": ("127.0.0.1", port_w)})
+""")
+
+
+@pytest.mark.mpc
+def test_a_peer_that_dies_during_psi_ends_the_survivor_within_the_timeout(tmp_path):
+    """The gateway (its own process, and the library's under it) is killed once the
+    protocol has started; the wallet ends within ``timeout_s`` naming it."""
+    load_library()
+    ends, n = _endpoints(), 400_000
+    gateway = subprocess.Popen([sys.executable, "-c", _PEER, str(ends["gateway"][1]), str(ends["wallet"][1]), str(n),
+                                str(tmp_path / "gateway")], start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    outcome = {}
+
+    def kill_when_started():
+        log = tmp_path / "gateway" / "psi.log"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if log.is_file() and "PSI config" in log.read_text(errors="replace"):
+                time.sleep(0.5)
+                os.killpg(gateway.pid, signal.SIGKILL)  # the party and the library's process
+                outcome["killed_at"] = time.monotonic()
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_when_started, daemon=True)
+    killer.start()
+    try:
+        with pytest.raises(PsiError) as err:
+            private_intersection(ids=[f"C{i:09d}" for i in range(n // 2, n + n // 2)], role="wallet", tls=None,
+                                 endpoints=ends, work_dir=tmp_path / "wallet", timeout_s=TIMEOUT_S)
+        ended = time.monotonic()
+    finally:
+        killer.join(5)
+        if gateway.poll() is None:
+            os.killpg(gateway.pid, signal.SIGKILL)
+        gateway.wait(10)
+    assert "killed_at" in outcome, "the gateway's PSI never started"
+    assert ended - outcome["killed_at"] < TIMEOUT_S + 2
+    message = str(err.value)
+    assert len(message.splitlines()) == 1 and "the gateway at 127.0.0.1" in message, message
+    assert "lost the gateway" in message or "ended without a result" in message, message
 
 
 def test_generator_overlap_parameters():

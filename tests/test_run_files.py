@@ -11,7 +11,8 @@ from petlab.cli import main
 from petlab.config import ConfigError, poc_config
 from petlab.mpc.hosts import host_job
 
-RV = {"address": "127.0.0.1", "port": 29500, "psi_port": 29501}
+RV = {"address": "127.0.0.1", "port": 29500, "psi_port": 29501, "gateway_psi_port": 29502,
+      "wallet_address": "127.0.0.1", "wallet_psi_port": 29503}
 
 
 def _file(tmp_path, doc, name="run.yaml"):
@@ -27,6 +28,12 @@ def _file(tmp_path, doc, name="run.yaml"):
     ({"rendezvous": RV, "out": "x", "params": {}, "extra": 1}, "wallet", {}, "unknown section(s) extra"),
     ({"rendezvous": {"address": "127.0.0.1"}, "out": "x"}, "wallet", {}, "rendezvous needs address, port and psi_port"),
     ({"rendezvous": {**RV, "psi_port": 29500}, "out": "x"}, "wallet", {}, "two different TCP ports"),
+    ({"rendezvous": {k: v for k, v in RV.items() if not k.startswith("wallet")}, "out": "x"}, "wallet", {},
+     "rendezvous needs gateway_psi_port, wallet_address and wallet_psi_port"),
+    ({"rendezvous": {**RV, "gateway_psi_port": 29501}, "out": "x"}, "gateway", {},
+     "gateway_psi_port 29501 is already the rendezvous port or psi_port"),
+    ({"rendezvous": {**RV, "wallet_psi_port": 29502}, "out": "x"}, "gateway", {},
+     "wallet_psi_port 29502 is already another port on the same host"),
     ({"rendezvous": RV, "params": {"provider": "TFP"}}, "dealer", {}, "say where this party writes its record"),
     ({"rendezvous": RV, "out": "x"}, "bank", {}, "unknown role 'bank'"),
     ({"rendezvous": RV, "out": "x"}, "dealer", {"table": "t.csv"}, "the dealer holds no table"),

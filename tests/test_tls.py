@@ -69,9 +69,16 @@ def _greet(role, *, port, tls, shared=None):
                       tls=tls)
 
 
+_WALLET_PSI_PORTS: dict = {}  # the gateway's PSI port -> the wallet's, for one run of both sides
+
+
 def _psi(role, ids, *, port, tls):
-    return private_intersection(ids=ids, listen=role == "gateway", address="127.0.0.1", port=port,
-                                timeout_s=TIMEOUT_S, tls=tls)
+    import tempfile
+
+    wallet_port = _WALLET_PSI_PORTS.setdefault(port, free_port())
+    return private_intersection(ids=ids, role=role, endpoints={"gateway": ("127.0.0.1", port),
+                                                               "wallet": ("127.0.0.1", wallet_port)},
+                                timeout_s=TIMEOUT_S, tls=tls, work_dir=tempfile.mkdtemp(prefix=f"psi-{role}-"))
 
 
 def _link(role, *, port, tls, connect_port=None):
@@ -259,7 +266,8 @@ def test_an_eavesdropper_reads_neither_the_greeting_nor_the_shares(pair, encrypt
 
 # -- the run file's tls section -------------------------------------------------------------
 
-RV = {"address": "127.0.0.1", "port": 29500, "psi_port": 29501}
+RV = {"address": "127.0.0.1", "port": 29500, "psi_port": 29501, "gateway_psi_port": 29502,
+      "wallet_address": "127.0.0.1", "wallet_psi_port": 29503}
 
 
 def _run_file(tmp_path, **sections):

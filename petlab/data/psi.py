@@ -1,231 +1,638 @@
-"""Private set intersection between two party processes, over a TCP connection.
+"""Private set intersection between the two party processes, with SecretFlow's PSI.
 
-Uses OpenMined's ECDH-based PSI (``openmined-psi``): the server's items and the client's
-request are blinded with each side's secret elliptic-curve key, and the client learns
-which of *its own* items are in the intersection; neither side sees an id of the other
-outside it. petlab runs the protocol in both directions so that **both** parties learn
-the intersection of their own rows. What each party learns beyond that: the size of the
-other's set (from the size of the setup message and the request) and, of course, the
-intersection itself. The two results are compared by digest (a false positive of the
-server's compressed set would make them differ), then each party keeps its rows in the
-intersection and sorts them by its own copy of the id: the same order at both, and no
-raw id ever crosses the wire. Given a :class:`petlab.mpc.tls.TlsIdentity`, both
-connections run mutually authenticated TLS 1.3 with the peer's certificate pinned.
+The protocol is SecretFlow's (the PSI library shipped in the ``spu`` 0.9.5 wheel,
+``spu.psi.psi_execute``): **RR22** (OPRF from VOLE, Raghuraman and Rindal 2022) by default,
+**ECDH** on Curve25519 on request. Each party runs it over the library's own link
+(brpc), on which *each* party listens on its own address and port and connects to the
+other's; with a :class:`petlab.mpc.tls.TlsIdentity` the link runs mutually authenticated
+TLS 1.3 with the peer's certificate as the only trusted one (the certificates petlab
+uses on its other sockets). The gateway is the protocol's receiver and sends the result
+to the wallet (``broadcast_result``), so **both** learn the intersection.
 
->>> import threading
+What each party learns: the intersection and the size of the other's set (the
+protocol's messages reveal it; petlab also sends it, to report it). Every message that
+crosses the link is listed in ``docs/security.md`` ("The PSI link"); no id crosses it in
+the clear. Each party then keeps its rows in the
+intersection in ascending order of its *own* copy of the id: the same order at both,
+and no id is sent for it.
+
+Each party's PSI port is open from the start and relays to the library's own server
+(:class:`_Doorway`). The library runs in a child process of the party (forked, so the ids
+are not copied): its waits are bounded there (a peer that never connects, or dies, ends the run within
+``timeout_s`` with a message naming it), its log goes to ``psi.log`` in the party's
+work folder, its temporary files stay in that folder, and the trace file it always
+writes to ``/tmp`` is moved there.
+
+>>> import tempfile, threading
+>>> work = tempfile.mkdtemp()
+>>> ends = {"gateway": ("127.0.0.1", free_port()), "wallet": ("127.0.0.1", free_port())}
 >>> out = {}
->>> port = free_port()
 >>> t = threading.Thread(target=lambda: out.update(g=private_intersection(
-...     ids=["a", "b", "c"], listen=True, address="127.0.0.1", port=port, tls=None)))
+...     ids=["a", "b", "c"], role="gateway", endpoints=ends, tls=None, work_dir=f"{work}/g")))
 >>> t.start()
->>> w = private_intersection(ids=["c", "x", "a"], listen=False, address="127.0.0.1", port=port, tls=None)
+>>> w = private_intersection(ids=["c", "x", "a"], role="wallet", endpoints=ends, tls=None, work_dir=f"{work}/w")
 >>> t.join()
->>> sorted(w.ids), sorted(out["g"].ids), w.other_set_size
-(['a', 'c'], ['a', 'c'], 3)
+>>> w.ids, out["g"].ids, w.other_set_size, w.rows.tolist(), out["g"].rows.tolist(), w.protocol
+(['a', 'c'], ['a', 'c'], 3, [2, 0], [0, 2], 'rr22')
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import errno
+import os
+import re
+import shutil
 import socket
 import struct
+import threading
 import time
+from pathlib import Path
 
-from petlab.mpc.tls import TlsIdentity, secure_socket
+import numpy as np
+
+from petlab.mpc.tls import TlsIdentity
 from petlab.net import free_port
+from petlab.parties import Party
 
-__all__ = ["PsiResult", "PsiError", "private_intersection", "free_port", "FALSE_POSITIVE_RATE"]
+__all__ = ["PsiResult", "PsiError", "private_intersection", "free_port", "PROTOCOLS", "SECURITY_MODEL",
+           "load_library"]
 
-#: False-positive rate of the server's compressed set (Golomb-compressed set).
-FALSE_POSITIVE_RATE = 1e-9
+#: The protocols offered (``data.psi``): RR22 by default, ECDH on Curve25519 on request.
+PROTOCOLS = ("rr22", "ecdh")
+
+#: What the report says about the protocols' security.
+SECURITY_MODEL = {
+    "rr22": "RR22 (OPRF from VOLE), semi-honest: each party learns the intersection and the other's set size",
+    "ecdh": "ECDH on Curve25519, semi-honest: each party learns the intersection and the other's set size",
+}
+
+#: Longest pause between two of the library's attempts to reach the peer (ms). The
+#: library's own defaults (1 s, then 3 s, 5 s ... per attempt) can keep a party waiting
+#: for seconds after its peer has come up.
+_RETRY_MS = 200
 
 
 class PsiError(RuntimeError):
-    """The PSI peer could not be reached, or the two parties' results disagree."""
+    """The PSI peer could not be reached or was lost, or the ids cannot be aligned (one line)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class PsiResult:
-    ids: list  # this party's ids in the intersection
+    """What one party learned from the PSI, and what it cost there."""
+
+    ids: list  # this party's ids in the intersection, in the shared order (ascending id)
     own_set_size: int
     other_set_size: int
-    seconds: float
-    bytes_sent: int
+    seconds: float  # from the ids to the aligned row order, at this party
+    bytes_sent: int  # TCP payload on the PSI link (TLS and the link's framing included)
     bytes_received: int
+    protocol: str = "rr22"
+    rows: np.ndarray | None = None  # positions in ``ids`` given of the intersection, in the shared order
+    peak_rss_mb: float = 0.0  # of the library's process, above what it shared with the party at its start
+    phases: dict = dataclasses.field(default_factory=dict)  # seconds: ids, link, protocol, result
 
 
-class _Channel:
-    def __init__(self, sock: socket.socket, keep: list | None = None):
-        self.sock, self.sent, self.received, self.keep = sock, 0, 0, keep
+def load_library():
+    """Import SecretFlow's PSI (``spu.psi``, ``spu.libspu.link``); a clear error if absent.
 
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(struct.pack("!Q", len(data)) + data)
-        self.sent += 8 + len(data)
+    Importing ``spu`` imports jax (about 2 s, once per process); it happens before
+    :func:`private_intersection` starts its clock.
+    """
+    try:
+        import spu.libspu.link as link
+        import spu.psi as psi
+    except ImportError as err:
+        raise PsiError(f"SecretFlow's PSI is not installed ({err}): `make venv` installs spu 0.9.5") from None
+    import pyarrow.compute  # noqa: F401 - and what the party's side uses, so that the clock
+    import pyarrow.csv  # noqa: F401 - measures the alignment, not imports
 
-    def _exact(self, n: int) -> bytes:
-        chunks, left = [], n
-        while left:
-            chunk = self.sock.recv(min(left, 1 << 20))
-            if not chunk:
-                raise PsiError("PSI peer closed the connection")
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
+    import petlab.mpc.secret_random  # noqa: F401
 
-    def recv(self) -> bytes:
-        (n,) = struct.unpack("!Q", self._exact(8))
-        data = self._exact(n)
-        self.received += 8 + n
-        if self.keep is not None:
-            self.keep.append(data)
-        return data
+    _as_strings(["warm-up"])  # pyarrow's kernels initialise on first use (0.3 s)
+    return psi, link
 
 
-def _serve(psi, channel: _Channel, items: list[str], n_client: int) -> None:
-    server = psi.server.CreateWithNewKey(True)
-    setup = server.CreateSetupMessage(FALSE_POSITIVE_RATE, n_client, items, psi.DataStructure.GCS)
-    request = psi.Request()
-    channel.send(setup.SerializeToString())
-    request.ParseFromString(channel.recv())
-    channel.send(server.ProcessRequest(request).SerializeToString())
+# ---------------------------------------------------------------------------------------
+# the party's side: check the ids, write them, start the library, read the result
 
 
-def _ask(psi, channel: _Channel, items: list[str]) -> list[int]:
-    client = psi.client.CreateWithNewKey(True)
-    setup = psi.ServerSetup()
-    setup.ParseFromString(channel.recv())
-    channel.send(client.CreateRequest(items).SerializeToString())
-    response = psi.Response()
-    response.ParseFromString(channel.recv())
-    return list(client.GetIntersection(setup, response))
+def _as_strings(ids):
+    """The ids as a pyarrow string array, with a clear error for missing, empty or
+    duplicate ones."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        arr = ids if isinstance(ids, (pa.Array, pa.ChunkedArray)) else pa.array(
+            ids.to_numpy(dtype=object) if hasattr(ids, "to_numpy") else list(ids), from_pandas=True)
+        arr = arr.cast(pa.string()) if arr.type != pa.string() else arr
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:
+        raise PsiError(f"the ids cannot be read as text ({str(err).splitlines()[0]})") from None
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if len(arr) == 0:
+        raise PsiError("there are no ids to intersect (the table is empty)")
+    if arr.null_count:
+        raise PsiError(f"{arr.null_count:,} ids are missing (every row needs a customer id)")
+    empty = pc.sum(pc.equal(pc.binary_length(arr), 0)).as_py() or 0
+    if empty:
+        raise PsiError(f"{empty:,} ids are empty strings (every row needs a customer id)")
+    awkward = sum(pc.sum(pc.match_substring(arr, c)).as_py() or 0 for c in ('"', "\n", "\r"))
+    if awkward:
+        raise PsiError(f"{awkward:,} ids hold a line break or a double quote, which the PSI library's CSV "
+                       "input cannot carry: use plain ids")
+    unique = len(pc.unique(arr))
+    if unique != len(arr):
+        raise PsiError(f"the ids hold {len(arr) - unique:,} duplicates ({unique:,} distinct of {len(arr):,}): "
+                       "each customer must appear once")
+    return arr
 
 
-def _digest(ids) -> bytes:
-    h = hashlib.sha256()
-    for v in sorted(ids):
-        h.update(v.encode())
-        h.update(b"\0")
-    return h.digest()
+class _Doorway:
+    """This party's PSI port, open from the start: it accepts the peer's connections and
+    relays each, byte for byte, to the library's own server on a private loopback port
+    once that is up.
+
+    The library (brpc) marks a peer it could not reach and tries it again only every
+    3 s; with the port open before either library starts, no first attempt fails and
+    the link is up in milliseconds. TLS runs end to end between the two libraries: the
+    relay sees only its records.
+    """
+
+    def __init__(self, *, host: str, port: int, inner_port: int, timeout_s: float):
+        try:
+            self._server = socket.create_server((host, port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise PsiError(f"PSI port {port} on {host} is already in use (another run, or another "
+                               "program): choose another port") from None
+            raise PsiError(f"cannot listen on {host}:{port} for the PSI ({err.strerror})") from None
+        self._server.settimeout(0.2)
+        self._inner, self._timeout_s = inner_port, timeout_s
+        self._stop = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._accept, name="psi-doorway", daemon=True)
+        self._thread.start()
+
+    def _keep(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._server.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self._keep(conn)
+            threading.Thread(target=self._relay, args=(conn,), name="psi-relay", daemon=True).start()
+
+    def _relay(self, conn: socket.socket) -> None:
+        deadline = time.monotonic() + self._timeout_s
+        inner = None
+        while inner is None:
+            if self._stop.is_set() or time.monotonic() > deadline or _closed(conn):
+                conn.close()
+                return
+            try:
+                inner = socket.create_connection(("127.0.0.1", self._inner), timeout=1)
+            except OSError:
+                time.sleep(0.01)
+        self._keep(inner)
+        for sock in (conn, inner):
+            sock.settimeout(None)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        back = threading.Thread(target=_pump, args=(inner, conn), name="psi-relay-back", daemon=True)
+        back.start()
+        _pump(conn, inner)
+        back.join()
+
+    def close(self) -> None:
+        self._stop.set()
+        try:
+            self._server.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+        except OSError:
+            pass
+        self._server.close()
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()
+        self._thread.join(1)
 
 
-def _connect(address: str, port: int, timeout_s: float) -> socket.socket:
-    deadline = time.monotonic() + timeout_s
+def _closed(conn: socket.socket) -> bool:
+    """Whether the connecting side has gone (a probe that only checked the port is open)."""
+    import select
+
+    readable, _, _ = select.select([conn], [], [], 0)
+    if not readable:
+        return False
+    try:
+        return conn.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    try:
+        while True:
+            n = src.recv_into(buf)
+            if not n:
+                break
+            dst.sendall(view[:n])
+    except OSError:
+        pass
+    finally:
+        try:
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+
+def _wait_for_peer(*, host: str, port: int, deadline: float, where: str, timeout_s: float) -> None:
+    """Return once the peer's PSI port accepts a connection; PsiError at the deadline."""
     while True:
         try:
-            return socket.create_connection((address, port), timeout=timeout_s)
+            socket.create_connection((host, port), timeout=1).close()
+            return
         except OSError as err:
             if time.monotonic() > deadline:
-                raise PsiError(f"PSI peer at {address}:{port} did not answer within {timeout_s:g} s ({err})") from None
-            time.sleep(0.2)
+                raise PsiError(f"{where} did not open its PSI port within {timeout_s:g} s "
+                               f"({err.strerror or err}; is it started, with this address and port?)") from None
+            time.sleep(0.05)
 
 
-#: The first byte the connecting party sends on each of its two connections: which
-#: direction of the protocol runs there (the connector serves, or the connector asks).
-_CONNECTOR_SERVES, _CONNECTOR_ASKS = b"S", b"A"
+def _write_ids(arr, path: Path) -> None:
+    """One column ``id``: a salt row first (see below), then the ids.
+
+    The library sends the peer a SHA-256 digest of its whole input (to stop early when
+    both inputs are equal). A first row of 256 random bits from the operating system
+    makes that digest useless for testing a guess of this party's id list; the row
+    itself is in no one else's set (the chance that it is: 2^-256 per id).
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    from petlab.mpc.secret_random import fresh_key
+
+    salt = pa.array([fresh_key().hex()], type=pa.string())
+    pacsv.write_csv(pa.table({"id": pa.concat_arrays([salt, arr])}), path)
 
 
-def _secured(sock, *, tls, server_side: bool, timeout_s: float, channels: dict, where: str):
-    """``sock`` under TLS (or as it is, ``tls=None``); on a refusal the channels already
-    open are closed too."""
-    try:
-        return secure_socket(sock=sock, tls=tls, server_side=server_side, timeout_s=timeout_s, error=PsiError,
-                             where=where)
-    except PsiError:
-        for ch in channels.values():
-            ch.sock.close()
-        raise
+def _read_intersection(path: Path):
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+        column_types={"id": pa.string()}, strings_can_be_null=False, quoted_strings_can_be_null=False))
+    return table.column("id").combine_chunks()
 
 
-def _open_channels(*, listen: bool, address: str, port: int, timeout_s: float,
-                   keep: list | None, tls: TlsIdentity | None) -> dict[str, _Channel]:
-    """Two connections to the peer, one per direction: {"serve": ..., "ask": ...}."""
-    channels: dict[str, _Channel] = {}
-    if listen:
-        with socket.create_server((address, port), reuse_port=False) as server_sock:
-            server_sock.settimeout(timeout_s)
-            for _ in range(2):
-                try:
-                    sock, _ = server_sock.accept()
-                except socket.timeout:
-                    for ch in channels.values():
-                        ch.sock.close()
-                    raise PsiError(f"no PSI peer connected to {address}:{port} within {timeout_s:g} s") from None
-                sock = _secured(sock, tls=tls, server_side=True, timeout_s=timeout_s, channels=channels,
-                                where=f"PSI at {address}:{port}")
-                sock.settimeout(timeout_s)
-                tag = sock.recv(1)
-                if tag not in (_CONNECTOR_SERVES, _CONNECTOR_ASKS):
-                    sock.close()
-                    raise PsiError(f"unexpected PSI greeting {tag!r} from {address}:{port}")
-                channels["ask" if tag == _CONNECTOR_SERVES else "serve"] = _Channel(sock, keep=keep)
-            if len(channels) != 2:
-                raise PsiError("PSI peer opened the same direction twice")
-    else:
-        for tag, role in ((_CONNECTOR_SERVES, "serve"), (_CONNECTOR_ASKS, "ask")):
-            sock = _connect(address, port, timeout_s)
-            sock = _secured(sock, tls=tls, server_side=False, timeout_s=timeout_s, channels=channels,
-                            where=f"PSI with {address}:{port}")
-            sock.settimeout(timeout_s)
-            sock.sendall(tag)
-            channels[role] = _Channel(sock, keep=keep)
-    return channels
+def _aligned(own, shared):
+    """(ids in the shared order, their positions in ``own``): ascending id, byte order."""
+    import pyarrow.compute as pc
+
+    ascending = len(shared) < 2 or pc.all(pc.less(shared[:-1], shared[1:])).as_py()
+    if not ascending:  # the library writes them sorted already; this party does not rely on it
+        shared = pc.take(shared, pc.sort_indices(shared))
+    rows = pc.index_in(shared, value_set=own).to_numpy(zero_copy_only=False)
+    if (rows < 0).any():
+        raise PsiError("the PSI library returned an id this party does not hold")
+    return shared, rows.astype(np.int64)
 
 
-def private_intersection(*, ids, listen: bool, address: str, port: int, tls: TlsIdentity | None,
-                         timeout_s: float = 120.0, keep_received: list | None = None) -> PsiResult:
-    """Run PSI in both directions with the peer; return this party's intersecting ids.
+def _endpoint(value) -> tuple[str, int]:
+    host, port = value
+    return str(host), int(port)
 
-    The two directions run at the same time, on two connections (the library releases
-    the GIL, so serving and asking overlap): about half the time of running them in turn.
+
+def private_intersection(*, ids, role: str, endpoints: dict, tls: TlsIdentity | None, work_dir,
+                         protocol: str = "rr22", timeout_s: float = 120.0, progress: bool = False) -> PsiResult:
+    """Run PSI with the peer; return this party's intersecting ids in the shared order.
 
     Args:
-        ids: this party's customer ids (strings, unique).
-        listen: ``True`` for the party that listens, ``False`` for the one that connects.
-        address, port: where the listening party accepts the connections.
-        timeout_s: how long to wait for the peer (and for each message).
-        tls: this party's TLS identity (both connections: mutual TLS 1.3, the peer's
-            certificate pinned, see :mod:`petlab.mpc.tls`); ``None`` for plain TCP.
-        keep_received: if a list, every message received is appended to it (audits, tests).
+        ids: this party's customer ids (anything pyarrow reads as text: a list, a pandas
+            Series, an Arrow array); unique, none missing or empty.
+        role: "gateway" (the protocol's receiver, which sends the result on) or "wallet".
+        endpoints: ``{"gateway": (host, port), "wallet": (host, port)}``: where each party
+            listens for the PSI link (this party binds its own entry; the peer reaches it there).
+        tls: this party's TLS identity (mutual TLS 1.3 on the link, the peer's certificate the
+            only one trusted); ``None`` runs the link in the clear.
+        work_dir: this party's folder for the library's files (its input and output are
+            deleted at the end; ``psi.log`` and ``psi.trace`` stay).
+        protocol: "rr22" or "ecdh" (:data:`PROTOCOLS`).
+        timeout_s: the bound on waiting for the peer: to connect, and for each message.
+        progress: show the library's progress as a bar (tqdm).
+
+    Raises:
+        PsiError: bad ids, a port in use, a peer that never connects or is lost, a
+            refused certificate (one line each).
     """
-    import threading
+    import pyarrow as pa
 
-    import private_set_intersection.python as psi
-
-    items = [str(v) for v in ids]
-    t0 = time.perf_counter()
-    channels = _open_channels(listen=listen, address=address, port=port, timeout_s=timeout_s,
-                              keep=keep_received, tls=tls)
+    if protocol not in PROTOCOLS:
+        raise PsiError(f"unknown PSI protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+    me = Party.parse(role)
+    peer = next(p for p in Party if p != me)
     try:
-        sizes = {}
-        for role, channel in channels.items():  # set sizes: revealed by the protocol anyway
-            channel.send(struct.pack("!Q", len(items)))
-            (sizes[role],) = struct.unpack("!Q", channel.recv())
-        other_size = sizes["serve"]
-        errors: list[BaseException] = []
-
-        def serve() -> None:
-            try:
-                _serve(psi, channels["serve"], items, other_size)
-            except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
-                errors.append(err)
-
-        server_thread = threading.Thread(target=serve, name="psi-serve", daemon=True)
-        server_thread.start()
-        mine = _ask(psi, channels["ask"], items)
-        server_thread.join()
-        if errors:
-            raise errors[0]
-        found = [items[i] for i in mine]
-        channels["ask"].send(_digest(found))  # the peer reads it on its "serve" connection
-        if channels["serve"].recv() != _digest(found):
-            raise PsiError("the two parties' PSI results differ (a false positive): rerun the alignment")
-    except (socket.timeout, TimeoutError):
-        raise PsiError(f"PSI peer at {address}:{port} stopped answering (timeout {timeout_s:g} s)") from None
+        ends = {p: _endpoint(endpoints[str(p)]) for p in Party}
+    except (KeyError, TypeError, ValueError):
+        raise PsiError("endpoints must give (host, port) for the gateway and the wallet") from None
+    psi_lib, link_lib = load_library()  # before the clock: once per process, not part of the PSI
+    t0 = time.perf_counter()
+    own = _as_strings(ids)
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    paths = {"input": work / "psi_input.csv", "output": work / "psi_output.csv", "log": work / "psi.log",
+             "tmp": work / "psi_tmp", "trace": work / "psi.trace"}
+    inner_port = free_port("127.0.0.1")  # the library's own server, behind this party's PSI port
+    doorway = _Doorway(host=ends[me][0], port=ends[me][1], inner_port=inner_port, timeout_s=timeout_s)
+    deadline = time.monotonic() + timeout_s
+    try:
+        _write_ids(own, paths["input"])
+        paths["tmp"].mkdir(exist_ok=True)
+        t_ids = time.perf_counter()
+        where = f"the {peer} at {ends[peer][0]}:{ends[peer][1]}"
+        _wait_for_peer(host=ends[peer][0], port=ends[peer][1], deadline=deadline, where=where, timeout_s=timeout_s)
+        report = _run_library(psi_lib=psi_lib, link_lib=link_lib, me=me, peer=peer, ends=ends, tls=tls,
+                              protocol=protocol, n=len(own), paths=paths, timeout_s=timeout_s, progress=progress,
+                              inner_port=inner_port, deadline=deadline)
+        t_library = time.perf_counter()
+        shared = _read_intersection(paths["output"]) if report["intersection"] else pa.array([], pa.string())
+        if len(shared) != report["intersection"]:
+            raise PsiError(f"the PSI library wrote {len(shared):,} ids but reported {report['intersection']:,}")
+        shared, rows = _aligned(own, shared)
+        found = shared.to_pylist()
     finally:
-        for channel in channels.values():
-            channel.sock.close()
-    return PsiResult(ids=found, own_set_size=len(items), other_set_size=other_size,
-                     seconds=time.perf_counter() - t0,
-                     bytes_sent=sum(c.sent for c in channels.values()),
-                     bytes_received=sum(c.received for c in channels.values()))
+        doorway.close()
+        _tidy(paths)
+    t_end = time.perf_counter()
+    phases = {"ids": t_ids - t0, "link": report["link_seconds"], "protocol": report["protocol_seconds"],
+              "library": t_library - t_ids, "result": t_end - t_library}
+    return PsiResult(ids=found, own_set_size=len(own), other_set_size=report["other_size"],
+                     seconds=t_end - t0, bytes_sent=report["bytes_sent"],
+                     bytes_received=report["bytes_received"], protocol=protocol, rows=rows,
+                     peak_rss_mb=report["peak_rss_mb"], phases=phases)
+
+
+def _tidy(paths: dict) -> None:
+    """Delete the library's input, output and temporary folder (the ids); move its trace
+    file from /tmp into the work folder."""
+    for key in ("input", "output"):
+        paths[key].unlink(missing_ok=True)
+    paths["input"].with_name(paths["input"].name + ".meta").unlink(missing_ok=True)  # the library's digest
+    shutil.rmtree(paths["tmp"], ignore_errors=True)
+    try:
+        text = paths["log"].read_text(errors="replace")
+    except OSError:
+        return
+    for trace in re.findall(r"Trace has been written to (\S+?)\.?$", text, flags=re.M):
+        if Path(trace).is_file() and Path(trace).name.startswith("psi_"):
+            shutil.move(trace, paths["trace"])
+
+
+# ---------------------------------------------------------------------------------------
+# the library's process
+
+
+def _run_library(*, psi_lib, link_lib, me: Party, peer: Party, ends: dict, tls, protocol: str, n: int,
+                 paths: dict, timeout_s: float, progress: bool, inner_port: int, deadline: float) -> dict:
+    """Fork the library's process, watch it, and return its report (or raise PsiError)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    reader, writer = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_library_process, name=f"psi-{me}", daemon=True,
+                        kwargs=dict(psi_lib=psi_lib, link_lib=link_lib, me=me, ends=ends, tls=tls,
+                                    protocol=protocol, n=n, paths=paths, timeout_s=timeout_s, pipe=writer,
+                                    inner_port=inner_port))
+    child.start()
+    writer.close()
+    peer_host, peer_port = ends[peer]
+    where = f"the {peer} at {peer_host}:{peer_port}"
+    linked, report, failure = False, None, None
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=100, desc=f"PSI {protocol} ({me})", unit="%")
+    try:
+        while report is None and failure is None:
+            if reader.poll(0.2):
+                try:
+                    kind, value = reader.recv()
+                except EOFError:
+                    child.join(5)
+                    failure = _died(child, paths, where)
+                    break
+                if kind == "linked":
+                    linked = True
+                elif kind == "progress" and bar is not None:
+                    bar.update(max(0, value - bar.n))
+                elif kind == "done":
+                    report = value
+                elif kind == "error":
+                    failure = _explain(value, paths=paths, where=where, peer=peer, timeout_s=timeout_s)
+            elif not child.is_alive():
+                failure = _died(child, paths, where)
+            elif not linked and time.monotonic() > deadline:
+                failure = _not_linked(paths=paths, where=where, peer=peer, timeout_s=timeout_s, tls=tls)
+            elif not linked:  # a refused certificate: the library would try again until the deadline
+                refusal = _tls_refusal(_log_text(paths), peer=peer, tls=tls)
+                if refusal:
+                    failure = f"PSI with {where}: {refusal}"
+        if bar is not None and report is not None:
+            bar.update(100 - bar.n)
+    finally:
+        if bar is not None:
+            bar.close()
+        reader.close()
+        if child.is_alive() and failure is not None:
+            child.kill()
+        child.join(5)  # after its report it only closes the link
+        if child.is_alive():
+            child.kill()
+            child.join(5)
+    if failure is not None:
+        raise PsiError(failure)
+    return report
+
+
+def _log_text(paths: dict) -> str:
+    try:
+        return paths["log"].read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _died(child, paths: dict, where: str) -> str:
+    return (f"the PSI library's process ended without a result (exit code {child.exitcode}) while aligning "
+            f"with {where}; see {paths['log']}")
+
+
+def _tls_refusal(text: str, *, peer: Party, tls) -> str | None:
+    if tls is None:
+        if re.search(r"wrong version number|http request|unexpected eof|ssl", text, flags=re.I):
+            return f"the {peer} speaks TLS on the PSI link and this party does not (tls: off here?)"
+        return None
+    if "certificate verify failed" in text:
+        return f"the {peer}'s certificate does not match the pinned one ({tls.peer_cert})"
+    if re.search(r"alert (unknown ca|bad certificate|certificate required|decrypt error)|"
+                 r"peer did not return a certificate", text):
+        return (f"the {peer} did not accept this party's certificate ({tls.cert}): it does not match the "
+                f"certificate pinned there for the {tls.role}")
+    if re.search(r"wrong version number|packet length too long|record layer failure", text, flags=re.I):
+        return f"the {peer} does not speak TLS on the PSI link (is TLS off in its run file?)"
+    return None
+
+
+def _not_linked(*, paths: dict, where: str, peer: Party, timeout_s: float, tls) -> str:
+    refusal = _tls_refusal(_log_text(paths), peer=peer, tls=tls)
+    if refusal:
+        return f"PSI with {where}: {refusal}"
+    return f"{where} did not connect for the PSI within {timeout_s:g} s (is it started, with this address and port?)"
+
+
+def _explain(message: str, *, paths: dict, where: str, peer: Party, timeout_s: float) -> str:
+    """One line for an error the library raised."""
+    first = message.strip().splitlines()[0] if message.strip() else "no message"
+    if message.startswith("petlab:"):
+        return message[len("petlab:"):].strip()
+    if re.search(r"timeout|timed out", message, flags=re.I):
+        return f"lost {where} during the PSI: no message from it within {timeout_s:g} s"
+    if re.search(r"connect|refused|reset|closed|host is down|EOF|\[E\d+\]|ErrorCode", message, flags=re.I):
+        return f"lost {where} during the PSI (the link failed: {first[:200]})"
+    return f"the PSI with {where} failed: {first[:300]} (details in {paths['log']})"
+
+
+def _vm_kb(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _link_bytes(*, own_port: int, peer: tuple[str, int]) -> tuple[int, int]:
+    """(sent, received) TCP payload bytes on this process's connections of the PSI link:
+    the ones accepted on ``own_port`` and the ones to the peer's port (Linux TCP_INFO)."""
+    try:
+        peer_ip = socket.gethostbyname(peer[0])
+    except OSError:
+        peer_ip = peer[0]
+    sent = received = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                continue
+            sock = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue
+        with sock:
+            try:
+                if sock.type != socket.SOCK_STREAM or sock.family != socket.AF_INET:
+                    continue
+                local, remote = sock.getsockname(), sock.getpeername()
+            except OSError:  # a listening socket, or one already closed
+                continue
+            if local[1] != own_port and (remote[0], remote[1]) != (peer_ip, peer[1]):
+                continue
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 232)
+            if len(info) >= 136:
+                acked, got = struct.unpack_from("QQ", info, 120)  # tcpi_bytes_acked, tcpi_bytes_received
+                sent, received = sent + acked, received + got
+    return sent, received
+
+
+def _desc(*, link_lib, me: Party, ends: dict, inner_port: int, tls, timeout_s: float):
+    desc = link_lib.Desc()
+    desc.id = "petlab-psi"
+    for party in sorted(Party, key=lambda p: p.rank):  # this party's own server: behind its doorway
+        host, port = ("127.0.0.1", inner_port) if party == me else ends[party]
+        desc.add_party(str(party), f"{host}:{port}")
+    timeout_ms = int(timeout_s * 1000)
+    desc.recv_timeout_ms = timeout_ms  # the bound on every wait for a message
+    desc.http_timeout_ms = min(timeout_ms, 60_000)  # one message's delivery
+    desc.connect_retry_interval_ms = _RETRY_MS
+    desc.connect_retry_times = max(10, int(timeout_s * 1000 / _RETRY_MS))  # the party stops it at timeout_s
+    desc.retry_opts.retry_interval_ms = _RETRY_MS
+    desc.retry_opts.retry_interval_incr_ms = _RETRY_MS
+    desc.retry_opts.max_retry_interval_ms = 5 * _RETRY_MS
+    if tls is not None:
+        desc.enable_ssl = True
+        for options in (desc.client_ssl_opts, desc.server_ssl_opts):
+            options.cert.certificate_path = tls.cert
+            options.cert.private_key_path = tls.key
+            options.verify.ca_file_path = tls.peer_cert  # the one certificate trusted
+            options.verify.verify_depth = 1  # > 0: the peer must present a certificate, and it is checked
+    return desc
+
+
+def _library_process(*, psi_lib, link_lib, me: Party, ends: dict, tls, protocol: str, n: int, paths: dict,
+                     timeout_s: float, pipe, inner_port: int) -> None:
+    """In the forked process: the link, the size exchange, the protocol, the byte counts."""
+    try:
+        log_fd = os.open(paths["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(log_fd, 1)  # the library logs to stdout and stderr: into psi.log, not the party's log
+        os.dup2(log_fd, 2)
+        os.environ["TMPDIR"] = str(paths["tmp"])  # its temporary folders, and sort's
+        start_kb = _vm_kb("VmRSS")
+        desc = _desc(link_lib=link_lib, me=me, ends=ends, inner_port=inner_port, tls=tls, timeout_s=timeout_s)
+        t_start = time.perf_counter()
+        lctx = link_lib.create_brpc(desc, me.rank)
+        t_linked = time.perf_counter()
+        pipe.send(("linked", None))
+        sizes = [int(s) for s in lctx.all_gather(str(n))]  # revealed by the protocol anyway
+        other = sizes[1 - me.rank]
+        psi = psi_lib
+        config = psi.PsiExecuteConfig(
+            protocol_conf=psi.PsiProtocolConfig(
+                protocol=psi.PsiProtocol.PROTOCOL_RR22 if protocol == "rr22" else psi.PsiProtocol.PROTOCOL_ECDH,
+                receiver_rank=Party.GATEWAY.rank, broadcast_result=True,
+                ecdh_params=psi.EcdhParams(curve=psi.EllipticCurveType.CURVE_25519)),
+            input_params=psi.InputParams(path=str(paths["input"]), selected_keys=["id"], keys_unique=True),
+            output_params=psi.OutputParams(path=str(paths["output"]), disable_alignment=False))
+
+        def hook(data) -> None:
+            pipe.send(("progress", int(data.percentage)))
+
+        report = psi.psi_execute(config, lctx, psi.ProgressParams(hook=hook, interval_ms=1000))
+        t_done = time.perf_counter()
+        sent, received = _link_bytes(own_port=inner_port, peer=ends[next(p for p in Party if p != me)])
+        lctx.all_gather("done")  # both have their result: from here on neither needs the other
+        pipe.send(("done", {"other_size": other, "intersection": int(report.intersection_count),
+                            "bytes_sent": sent, "bytes_received": received,
+                            "link_seconds": t_linked - t_start, "protocol_seconds": t_done - t_linked,
+                            "peak_rss_mb": max(0, _vm_kb("VmHWM") - start_kb) / 1024}))
+        code = 0
+        try:  # the peer may already be gone: the last acknowledgement can fail, harmlessly
+            lctx.stop_link()
+        except Exception:  # noqa: BLE001
+            pass
+    except BaseException as err:  # noqa: BLE001 - reported to the party, which raises PsiError
+        try:
+            pipe.send(("error", f"{type(err).__name__}: {err}"))
+        except OSError:
+            pass
+        code = 1
+    try:
+        pipe.close()
+        _flush_std()
+    finally:
+        os._exit(code)  # never the party's exit handlers: this is a fork of it
+
+
+def _flush_std() -> None:
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass

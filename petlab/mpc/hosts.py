@@ -2,15 +2,20 @@
 
 Both organisations keep a copy of the same run file; each fills in its own table and
 its own ``tls`` section. The gateway's host is the meeting point (rank 0 of
-torch.distributed, and it accepts the greeting, the PSI connections and the direct
-link); the dealer (TTP provider) connects there too.
+torch.distributed, and it accepts the greeting and the direct link); the dealer (TTP
+provider) connects there too. The private set intersection runs over SecretFlow's link,
+on which each data party listens on its own port: the gateway on ``gateway_psi_port``, the
+wallet on ``wallet_psi_port`` at ``wallet_address``.
 
 .. code-block:: yaml
 
     rendezvous:
       address: 10.0.0.1     # the gateway's host, as the others reach it
       port: 29500           # torch.distributed (gloo) rendezvous, on the gateway's host
-      psi_port: 29501       # greeting and private set intersection, on the gateway's host
+      psi_port: 29501       # greeting and direct link, on the gateway's host
+      gateway_psi_port: 29502    # the gateway's end of the PSI link, on the gateway's host
+      wallet_address: 10.0.0.2   # the wallet's host, as the gateway reaches it
+      wallet_psi_port: 29503     # the wallet's end of the PSI link, on the wallet's host
     out: runs/joint-2026    # each role writes <out>/<role>/ on its own host
     tls:                    # the gateway's copy; made by: petlab keygen --role gateway --out keys
       cert: keys/gateway.crt          # this organisation's certificate
@@ -45,13 +50,16 @@ speaks only torch.distributed, which petlab neither encrypts nor authenticates.
 >>> tmp = pathlib.Path(tempfile.mkdtemp())
 >>> _ = throwaway_pair(folder=tmp / "keys")
 >>> path = tmp / "run.yaml"
->>> _ = path.write_text("rendezvous: {address: 127.0.0.1, port: 29500, psi_port: 29501}\\n"
+>>> _ = path.write_text("rendezvous: {address: 127.0.0.1, port: 29500, psi_port: 29501, "
+...                     "gateway_psi_port: 29502, wallet_address: 127.0.0.1, wallet_psi_port: 29503}\\n"
 ...                     f"tls:\\n  cert: {tmp}/keys/{{role}}.crt\\n  key: {tmp}/keys/{{role}}.key\\n"
 ...                     f"  peer_cert: {tmp}/keys/{{peer}}.crt\\n"
 ...                     f"out: {tmp}/runs\\nparams: {{rows: 1000, provider: TFP, root: {tmp}/data}}\\n")
 >>> job = host_job(config_path=path, role="wallet")
 >>> job.port, job.config.mpc.provider, sorted(job.tables), pathlib.Path(job.tls["wallet"].peer_cert).name
 (29500, 'TFP', ['wallet'], 'gateway.crt')
+>>> job.psi_endpoints()
+{'gateway': ('127.0.0.1', 29502), 'wallet': ('127.0.0.1', 29503)}
 """
 
 from __future__ import annotations
@@ -151,6 +159,8 @@ def host_job(*, config_path: str | os.PathLike, role: str, out: str | None = Non
     if port == psi_port or not (0 < port < 65536 and 0 < psi_port < 65536):
         raise ConfigError(f"run file {path}: port and psi_port must be two different TCP ports")
     params = dict(data.get("params") or {})
+    gateway_psi_port, wallet_address, wallet_psi_port = _psi_endpoints(
+        rv, path=path, address=address, ports=(port, psi_port), needed=params.get("alignment", "psi") == "psi")
     if table:
         if role == DEALER:
             raise ConfigError("the dealer holds no table")
@@ -195,4 +205,31 @@ def host_job(*, config_path: str | os.PathLike, role: str, out: str | None = Non
         else:  # built-in data: generated (or loaded) on this host, and only this party's part is read
             tables[role] = prepare_tables(config=config)[role]
     return Job(config=config, address=address, port=port, out_dir=str(out_dir), tables=tables,
-               psi_port=psi_port, tls=tls)
+               psi_port=psi_port, tls=tls, gateway_psi_port=gateway_psi_port, wallet_address=wallet_address,
+               wallet_psi_port=wallet_psi_port)
+
+
+def _psi_endpoints(rv: dict, *, path: Path, address: str, ports: tuple[int, int],
+                   needed: bool) -> tuple[int, str, int]:
+    """``(gateway_psi_port, wallet_address, wallet_psi_port)`` from the rendezvous section:
+    where each data party listens for the PSI link (the other connects there)."""
+    keys = ("gateway_psi_port", "wallet_address", "wallet_psi_port")
+    if not needed and not any(k in rv for k in keys):  # alignment "given": there is no PSI
+        return 0, "", 0
+    try:
+        gateway_psi_port, wallet_address = int(rv["gateway_psi_port"]), str(rv["wallet_address"])
+        wallet_psi_port = int(rv["wallet_psi_port"])
+    except (KeyError, TypeError, ValueError):
+        raise ConfigError(f"run file {path}: rendezvous needs gateway_psi_port, wallet_address and "
+                          "wallet_psi_port (where each party listens for the private set intersection; "
+                          "the other connects there)") from None
+    for name, value in (("gateway_psi_port", gateway_psi_port), ("wallet_psi_port", wallet_psi_port)):
+        if not 0 < value < 65536:
+            raise ConfigError(f"run file {path}: {name} must be a TCP port, got {value}")
+    if gateway_psi_port in ports:
+        raise ConfigError(f"run file {path}: gateway_psi_port {gateway_psi_port} is already the rendezvous "
+                          "port or psi_port")
+    if wallet_address == address and wallet_psi_port in (*ports, gateway_psi_port):
+        raise ConfigError(f"run file {path}: wallet_psi_port {wallet_psi_port} is already another port "
+                          "on the same host")
+    return gateway_psi_port, wallet_address, wallet_psi_port

@@ -30,8 +30,16 @@ class Job:
     port: int  # rendezvous TCP port
     out_dir: str  # each role writes <out_dir>/<role>/
     tables: dict  # party -> {"path", "id_column", "label_column"}
-    psi_port: int = 0  # TCP port on which the label holder accepts the PSI connection
+    psi_port: int = 0  # on the gateway's host: the greeting and the direct link
     tls: dict = dataclasses.field(default_factory=dict)  # role -> TlsIdentity; none: plain TCP
+    gateway_psi_port: int = 0  # on the gateway's host: the gateway's end of the PSI link
+    wallet_address: str = ""  # the wallet's host, as the gateway reaches it (empty: ``address``)
+    wallet_psi_port: int = 0  # on the wallet's host: the wallet's end of the PSI link
+
+    def psi_endpoints(self) -> dict:
+        """Where each data party listens for the PSI link: ``{role: (host, port)}``."""
+        return {"gateway": (self.address, self.gateway_psi_port),
+                "wallet": (self.wallet_address or self.address, self.wallet_psi_port)}
 
     def tls_identity(self, *, role: str) -> TlsIdentity | None:
         """``role``'s TLS identity on petlab's sockets, or ``None`` (plain TCP)."""
@@ -40,11 +48,14 @@ class Job:
     def shared_dict(self) -> dict:
         """The part every party must agree on (compared by digest at start-up)."""
         return {"config": self.config.shared_dict(), "address": self.address, "port": self.port,
-                "psi_port": self.psi_port}
+                "psi_port": self.psi_port, "gateway_psi_port": self.gateway_psi_port,
+                "wallet_address": self.wallet_address, "wallet_psi_port": self.wallet_psi_port}
 
     def to_dict(self) -> dict:
         return {"config": self.config.to_dict(), "address": self.address, "port": self.port,
-                "psi_port": self.psi_port, "out_dir": self.out_dir, "tables": self.tables,
+                "psi_port": self.psi_port, "gateway_psi_port": self.gateway_psi_port,
+                "wallet_address": self.wallet_address, "wallet_psi_port": self.wallet_psi_port,
+                "out_dir": self.out_dir, "tables": self.tables,
                 "tls": {role: identity.to_dict() for role, identity in self.tls.items()}}
 
     @classmethod
@@ -56,6 +67,9 @@ class Job:
             out_dir=d["out_dir"],
             tables=d["tables"],
             psi_port=int(d.get("psi_port", 0)),
+            gateway_psi_port=int(d.get("gateway_psi_port", 0)),
+            wallet_address=str(d.get("wallet_address", "")),
+            wallet_psi_port=int(d.get("wallet_psi_port", 0)),
             tls={role: TlsIdentity.from_dict(identity) for role, identity in (d.get("tls") or {}).items()},
         )
 

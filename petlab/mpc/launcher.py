@@ -79,13 +79,15 @@ def run_mpc(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    port = free_port(address)
-    psi_port = free_port(address)
-    while psi_port == port:
-        psi_port = free_port(address)
+    ports: list[int] = []
+    while len(ports) < 4:  # gloo's rendezvous; the greeting and direct link; each party's end of the PSI link
+        candidate = free_port(address)
+        if candidate not in ports:
+            ports.append(candidate)
+    port, psi_port, gateway_psi_port, wallet_psi_port = ports
     tls = throwaway_pair(folder=out / "tls")
     job = Job(config=config, address=address, port=port, out_dir=str(out), tables=tables, psi_port=psi_port,
-              tls=tls)
+              tls=tls, gateway_psi_port=gateway_psi_port, wallet_address=address, wallet_psi_port=wallet_psi_port)
     job_path = job.save(out / "job.json")
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")

@@ -267,6 +267,9 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
     peer = next(p for p in Party if p != me)
     if me.rank == 0:  # the gateway's host is the rendezvous: both ports must be free there
         check_port_free(address=job.address, port=job.port, what="MPC rendezvous")
+    if cfg.data.alignment == "psi":  # each data party listens for the PSI link on its own host
+        host, port = job.psi_endpoints()[str(me)]
+        check_port_free(address=host, port=port, what="PSI")
     exchange = KeyExchange()  # the two parties' key: agreed inside the (TLS-authenticated) greeting
     greeting = greet_peer(role=str(me), peer=str(peer), listen=(me.rank == 0), address=job.address,
                           port=job.psi_port, timeout_s=cfg.mpc.peer_timeout_s, shared=job.shared_dict(),
@@ -274,16 +277,16 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
     agree_pair_key(exchange=exchange, peer_public=_key_share(greeting, peer=peer), my_role=str(me),
                    peer_role=str(peer), config_digest=config_digest(job))
     # -- private set intersection with the peer: only the shared customers go on -------
-    if cfg.data.alignment == "psi":  # rank 0 listens, at the rendezvous address
-        psi = private_intersection(ids=table[source["id_column"]].tolist(), listen=(me.rank == 0),
-                                   address=job.address, port=job.psi_port,
-                                   timeout_s=cfg.mpc.peer_timeout_s, tls=job.tls_identity(role=str(me)))
+    if cfg.data.alignment == "psi":  # each party listens on its own end of the PSI link
+        psi = private_intersection(ids=table[source["id_column"]], role=str(me), endpoints=job.psi_endpoints(),
+                                   protocol=cfg.data.psi, tls=job.tls_identity(role=str(me)),
+                                   timeout_s=cfg.mpc.peer_timeout_s, work_dir=out / "psi")
     else:  # "given": the tables hold the same customers; the handshake compares id-set digests
         from petlab.data.psi import PsiResult
 
         ids = table[source["id_column"]].tolist()
         psi = PsiResult(ids=ids, own_set_size=len(ids), other_set_size=len(ids), seconds=0.0,
-                        bytes_sent=0, bytes_received=0)
+                        bytes_sent=0, bytes_received=0, protocol="")
     try:
         check_split_size(shared=len(psi.ids), test_fraction=cfg.data.test_fraction)
     except ConfigError as err:
@@ -511,9 +514,10 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
         "pair_key_agreed_in": pair_key_agreed_in(),
         "pid": os.getpid(),
         "peak_rss_mb": _peak_rss_mb(),
-        "psi": {"alignment": cfg.data.alignment, "intersection_size": len(psi.ids), "own_set_size": psi.own_set_size,
-                "other_set_size": psi.other_set_size, "seconds": psi.seconds,
-                "bytes_sent": psi.bytes_sent, "bytes_received": psi.bytes_received},
+        "psi": {"alignment": cfg.data.alignment, "protocol": psi.protocol, "intersection_size": len(psi.ids),
+                "own_set_size": psi.own_set_size, "other_set_size": psi.other_set_size, "seconds": psi.seconds,
+                "bytes_sent": psi.bytes_sent, "bytes_received": psi.bytes_received, "phases": psi.phases,
+                "library_peak_rss_mb": psi.peak_rss_mb, "tls": job.tls_identity(role=str(me)) is not None},
     }
     transcript.save(out / "audit")
     if cfg.mpc.audit_words:  # audit runs: the keys this process held

@@ -4,7 +4,8 @@ Each organisation makes its own key pair and a self-signed certificate naming it
 (:func:`write_key_pair`, or ``petlab keygen --role gateway --out DIR``), keeps the key
 and sends the certificate to the other organisation. A party then trusts exactly one
 certificate: the peer's. Every petlab-owned socket between the parties (the greeting,
-the two PSI connections, the direct link for openings) runs TLS 1.3 with both sides
+the direct link for openings; and SecretFlow's PSI link, through the library's own TLS
+settings, see :mod:`petlab.data.psi`) runs TLS 1.3 with both sides
 authenticated: the listening party presents its certificate and demands the
 connector's, and each checks that what it got is, byte for byte, the certificate it
 pinned and names the role it expects. The private key never leaves its host.

@@ -16,8 +16,8 @@ from petlab.parties import Party
 __all__ = ["SecurityModel", "security_model", "CHANNEL_NOTE", "RANDOMNESS_NOTE", "REFERENCE_NOTE", "reference_note"]
 
 CHANNEL_NOTE = (
-    "petlab's own sockets between the gateway and the wallet (greeting, PSI, and the direct "
-    "link that carries the openings) use mutually authenticated TLS 1.3 with each "
+    "petlab's own sockets between the gateway and the wallet (greeting, and the direct link that "
+    "carries the openings) and SecretFlow's PSI link use mutually authenticated TLS 1.3 with each "
     "organisation's pinned certificate (throw-away certificates in this simulation). "
     "torch.distributed (gloo) is neither encrypted nor authenticated: it carries public keys, "
     "metadata and uniform words only; an active attacker there can corrupt results or sit in "
