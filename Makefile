@@ -6,14 +6,13 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 POC_ARGS ?=
 
-.PHONY: help venv venv-spu poc poc-cli test test-fast bench lab strip clean-runs
+.PHONY: help venv poc poc-cli test test-fast bench lab strip clean-runs
 
 help:
 	@echo "make poc      run the proof of concept (notebooks via papermill) into runs/"
 	@echo "make poc-cli  the same pipeline without Jupyter (petlab poc)"
 	@echo "make test     run the test suite (CI runs exactly this)"
 	@echo "make bench    measure MPC vs plaintext and rewrite BENCHMARKS.md"
-	@echo "make venv-spu SecretFlow SPU in .venv-spu, for the spu-* benchmark configurations"
 	@echo "make lab      open JupyterLab on notebooks/"
 	@echo "Extra flags for poc / poc-cli: make poc POC_ARGS='--model mlp --provider TFP'"
 
@@ -43,12 +42,6 @@ test-fast: venv
 
 bench: venv
 	$(BIN)/petlab bench
-
-# SecretFlow SPU for the benchmark's spu-* configurations, in its own environment (it pins
-# jax 0.4.34 and numpy 1.26); not needed by anything else
-venv-spu:
-	@test -x .venv-spu/bin/python || $(PYTHON) -m venv .venv-spu
-	.venv-spu/bin/python -m pip install --quiet "spu==0.9.5"
 
 lab: venv
 	$(BIN)/python -m pip install --quiet jupyterlab==4.6.6

@@ -84,9 +84,12 @@ def test_unknown_benchmark_configurations_fail_before_measuring(tmp_path):
 
 
 def test_spu_configurations_without_spu_fail_before_measuring(tmp_path, monkeypatch):
+    import importlib.util
+
     monkeypatch.delenv("PETLAB_SPU_PYTHON", raising=False)
-    monkeypatch.chdir(tmp_path)  # no .venv-spu here
-    with pytest.raises(ConfigError, match=r"spu-SEMI2K need SecretFlow SPU 0.9.5 .*make venv-spu"):
+    real_find_spec = importlib.util.find_spec  # as where spu is not installed
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "spu" else real_find_spec(name, *a))
+    with pytest.raises(ConfigError, match=r"spu-SEMI2K need SecretFlow SPU 0.9.5 \(spu\), which is not installed .*make venv"):
         run_benchmarks(sizes=[10], epochs=1, output=str(tmp_path / "B.md"), data_root=str(tmp_path),
                        sections=["mpc"], mpc_configs=["petlab-TTP", "spu-SEMI2K"], runs_root=str(tmp_path / "runs"),
                        spu=str(tmp_path / "missing" / "python"))
