@@ -109,6 +109,11 @@ def test_spu_rows_render_without_rounds():
              "peak_rss_mb": {"gateway": 300, "wallet": 310, "dealer": None},
              "spu": {"input_s": 0.2, "train_s": 1.8, "compile_s": 3.0, "fxp_fraction_bits": 18,
                      "security_model": "SEMI2K: semi-honest. Party 0 deals."}},
+            {**base, "config": "spu-SEMI2K-sim", "mpc_s": 1.5, "ratio": 150, "bytes": {"gateway": None, "wallet": None},
+             "rounds": {"gateway": None, "wallet": None}, "train_bytes_per_epoch": {"wallet": None},
+             "peak_rss_mb": {"gateway": 500, "wallet": 500, "dealer": None},
+             "spu": {"where": "simulator", "input_s": 0.1, "train_s": 1.4, "compile_s": 3.0, "fxp_fraction_bits": 18,
+                     "security_model": "SEMI2K: semi-honest. Party 0 deals."}},
             {**base, "config": "petlab-TTP", "mpc_s": 1.0, "ratio": 100, "bytes": {"gateway": 1e6, "wallet": 1e6},
              "rounds": {"gateway": 5, "wallet": 5}, "train_bytes_per_epoch": {"wallet": 1e6},
              "peak_rss_mb": {"gateway": 300, "wallet": 310, "dealer": 200}}]
@@ -117,8 +122,13 @@ def test_spu_rows_render_without_rounds():
     assert "| 1.0 / 2.0 | — / — | — |" in text
     assert "petlab protocol, CrypTen's sigmoid (TTP) / spu-SEMI2K (measured, same command): 0.50x" in text
     assert "- `spu-SEMI2K`: SecretFlow SPU 0.9.5, SEMI2K" in text
-    assert ("- `spu-SEMI2K`, 10,000 rows: inputs 0.2 s, training 1.8 s, compile 3.0 s; fixed point 18 fractional "
-            "bits; SEMI2K: semi-honest." in text)
+    assert ("- `spu-SEMI2K` (processes), 10,000 rows: inputs 0.2 s, training 1.8 s, compile 3.0 s; fixed point 18 "
+            "fractional bits; SEMI2K: semi-honest." in text)
+    # the simulator row says where it ran, has no traffic, and is compared as measured
+    assert "- `spu-SEMI2K-sim` (simulator), 10,000 rows: inputs 0.1 s, training 1.4 s" in text
+    assert "| spu-SEMI2K-sim | logreg | 10,000 | 10 | 0.0100 | 1.5 | 150 |" in text
+    assert "/ spu-SEMI2K-sim (measured, same command): 0.67x" in text
+    assert "quoted" not in text.lower()
 
 
 def test_final_weights_stay_secret_between_organisations_unless_the_run_file_asks(tmp_path):
