@@ -164,6 +164,7 @@ def read_party_file(path: str | os.PathLike, *, party: str, id_column: str, labe
             if header is None:
                 raise pd.errors.EmptyDataError
             table = pd.read_csv(path, sep=_sep(options.sep), encoding="utf-8-sig", skip_blank_lines=False,
+                                index_col=False,  # a row with an extra field is an error, not an index
                                 low_memory=False, na_values=list(options.na_values), keep_default_na=True,
                                 dtype={raw: str for raw in header if raw.strip() in text_columns})
             table.columns = [name.strip() for name in header][: len(table.columns)]
@@ -241,9 +242,15 @@ def check_party_table(table: pd.DataFrame, *, path, party: str, id_column: str, 
     Raises:
         TableError: naming every problem found.
     """
+    return _checked(table.copy(), path=path, party=party, id_column=id_column, label_column=label_column,
+                    options=options)
+
+
+def _checked(table: pd.DataFrame, *, path, party: str, id_column: str, label_column: str | None,
+             options: TableOptions) -> PartyTable:
+    """:func:`check_party_table` on a table of its own, changed in place (no copy at scale)."""
     where = f"{party} table {path}"
     place = _places(path)
-    table = table.copy()
     columns = list(map(str, table.columns))
     if len(table) == 0:
         raise TableError(f"{where} is empty (a header but no rows)", columns=columns)
@@ -397,8 +404,7 @@ def load_party_table(path: str | os.PathLike, *, party: str, id_column: str, lab
         options: how the file is read (:class:`TableOptions`).
     """
     table = read_party_file(path, party=party, id_column=id_column, label_column=label_column, options=options)
-    return check_party_table(table, path=path, party=party, id_column=id_column, label_column=label_column,
-                             options=options)
+    return _checked(table, path=path, party=party, id_column=id_column, label_column=label_column, options=options)
 
 
 def load_table_entry(entry: dict, *, party: str) -> PartyTable:
