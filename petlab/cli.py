@@ -35,9 +35,21 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gateway-table", help="your own gateway table, CSV or Parquet (selects --source tables)")
     g.add_argument("--wallet-table", help="your own wallet table, CSV or Parquet")
     g.add_argument("--id-column", help="customer-id column of your own tables (in both)")
-    g.add_argument("--label-column", help="0/1 label column of your own tables (at --label-party only)")
+    g.add_argument("--gateway-id-column", help="the gateway table's id column, where its name differs from --id-column")
+    g.add_argument("--wallet-id-column", help="the wallet table's id column, where its name differs from --id-column")
+    g.add_argument("--id-rule", help=f"how ids are compared: keep-zeros (whitespace trimmed, 877122.0 read as 877122), "
+                   f"drop-zeros (also 00877122 read as 877122) or trim-only; the same at both parties "
+                   f"(default {_D.id_rule})")
+    g.add_argument("--label-column", help="label column of your own tables, 0/1 or true/false or see "
+                   "--positive-label (at --label-party only)")
+    g.add_argument("--positive-label", help="the label value that means 1, for a text label (e.g. yes)")
     g.add_argument("--label-party", help=f"party whose table holds the label; it receives the outputs "
                    f"(default {_D.label_party})")
+    g.add_argument("--sep", help="field separator of your own CSV tables, e.g. ';' or '\\t' (default ',')")
+    g.add_argument("--na-values", help="missing markers of your own tables besides the usual (empty, NA, N/A, NaN, "
+                   "null), comma-separated, e.g. 'unknown,-,?'")
+    g.add_argument("--max-levels", type=int, help=f"levels a categorical column keeps, its most frequent; the rest "
+                   f"become one level, <other> (default {_D.max_levels})")
     g.add_argument("--rows", type=int, help=f"customers to generate (default {_D.rows})")
     g.add_argument("--overlap", type=float, help=f"share of the gateway's customers who use the wallet (default {_D.overlap})")
     g.add_argument("--wallet-extra", type=float, help=f"wallet-only customers, as a share of rows (default {_D.wallet_extra})")
@@ -77,18 +89,79 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--out", help="new run folder (must not exist or be empty)")
     g.add_argument("--runs-root", default="runs", help="where new run folders are made when --out is not given (default runs)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    _suggest_mistyped_flags(p)
 
 
-_CONFIG_KEYS = ("source", "gateway_table", "wallet_table", "id_column", "label_column", "label_party", "rows", "overlap", "wallet_extra", "seed", "test_fraction", "root", "features", "alignment", "psi", "model", "epochs", "batch_size", "lr", "hidden",
+def _suggest_mistyped_flags(p: argparse.ArgumentParser) -> None:
+    """Make ``p`` refuse an unknown flag itself, naming the closest one it knows
+    (argparse leaves unknown flags to the top-level parser, which suggests nothing)."""
+    import difflib
+
+    parse_known_args = p.parse_known_args
+
+    def parse_and_check(args=None, namespace=None):
+        namespace, extras = parse_known_args(args, namespace)
+        flags = [a.split("=", 1)[0] for a in extras if a.startswith("-") and len(a) > 1]
+        if flags:
+            known = [o for o in p._option_string_actions if o.startswith("--")]
+            close = difflib.get_close_matches(flags[0], known, n=1, cutoff=0.6)
+            p.error(f"unrecognized argument {flags[0]}" + (f": did you mean {close[0]}?" if close else
+                                                              f" (see petlab {p.prog.split()[-1]} --help)"))
+        return namespace, extras
+
+    p.parse_known_args = parse_and_check
+
+
+_CONFIG_KEYS = ("source", "gateway_table", "wallet_table", "id_column", "gateway_id_column", "wallet_id_column",
+                "id_rule", "label_column", "positive_label", "label_party", "sep", "na_values", "max_levels", "rows", "overlap", "wallet_extra", "seed", "test_fraction", "root", "features", "alignment", "psi", "model", "epochs", "batch_size", "lr", "hidden",
                 "provider", "device", "engine", "sigmoid_method", "direct_link", "reveal_weights", "track_loss", "threads_per_party", "timeout_s", "peer_timeout_s")
 
 
 def _config_from_args(args):
-    from petlab.config import load_params_file, poc_config
+    from petlab.config import ConfigError, load_params_file, poc_config
 
     overrides = load_params_file(args.params) if args.params else {}
-    overrides.update({k: getattr(args, k) for k in _CONFIG_KEYS if getattr(args, k, None) is not None})
-    return poc_config(**overrides)
+    flags = {k: getattr(args, k) for k in _CONFIG_KEYS if getattr(args, k, None) is not None}
+    overrides.update(flags)
+    own = overrides.get("source", "tables" if overrides.get("gateway_table") or overrides.get("wallet_table")
+                        else None) == "tables"
+    generated = [f"--{k.replace('_', '-')}" for k in ("rows", "overlap", "wallet_extra", "features") if k in flags]
+    if own and generated:
+        raise ConfigError(f"{', '.join(generated)} only appl{'ies' if len(generated) == 1 else 'y'} to generated data (--source synthetic or wide), "
+                          "not to your own tables")
+    config = poc_config(**overrides)
+    unread = [f"--{k.replace('_', '-')}" for k in _NOT_NOTEBOOK_PARAMETERS
+              if getattr(config.data, k) != getattr(_D, k)]
+    if getattr(args, "command", None) == "notebooks" and unread:
+        raise ConfigError(f"the notebooks have no parameter for {', '.join(unread)} yet: run these tables with "
+                          "petlab poc")
+    _show_table_notes()
+    return config
+
+
+#: Table settings the notebooks' parameter cells do not declare (petlab.notebooks passes
+#: only what a notebook declares, so these would be lost on the way).
+_NOT_NOTEBOOK_PARAMETERS = ("gateway_id_column", "wallet_id_column", "id_rule", "positive_label", "sep",
+                            "na_values", "max_levels")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record comes (tests swap it)."""
+
+    def emit(self, record):
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _show_table_notes() -> None:
+    """Print the tables' column summaries and warnings (the ``petlab.data`` log) as they come."""
+    notes = logging.getLogger("petlab.data")
+    if not any(isinstance(h, _StderrHandler) for h in notes.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        notes.addHandler(handler)
+        notes.setLevel(logging.INFO)
+        notes.propagate = False
 
 
 def _check_out(args) -> None:

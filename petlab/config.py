@@ -22,6 +22,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from petlab.data.columns import DEFAULT_MAX_LEVELS
+from petlab.data.ids import DEFAULT_ID_RULE, ID_RULES
 from petlab.models import MODELS
 
 __all__ = [
@@ -60,7 +62,7 @@ MIN_TEST_ROWS = 20  # below this an AUC says nothing
 
 #: Settings each host chooses for itself; they are left out of the comparison of the
 #: parties' configurations at start-up.
-LOCAL_FIELDS = {"data": ("root", "gateway_table", "wallet_table"),
+LOCAL_FIELDS = {"data": ("root", "gateway_table", "wallet_table", "sep", "na_values"),
                 "mpc": ("threads_per_party", "timeout_s", "peer_timeout_s", "fast_config")}
 
 
@@ -82,9 +84,28 @@ class DataConfig:
     root: str = "data/parties"  # each party's tables live in <root>/<party>/
     gateway_table: str = ""  # your own gateway table, CSV or Parquet (source "tables")
     wallet_table: str = ""  # your own wallet table, CSV or Parquet (source "tables")
-    id_column: str = ""  # customer-id column of your own tables (both parties)
-    label_column: str = ""  # label column (0/1) of your own tables, at the label party only
+    id_column: str = ""  # customer-id column of your own tables (both parties, unless named per party below)
+    gateway_id_column: str = ""  # the gateway's own id column, where its name differs (default: id_column)
+    wallet_id_column: str = ""  # the wallet's own id column, where its name differs (default: id_column)
+    id_rule: str = DEFAULT_ID_RULE  # how ids are compared (petlab.data.ids): "keep-zeros", "drop-zeros" or "trim-only"
+    label_column: str = ""  # label column of your own tables (0/1, true/false, or see positive_label), at the label party only
+    positive_label: str = ""  # the label value that means 1, for a text label such as yes/no (your own tables)
     label_party: str = "gateway"  # the party whose table holds the label; it receives the outputs
+    sep: str = ","  # field separator of your own CSV tables ("\\t" or "tab": a tab)
+    na_values: tuple[str, ...] = ()  # missing markers of your own tables besides pandas' defaults (empty, NA, N/A, NaN, null ...)
+    max_levels: int = DEFAULT_MAX_LEVELS  # levels a categorical column keeps (its most frequent); the rest are one level, "<other>"
+
+    def __post_init__(self):  # a params file or a job file gives a list
+        if not isinstance(self.na_values, tuple):
+            object.__setattr__(self, "na_values", tuple(self.na_values))
+
+    def id_column_of(self, party: str) -> str:
+        """The id column of ``party``'s own table: its own name if set, else ``id_column``.
+
+        >>> DataConfig(id_column="cust", wallet_id_column="user").id_column_of("wallet")
+        'user'
+        """
+        return getattr(self, f"{party}_id_column") or self.id_column
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,6 +207,14 @@ def poc_config(**overrides: Any) -> PocConfig:
             d[key] = str(Path(d[key]).expanduser().resolve())  # same file from any working directory
     if isinstance(d.get("label_party"), str):
         d["label_party"] = d["label_party"].strip().lower()
+    if isinstance(d.get("na_values"), str):  # "unknown,-,?" as on the command line
+        d["na_values"] = [v for v in d["na_values"].split(",") if v.strip()]
+    if d.get("na_values") is not None:
+        d["na_values"] = tuple(str(v).strip() for v in d["na_values"])
+    if d.get("positive_label") is not None:
+        d["positive_label"] = str(d["positive_label"]).strip()
+    if isinstance(d.get("sep"), str):
+        d["sep"] = {"\\t": "\t", "tab": "\t"}.get(d["sep"], d["sep"])
     if isinstance(sections["mpc"].get("provider"), str):
         sections["mpc"]["provider"] = sections["mpc"]["provider"].upper()
     cfg = PocConfig(
@@ -229,6 +258,9 @@ def resolved_sigmoid_method(cfg: PocConfig) -> str:
     'reciprocal'
     """
     return cfg.mpc.sigmoid_method if resolved_engine(cfg) == "petlab" else "reciprocal"
+
+
+_DEFAULT_DATA = DataConfig()
 
 
 def validate(cfg: PocConfig) -> None:
@@ -275,18 +307,33 @@ def validate(cfg: PocConfig) -> None:
                           if m.negative_control in NEGATIVE_CONTROLS else f"expected one of {', '.join(NEGATIVE_CONTROLS)}"))
     if d.label_party not in PARTY_NAMES:
         raise ConfigError(f"label party {d.label_party!r} is not one of the parties: {', '.join(PARTY_NAMES)}")
+    if d.id_rule not in ID_RULES:
+        raise ConfigError(f"unknown id_rule {d.id_rule!r}: expected one of {', '.join(ID_RULES)}")
+    if isinstance(d.max_levels, bool) or int(d.max_levels) != d.max_levels or d.max_levels < 2:
+        raise ConfigError(f"max_levels must be an integer of at least 2, got {d.max_levels}")
+    if len(d.sep) != 1:
+        raise ConfigError(f"sep must be one character, got {d.sep!r}")
     if d.source == "tables":
+        has_ids = d.id_column or all(d.id_column_of(p) for p in PARTY_NAMES)
         missing = [name for name, value in (("gateway_table", d.gateway_table), ("wallet_table", d.wallet_table),
-                                            ("id_column", d.id_column), ("label_column", d.label_column))
+                                            ("id_column", has_ids), ("label_column", d.label_column))
                    if not value]
         if missing:
             raise ConfigError(f"source 'tables' needs {', '.join(missing)} (e.g. --gateway-table g.csv "
                               "--wallet-table w.csv --id-column customer_id --label-column engaged)")
-        if d.id_column == d.label_column:
-            raise ConfigError(f"id_column and label_column are the same column {d.id_column!r}")
+        if d.id_column_of(d.label_party) == d.label_column:
+            raise ConfigError(f"id_column and label_column are the same column {d.label_column!r}")
+        generated = [name for name in ("rows", "overlap", "wallet_extra", "features")
+                     if getattr(d, name) != getattr(_DEFAULT_DATA, name)]
+        if generated:
+            raise ConfigError(f"{', '.join(generated)} only appl{'ies' if len(generated) == 1 else 'y'} to generated data (source synthetic or wide), "
+                              "not to your own tables")
     else:
         given = [name for name, value in (("gateway_table", d.gateway_table), ("wallet_table", d.wallet_table),
-                                          ("id_column", d.id_column), ("label_column", d.label_column))
+                                          ("id_column", d.id_column), ("gateway_id_column", d.gateway_id_column),
+                                          ("wallet_id_column", d.wallet_id_column),
+                                          ("label_column", d.label_column), ("positive_label", d.positive_label),
+                                          ("sep", d.sep != _DEFAULT_DATA.sep), ("na_values", d.na_values))
                  if value]
         if given:
             raise ConfigError(f"{', '.join(given)} only apply to source 'tables', not {d.source!r}")

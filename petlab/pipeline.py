@@ -63,26 +63,84 @@ def _own_tables(config: PocConfig) -> dict:
     """Check the researcher's own party tables (source "tables") and describe them.
 
     Every check of :mod:`petlab.data.validation` runs here, before any run folder or
-    party process exists; each party process checks its own table again.
+    party process exists, and every problem of both tables is reported in one message;
+    each party process checks its own table again. Each table's column summary and
+    warnings go to the ``petlab.data`` log (the command line prints them) and into its
+    entry.
     """
-    from petlab.data.validation import check_party_table, check_schemas, read_party_file
+    from petlab.data.validation import TableError, TableOptions, check_schemas, load_party_table
 
     d, holder = config.data, label_party(config)
     paths = {str(Party.GATEWAY): d.gateway_table, str(Party.WALLET): d.wallet_table}
-    columns = {}
+    options = TableOptions.from_config(d)
+    loaded, errors = {}, {}
     for party, path in paths.items():
-        table = read_party_file(path, party=party, id_column=d.id_column)
-        check_party_table(table, path=path, party=party, id_column=d.id_column,
-                          label_column=d.label_column if party == str(holder) else None)
-        columns[party] = list(map(str, table.columns))
-    check_schemas(columns=columns, paths=paths, id_column=d.id_column, label_column=d.label_column,
+        try:
+            loaded[party] = load_party_table(path, party=party, id_column=d.id_column_of(party),
+                                             label_column=d.label_column if party == str(holder) else None,
+                                             options=options)
+        except TableError as err:
+            errors[party] = err
+    if errors:
+        raise TableError("\n".join(_label_elsewhere(errors, loaded, config=config)))
+    check_schemas(columns={p: list(map(str, t.table.columns)) for p, t in loaded.items()}, paths=paths,
+                  id_column={p: d.id_column_of(p) for p in paths}, label_column=d.label_column,
                   label_party=str(holder))
+    _note_tables(loaded, config=config)
     return {
-        party: {"path": str(Path(path).resolve()), "id_column": d.id_column,
+        party: {"path": str(Path(path).resolve()), "id_column": d.id_column_of(party),
                 "label_column": d.label_column if party == str(holder) else None,
-                "sha256": file_sha256(path)}
+                "sha256": file_sha256(path), "options": options.to_dict(), **_described(loaded[party])}
         for party, path in paths.items()
     }
+
+
+def _described(own) -> dict:
+    """What a table's entry says of it besides where it is: its column summary and id rule."""
+    record = own.record()
+    return {"summary": {k: record[k] for k in ("rows", "columns", "warnings", "ids_changed", "id_shape")}}
+
+
+def _label_elsewhere(errors: dict, loaded: dict, *, config: PocConfig) -> list[str]:
+    """The tables' error messages; where the label party's table lacks the label column
+    and the other table has it, the message says so."""
+    holder, label = str(label_party(config)), config.data.label_column
+    messages = {party: str(err) for party, err in errors.items()}
+    if holder in errors and any(p.startswith(f"has no label column {label!r}") for p in errors[holder].problems):
+        other = next(p for p in (str(q) for q in Party) if p != holder)
+        columns = loaded[other].table.columns if other in loaded else (errors[other].columns or [])
+        if label in columns:
+            messages[holder] += (f"; the {other} table has a column {label!r}: is the label at the {other}? "
+                                 f"(--label-party {other})")
+    return [messages[p] for p in (str(q) for q in Party) if p in messages]
+
+
+def _note_tables(loaded: dict, *, config: PocConfig) -> None:
+    """Log each table's summary and warnings, and warn when few ids meet (the research
+    harness reads both tables; each party process checks the intersection it gets)."""
+    from petlab.data.ids import describe_shape, mismatch_hint
+
+    note = logging.getLogger("petlab.data")
+    for party, own in loaded.items():
+        for line in own.summary.lines():
+            note.info(line)
+        for warning in own.summary.warnings:
+            note.warning(f"{party} table: {warning}")
+        if own.ids_changed:
+            note.info(f"{party} table: {own.ids_changed:,} ids changed by id rule {own.options.id_rule!r} "
+                      "(whitespace trimmed, 877122.0 read as 877122"
+                      + (", leading zeros dropped)" if own.options.id_rule == "drop-zeros" else ")"))
+    from petlab.data.validation import LOW_OVERLAP_SHARE
+
+    sets = {p: set(t.table[t.id_column]) for p, t in loaded.items()}
+    shared = len(set.intersection(*sets.values()))
+    smaller = min(len(s) for s in sets.values())
+    if shared < LOW_OVERLAP_SHARE * smaller:
+        hints = "; ".join(f"{p} ids: {describe_shape(t.id_shape)}" for p, t in loaded.items())
+        peer = {p: next(q for q in sets if q != p) for p in sets}
+        first = next(iter(loaded))
+        note.warning(f"only {shared:,} shared customers, {shared / max(smaller, 1):.0%} of the smaller table; "
+                     f"{hints}; {mismatch_hint(shape=loaded[first].id_shape, rule=config.data.id_rule, peer=peer[first])}")
 
 
 def prepare_tables(*, config: PocConfig) -> dict:
@@ -90,8 +148,9 @@ def prepare_tables(*, config: PocConfig) -> dict:
     synthetic / credit tables, written to their own locations once.
 
     Returns:
-        party -> {"path", "id_column", "label_column", "sha256"}; a party process is
-        handed its own entry only.
+        party -> {"path", "id_column", "label_column", "sha256", "options"} (how the file
+        is read: :class:`petlab.data.validation.TableOptions`), and for own tables its
+        "summary" (columns, warnings, id shape); a party process is handed its own entry only.
 
     Raises:
         petlab.data.validation.TableError: a table petlab cannot train on (own tables).
@@ -118,12 +177,15 @@ def prepare_tables(*, config: PocConfig) -> dict:
     if not all(path.is_file() for path in paths.values()):
         for party, table in make().items():
             paths[party] = write_party_table(table, root=root, party=party, name=name, fmt=fmt)
+    from petlab.data.validation import TableOptions
+
     return {
         party: {
             "path": str(path.resolve()),
             "id_column": id_column,
             "label_column": label_column if party == str(label_party(config)) else None,
             "sha256": file_sha256(path),
+            "options": TableOptions.from_config(config.data).to_dict(),
         }
         for party, path in paths.items()
     }
@@ -136,10 +198,9 @@ def train_mpc(*, config: PocConfig, tables: dict, run: Run, progress: bool = Tru
 
 
 def _read(tables: dict, party: Party):
-    from petlab.data.validation import read_party_file
+    from petlab.data.validation import load_table_entry
 
-    entry = tables[str(party)]
-    return read_party_file(entry["path"], party=str(party), id_column=entry["id_column"])
+    return load_table_entry(tables[str(party)], party=str(party)).table
 
 
 def read_tables(*, tables: dict) -> dict:
@@ -158,23 +219,25 @@ def plain_intersection(*, tables: dict) -> set:
     return set.intersection(*ids)
 
 
-def _party_features(config: PocConfig, tables: dict, party: Party, keep_ids=None):
+def _party_features(config: PocConfig, tables: dict, party: Party, keep_ids=None, table=None):
     entry = tables[str(party)]
     return prepare_party_features(
-        table=_read(tables, party),
+        table=_read(tables, party) if table is None else table,
         id_column=entry["id_column"],
         label_column=entry["label_column"],
         test_fraction=config.data.test_fraction,
         seed=config.data.seed,
         keep_ids=plain_intersection(tables=tables) if keep_ids is None else keep_ids,
+        max_levels=config.data.max_levels,
     )
 
 
 def reference_features(*, config: PocConfig, tables: dict) -> dict:
     """Each party's prepared features on the shared customers, as its own process makes
     them (research harness only: it reads both tables). Party -> PartyFeatures."""
-    shared = plain_intersection(tables=tables)
-    return {p: _party_features(config, tables, p, keep_ids=shared) for p in Party}
+    own = read_tables(tables=tables)  # each table read (and checked) once
+    shared = set.intersection(*(set(own[str(p)][tables[str(p)]["id_column"]]) for p in Party))
+    return {p: _party_features(config, tables, p, keep_ids=shared, table=own[str(p)]) for p in Party}
 
 
 def train_references(*, config: PocConfig, tables: dict) -> dict[str, PlaintextFit]:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from petlab.data.columns import DEFAULT_MAX_LEVELS
 from petlab.data.features import prepare_party_features
-from petlab.data.validation import read_party_file
+from petlab.data.validation import load_table_entry
 
 __all__ = ["joint_vs_single_auc"]
 
@@ -21,21 +22,22 @@ def joint_vs_single_auc(*, tables: dict, test_fraction: float, seed: int) -> pd.
     statistics).
 
     Args:
-        tables: party -> {"path", "id_column", "label_column"} as from
+        tables: party -> {"path", "id_column", "label_column", "options"} as from
             :func:`petlab.pipeline.prepare_tables`.
         test_fraction, seed: the split, as in the run configuration.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
-    raw = {party: read_party_file(entry["path"], party=party, id_column=entry["id_column"])
-           for party, entry in tables.items()}
+    raw = {party: load_table_entry(entry, party=party).table for party, entry in tables.items()}
     shared = set.intersection(*(set(raw[p][tables[p]["id_column"]].astype(str)) for p in raw))
     feats = {}
     for party, entry in tables.items():
         feats[party] = prepare_party_features(table=raw[party], id_column=entry["id_column"],
                                               label_column=entry["label_column"],
-                                              test_fraction=test_fraction, seed=seed, keep_ids=shared)
+                                              test_fraction=test_fraction, seed=seed, keep_ids=shared,
+                                              max_levels=entry.get("options", {}).get("max_levels",
+                                                                                      DEFAULT_MAX_LEVELS))
     label = next(f for f in feats.values() if f.y_train is not None)
     views = {"joint": list(feats), **{f"{p} only": [p] for p in feats}}
     rows = []

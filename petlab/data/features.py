@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from petlab.data.alignment import align_by_sorted_ids, id_set_digest
+from petlab.data.columns import DEFAULT_MAX_LEVELS
 from petlab.data.preprocess import LocalPreprocessor
 from petlab.data.split import train_test_indices
 
@@ -45,16 +46,19 @@ def prepare_party_features(
     test_fraction: float,
     seed: int,
     keep_ids=None,
+    max_levels: int = DEFAULT_MAX_LEVELS,
 ) -> PartyFeatures:
     """Align, split and encode one party's table with its own statistics only.
 
     Args:
-        table: the party's own table (id column, features, label if it holds it).
+        table: the party's own table as :func:`petlab.data.validation.load_party_table`
+            leaves it (ids normalised, label 0/1, dates as dates).
         id_column: name of the customer-id column.
         label_column: the label's column at the label holder, ``None`` elsewhere.
         test_fraction: share of rows held out (same value at every party).
         seed: shared split seed (same value at every party).
         keep_ids: the ids to keep (the private set intersection); ``None`` keeps all.
+        max_levels: levels a categorical keeps (the rest are ``<other>``).
     """
     if keep_ids is not None:
         table = table[table[id_column].astype(str).isin(set(map(str, keep_ids)))]
@@ -62,7 +66,7 @@ def prepare_party_features(
     train_idx, test_idx = train_test_indices(n=len(aligned), test_fraction=test_fraction, seed=seed)
     exclude = (id_column,) + ((label_column,) if label_column else ())
     train_rows, test_rows = aligned.iloc[train_idx], aligned.iloc[test_idx]
-    prep = LocalPreprocessor.fit(train_rows, exclude=exclude)
+    prep = LocalPreprocessor.fit(train_rows, exclude=exclude, max_levels=max_levels)
     y_train = y_test = None
     if label_column:
         y_train = train_rows[label_column].to_numpy(dtype=np.float32)

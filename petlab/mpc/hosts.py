@@ -200,7 +200,7 @@ def host_job(*, config_path: str | os.PathLike, role: str, out: str | None = Non
             own = getattr(config.data, f"{role}_table")
             if own == ELSEWHERE:
                 raise ConfigError(f"the {role}'s table is not set: params.{role}_table or --table")
-            tables[role] = {"path": own, "id_column": config.data.id_column,
+            tables[role] = {"path": own, "id_column": config.data.id_column_of(role),
                             "label_column": config.data.label_column if role == config.data.label_party else None}
         else:  # built-in data: generated (or loaded) on this host, and only this party's part is read
             tables[role] = prepare_tables(config=config)[role]

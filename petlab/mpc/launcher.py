@@ -50,6 +50,16 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(text[-lines:])
 
 
+def _cause(folder: Path) -> str:
+    """``: <error>`` as the role wrote it in its ``status.json`` (the first line of a
+    failure message then says why), or nothing."""
+    try:
+        status = json.loads((folder / "status.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    return f": {status['error']}" if status.get("status") == "failed" and status.get("error") else ""
+
+
 def roles_for(config: PocConfig) -> list[str]:
     roles = [str(p) for p in Party]
     if config.mpc.provider == "TTP":
@@ -121,8 +131,8 @@ def run_mpc(
             if failed:
                 role = failed[0]
                 raise MPCRunError(
-                    f"{role} process exited with code {codes[role]}; its log ({logs[role]}) ends:\n"
-                    + _tail(logs[role])
+                    f"{role} process exited with code {codes[role]}{_cause(out / role)}; its log ({logs[role]}) "
+                    "ends:\n" + _tail(logs[role])
                 )
             if all(c == 0 for c in codes.values()):
                 break

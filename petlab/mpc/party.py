@@ -250,9 +250,8 @@ def _key_share(greeting: dict, *, peer: Party) -> bytes:
 def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
     import crypten.communicator as comm
 
-    from petlab.config import ConfigError, check_split_size
     from petlab.data.psi import private_intersection
-    from petlab.data.validation import check_party_table, read_party_file
+    from petlab.data.validation import IntersectionError, TableOptions, check_intersection, load_party_table
 
     cfg = job.config
     label_party = Party.parse(cfg.data.label_party)
@@ -260,9 +259,17 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
     source = job.tables[str(me)]  # this party's own table, and nothing else
     table_path = Path(source["path"])
     label_column = source.get("label_column") if holds_label else None
-    table = read_party_file(table_path, party=str(me), id_column=source["id_column"])
-    check_party_table(table, path=table_path, party=str(me), id_column=source["id_column"],
-                      label_column=label_column)
+    own = load_party_table(table_path, party=str(me), id_column=source["id_column"], label_column=label_column,
+                           options=TableOptions.from_config(cfg.data))  # every problem at once, or a typed table
+    table, table_record, id_shape = own.table, own.record(), own.id_shape
+    _write_json(out / "table.json", table_record)  # this party's own record of its table (never sent)
+    notes = logging.getLogger("petlab.data")
+    notes.setLevel(logging.INFO)  # a party states its table's columns in its own log
+    for line in own.summary.lines():
+        notes.info(line)
+    for warning in own.summary.warnings:
+        notes.warning(warning)
+    del own  # the table lives on as `table` only (memory at scale)
     # -- meet the peer: roles, versions and shared configuration must agree -----------
     peer = next(p for p in Party if p != me)
     if me.rank == 0:  # the gateway's host is the rendezvous: both ports must be free there
@@ -287,11 +294,20 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
         ids = table[source["id_column"]].tolist()
         psi = PsiResult(ids=ids, own_set_size=len(ids), other_set_size=len(ids), seconds=0.0,
                         bytes_sent=0, bytes_received=0, protocol="")
+    # too few shared customers: one line, with a hint from this party's own ids (nothing more is sent)
+    table_record["intersection"] = {"shared": len(psi.ids), "own": psi.own_set_size, "other": psi.other_set_size}
     try:
-        check_split_size(shared=len(psi.ids), test_fraction=cfg.data.test_fraction)
-    except ConfigError as err:
-        raise ValueError(f"private set intersection: {err} ({psi.own_set_size} customers here, "
-                         f"{psi.other_set_size} at the peer)") from None
+        low = check_intersection(shared=len(psi.ids), own_size=psi.own_set_size, other_size=psi.other_set_size,
+                                 test_fraction=cfg.data.test_fraction, party=str(me), peer=str(peer),
+                                 shape=id_shape, rule=cfg.data.id_rule, alignment=cfg.data.alignment)
+    except IntersectionError as err:
+        table_record["intersection"]["error"] = str(err)
+        _write_json(out / "table.json", table_record)
+        raise
+    if low:
+        notes.warning(low)
+        table_record["intersection"]["warning"] = low
+    _write_json(out / "table.json", table_record)
     columns = list(map(str, table.columns))
     feats = prepare_party_features(
         table=table,
@@ -300,6 +316,7 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
         test_fraction=cfg.data.test_fraction,
         seed=cfg.data.seed,
         keep_ids=psi.ids,
+        max_levels=cfg.data.max_levels,
     )
     del table
     my_meta = _public_meta(job, me, feats, file_sha256(table_path))
