@@ -412,11 +412,12 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
         monitor = torch.from_numpy(
             monitor_indices(n=n_train, rows=cfg.train.monitor_rows, seed=cfg.train.seed)
         ).to(device)
-        X_monitor_enc, y_monitor_enc = X_train_enc[monitor], y_train_enc[monitor]
+        engine = resolved_engine(cfg)
+        if engine != "petlab":  # petlab's protocol measures the loss on E's monitored rows
+            X_monitor_enc, y_monitor_enc = X_train_enc[monitor], y_train_enc[monitor]
         batches_per_epoch = -(-n_train // cfg.train.batch_size)
         progress = _Progress(path=progress_path if holds_label else None, epochs=cfg.train.epochs,
                              steps=cfg.train.epochs * batches_per_epoch, t_start=t_start)
-        engine = resolved_engine(cfg)
         lean = None
         if engine == "petlab":
             with meter.phase("mask_features"):  # once: E = X - A is opened, A stays secret
@@ -458,9 +459,13 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
                         progress.step()
             if cfg.mpc.track_loss:
                 with meter.phase("loss_monitor"):
-                    probs, _ = forward(spec=spec, params=params, X=X_monitor_enc)
-                    loss = disclosure.reveal(bce_loss(probs=probs, y=y_monitor_enc), item="train_loss",
-                                             ledger=ledger, me=me)
+                    if lean is not None:
+                        loss = _lean_loss(crypten=crypten, lean=lean, spec=spec, E=E, y=y_train_enc.share,
+                                          params=shares, rows=monitor.cpu().numpy(), ledger=ledger, me=me)
+                    else:
+                        probs, _ = forward(spec=spec, params=params, X=X_monitor_enc)
+                        loss = disclosure.reveal(bce_loss(probs=probs, y=y_monitor_enc), item="train_loss",
+                                                 ledger=ledger, me=me)
                     if loss is not None:
                         losses.append(float(loss))
             progress.epoch_done(epoch + 1)
@@ -596,6 +601,21 @@ def _lean_setup(*, crypten, cfg: PocConfig, me: Party, X_shares: torch.Tensor):
         (E[i: i + 65536],) = (torch.from_numpy(t) for t in party.open(X[i: i + 65536] - rand.A[i: i + 65536]))
     a_view = torch.from_numpy(fixed["A"] if fixed is not None else rand.A)  # what party 0 knows of the mask
     return {"party": party, "precision": precision, "a_view": a_view}, E
+
+
+def _lean_loss(*, crypten, lean: dict, spec: ModelSpec, E, y, params: dict, rows: np.ndarray, ledger, me: Party):
+    """The monitored rows' mean training loss on petlab's protocol: the summed
+    cross-entropy stays shared (:func:`petlab.mpc.lean.monitor_loss`) until the declared
+    reveal opens it to the label holder, who divides it by the public row count."""
+    from petlab.mpc.lean import loss_plan, monitor_loss
+
+    party = lean["party"]
+    party.rand.prepare(loss_plan(rows=rows, d=int(E.shape[1]), bits=party.bits,
+                                 hidden=spec.hidden if spec.kind == "mlp" else None))
+    share = monitor_loss(party=party, E=E, y=y, params=params, rows=rows)
+    total = disclosure.reveal(crypten.mpc.MPCTensor.from_shares(share, precision=lean["precision"]),
+                              item="train_loss", ledger=ledger, me=me)
+    return None if total is None else float(total.item()) / len(rows)
 
 
 class PeerLostError(RuntimeError):
