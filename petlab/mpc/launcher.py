@@ -68,24 +68,27 @@ def _last_line(path: Path) -> str:
     return lines[-1].strip() if lines else "(nothing in its log)"
 
 
-def _failure(role: str, code: int, folder: Path) -> tuple[bool, float, str]:
-    """``(secondary, when, message)`` for a role that exited with ``code``: its own
-    one-line account from ``status.json``, or how the process ended."""
+def _failure(role: str, code: int, folder: Path) -> tuple[int, float, str]:
+    """``(rank, when, message)`` for a role that exited with ``code``: its own one-line
+    account from ``status.json``, or how the process ended. The failure with the lowest
+    ``(rank, when)`` is the run's cause: a process that died without a word (killed: the
+    others only saw it go) before one that reported its own error, before one that only
+    lost a peer."""
     try:
         status = json.loads((folder / "status.json").read_text())
     except (OSError, ValueError):
         status = {}
     if status.get("status") == "failed" and status.get("error"):
         message = status.get("message") or status["error"]
-        secondary = status["error"].split(":", 1)[0] in SECONDARY_ERRORS
-        return secondary, float(status.get("failed_at") or time.time()), message
+        rank = 2 if status["error"].split(":", 1)[0] in SECONDARY_ERRORS else 1
+        return rank, float(status.get("failed_at") or time.time()), message
     if code < 0:
         try:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
-        return False, time.time(), f"the process was killed ({name}) before it reported an error"
-    return False, time.time(), f"the process exited with code {code} before it reported an error"
+        return 0, time.time(), f"the process was killed ({name}) before it reported an error"
+    return 0, time.time(), f"the process exited with code {code} before it reported an error"
 
 
 class _Roles:
