@@ -1086,7 +1086,7 @@ def loss_plan(*, rows: np.ndarray, d: int, bits: int, hidden: int | None = None)
 
     >>> plan = loss_plan(rows=np.arange(4), d=3, bits=16)
     >>> [r[0] for r in plan][:2], plan[-2:], len(plan)
-    (['fm_left', 'trunc'], [('mul', (4, 1), (4, 1), None), ('trunc', (1,), (2, 1), 16)], 33)
+    (['fm_left', 'trunc'], [('mul', (4, 1), (4, 1), None), ('trunc', (1,), (2, 1), 16)], 29)
     """
     m = len(rows)
     idx = np.asarray(rows, dtype=np.int64).tobytes()

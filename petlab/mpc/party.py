@@ -546,7 +546,7 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path, timeline
     except (RendezvousError, disclosure.DisclosureError):
         raise
     except RuntimeError as err:  # gloo: connection closed or reset by a peer, or a wait timed out
-        lost = lost_peer(error=err, me=str(me), provider=cfg.mpc.provider)
+        lost = _lost_role(error=err, me=me, provider=cfg.mpc.provider)
         raise PeerLostError(f"lost the {lost} during {meter.current or 'start-up'} (within "
                             f"{cfg.mpc.peer_timeout_s:g} s of its last message): "
                             f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
@@ -680,6 +680,19 @@ def _lean_loss(*, crypten, lean: dict, spec: ModelSpec, E, y, params: dict, rows
     total = disclosure.reveal(crypten.mpc.MPCTensor.from_shares(share, precision=lean["precision"]),
                               item="train_loss", ledger=ledger, me=me)
     return None if total is None else float(total.item()) / len(rows)
+
+
+def _lost_role(*, error: BaseException, me: Party, provider: str) -> str:
+    """Which role a communication failure points at: the dealer where party 0 was talking
+    to it (CrypTen's TTP client, or petlab's bulk request to the dealer), else the peer."""
+    import traceback
+
+    if provider == "TTP" and me.rank == 0:
+        frames = traceback.extract_tb(error.__traceback__)
+        if any(f.filename.replace("\\", "/").endswith("petlab/mpc/lean.py") and f.name in ("request", "collect")
+               for f in frames):
+            return DEALER
+    return lost_peer(error=error, me=str(me), provider=provider)
 
 
 class PeerLostError(RuntimeError):

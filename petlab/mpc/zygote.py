@@ -26,10 +26,10 @@ import sys
 
 __all__ = ["main", "PRELOAD"]
 
-#: What every role imports before it does anything of its own.
+#: What every role imports before it does anything of its own (not scikit-learn, about a
+#: second: only the label holder needs it, for its metrics, after training).
 PRELOAD = ("petlab.cli", "petlab.mpc.party", "petlab.mpc.lean", "petlab.mpc.channel", "petlab.mpc.dealer",
-           "petlab.data.psi", "petlab.data.validation", "petlab.data.features", "petlab.audit.transcript",
-           "petlab.metrics")
+           "petlab.data.psi", "petlab.data.validation", "petlab.data.features", "petlab.audit.transcript")
 
 
 def _preload() -> None:
