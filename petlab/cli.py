@@ -271,8 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--scale-epochs", type=int, default=1, help="epochs of the scale section (default 1)")
     bench.add_argument("--psi-sizes", type=int, nargs="*", default=[10_000, 100_000],
                        help="ids per side for the PSI benchmark (default 10000 100000)")
-    bench.add_argument("--sections", nargs="+", default=["mpc", "scale", "psi", "wan"],
-                       help="which sections of the file to measure and rewrite: mpc, scale, psi, wan "
+    bench.add_argument("--sections", nargs="+", default=["mpc", "scale", "psi", "wan", "startup"],
+                       help="which sections of the file to measure and rewrite: mpc, scale, psi, wan, startup "
                        "(default all; the others are kept)")
     bench.add_argument("--wan-rtts", type=float, nargs="+", default=[1, 35, 80, 180], help="round-trip times, ms")
     bench.add_argument("--wan-rates", type=float, nargs="+", default=[1000, 100], help="link rates, Mbit/s")

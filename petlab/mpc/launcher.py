@@ -9,6 +9,9 @@ the failing role's own account of it (``status.json``), with the path of its log
 the traceback is. Where several fail, the cause is the one that did not merely lose a
 peer.
 
+``launch.json`` keeps when the roles were launched (the wall clock every role's
+``timeline`` is on, see :mod:`petlab.mpc.timeline`).
+
 The gateway and the wallet talk over TLS on petlab's own sockets here as between two
 organisations (:mod:`petlab.mpc.tls`), with a throw-away key pair each, made for the run
 in ``<out_dir>/tls/``; each party is given its own key and the other's certificate.
@@ -229,6 +232,7 @@ def run_mpc(
         job = Job(config=config, address=address, port=port, out_dir=str(out), tables=tables, psi_port=psi_port,
                   tls=tls)
         job.save(out / "job.json")
+        (out / "launch.json").write_text(json.dumps({"launched_at": launched_at, "tls_seconds": tls_seconds}))
         procs.go()
         if progress:
             from tqdm.auto import tqdm
