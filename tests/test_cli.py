@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 
-def _petlab(*args, cwd, timeout=600):
+def _petlab(*args, cwd, timeout=600, env=()):
     return subprocess.run([sys.executable, "-m", "petlab", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+                          timeout=timeout, cwd=cwd, env={**os.environ, "CUDA_VISIBLE_DEVICES": "", **dict(env)})
 
 
 @pytest.mark.parametrize(
@@ -93,10 +93,11 @@ def _tables_without_shared_customers(tmp_path):
 
 @pytest.mark.mpc
 def test_psi_finding_too_few_shared_customers_is_one_line_with_the_log(tmp_path):
+    """(With each role a fresh interpreter, as where the OS cannot fork: that launcher too.)"""
     paths = _tables_without_shared_customers(tmp_path)
     out = _petlab("poc", "--gateway-table", str(paths["gateway"]), "--wallet-table", str(paths["wallet"]),
                   "--id-column", "customer_id", "--label-column", "engaged", "--provider", "TFP", "--quiet",
-                  "--out", str(tmp_path / "run"), cwd=tmp_path, timeout=300)
+                  "--out", str(tmp_path / "run"), cwd=tmp_path, timeout=300, env={"PETLAB_FORK": "0"})
     line, log = _one_line_and_log(out)
     assert line.startswith("petlab poc: MPC run failed: ") and "private set intersection" in line, line
     assert "0 customers" in line or "shared" in line, line
@@ -105,6 +106,7 @@ def test_psi_finding_too_few_shared_customers_is_one_line_with_the_log(tmp_path)
     assert status["status"] == "failed" and "private set intersection" in status["error"]
     party = json.loads((log.parent / "status.json").read_text())
     assert party["status"] == "failed" and "private set intersection" in party["message"]
+    assert not (tmp_path / "run" / "parties" / "launch.log").exists()  # no zygote: one interpreter per role
 
 
 @pytest.mark.mpc

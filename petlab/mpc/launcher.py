@@ -2,8 +2,9 @@
 
 Each role is its own OS process, forked from one clean interpreter that has imported
 petlab, torch and CrypTen and nothing else (:mod:`petlab.mpc.zygote`; where the OS cannot
-fork, a fresh interpreter each: ``python -m petlab party ...``), so nothing built in this
-process reaches a party: a party loads its own table itself. A
+fork, or with ``PETLAB_FORK=0`` in the environment, a fresh interpreter each: ``python -m
+petlab party ...``), so nothing built in this process reaches a party: a party loads its
+own table itself. A
 party that fails stops the run: the others are terminated and the error is one line,
 the failing role's own account of it (``status.json``), with the path of its log, where
 the traceback is. Where several fail, the cause is the one that did not merely lose a
