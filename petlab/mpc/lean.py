@@ -36,8 +36,8 @@ point scale), with the same algorithms and constants as CrypTen's operators:
   monitored rows, ``softplus(z) - y z`` per row, ``softplus`` by the piecewise sigmoid's
   machinery with pieces fitted to it (within 3e-4); only the sum over the rows is opened,
   by the caller's declared reveal, to the label holder (the logits and per-row losses stay
-  shared). About a sixth of an epoch's training here, instead of several epochs' worth on
-  CrypTen's operators (``BENCHMARKS.md``);
+  shared). Its cost against training's, and against CrypTen's operators doing the same,
+  is measured in ``BENCHMARKS.md`` (``petlab bench --sections startup``);
 - **the MLP's ReLU** (:func:`_mlp_step`): the comparison's bit is opened only under a
   random shared bit, which makes every product with it one opening of the other factor;
 - **truncation** (:meth:`LeanParty.trunc`): by a pair the dealer makes (shares of a
