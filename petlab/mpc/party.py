@@ -227,9 +227,9 @@ def await_rendezvous(*, address: str, port: int, timeout_s: float, what: str, po
     """Return once the rendezvous (rank 0's store, at ``address:port``) accepts connections.
 
     gloo's own attempts to reach a store that is not up yet back off for seconds between
-    tries (seen here: a dealer ready 25 s before the parties joined them 16 s late), so
-    the roles that connect to it wait here, polling every ``poll_s``, and gloo's first try
-    finds it.
+    tries (a dealer ready long before the parties, which wait for the PSI, could join them
+    more than ten seconds late), so the roles that connect to it wait here, polling every
+    ``poll_s``, and gloo's first try finds it.
 
     Raises:
         RendezvousError: nothing accepted connections there within ``timeout_s``.
