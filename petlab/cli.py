@@ -127,11 +127,14 @@ def _print_summary(result) -> None:
 
 
 def _poc(args) -> int:
-    from petlab.pipeline import run_poc
+    from petlab.mpc.launcher import starting_roles_ahead
 
     config = _config_from_args(args)
     _check_out(args)
-    result = run_poc(config=config, runs_root=args.runs_root, out=args.out, progress=not args.quiet)
+    with starting_roles_ahead(config=config):  # the roles' interpreter imports while this one does
+        from petlab.pipeline import run_poc
+
+        result = run_poc(config=config, runs_root=args.runs_root, out=args.out, progress=not args.quiet)
     _print_summary(result)
     return 0
 

@@ -20,6 +20,8 @@ in ``<out_dir>/tls/``; each party is given its own key and the other's certifica
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import json
 import os
@@ -36,7 +38,7 @@ from petlab.mpc.job import Job
 from petlab.mpc.tls import throwaway_pair
 from petlab.parties import DEALER, Party
 
-__all__ = ["MPCRunError", "MPCRun", "run_mpc", "free_port"]  # free_port re-exported from petlab.net
+__all__ = ["MPCRunError", "MPCRun", "run_mpc", "free_port", "RoleStarter", "starting_roles_ahead"]  # free_port re-exported from petlab.net
 
 
 class MPCRunError(RuntimeError):
@@ -95,26 +97,100 @@ def _failure(role: str, code: int, folder: Path) -> tuple[int, float, str]:
     return 0, time.time(), f"the process exited with code {code} before it reported an error"
 
 
+def _role_env(threads_per_party: int) -> dict:
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    # each party uses config.mpc.threads_per_party torch threads; stop BLAS from oversubscribing
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = str(threads_per_party)
+    return env
+
+
+def _forking() -> bool:
+    return hasattr(os, "fork") and os.environ.get("PETLAB_FORK", "1") != "0"
+
+
+class RoleStarter:
+    """A clean interpreter that imports what the roles need (:mod:`petlab.mpc.zygote`),
+    started ahead of a run so that its imports overlap the caller's own work (the command
+    line's imports, the tables, the run folder); :func:`run_mpc` forks the run's roles
+    from it. Use it as a context manager: :func:`starting_roles_ahead`.
+    """
+
+    def __init__(self, *, threads_per_party: int):
+        self.threads_per_party = threads_per_party
+        self.env = _role_env(threads_per_party)
+        self.used = False
+        self.zygote = subprocess.Popen([sys.executable, "-m", "petlab.mpc.zygote"], stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env, text=True)
+
+    def close(self) -> None:
+        """Stop it if no run used it."""
+        if not self.used and self.zygote.poll() is None:
+            try:
+                self.zygote.stdin.close()  # no job: it ends by itself
+                self.zygote.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.zygote.kill()
+                self.zygote.wait()
+
+
+_AHEAD: contextvars.ContextVar = contextvars.ContextVar("petlab_role_starter", default=None)
+
+
+@contextlib.contextmanager
+def starting_roles_ahead(*, config: PocConfig):
+    """Within the block, the next :func:`run_mpc` forks its roles from an interpreter
+    started now (:class:`RoleStarter`), which imports while the block does its own work.
+
+    Args:
+        config: the run's configuration (its ``threads_per_party`` is set at the start).
+    """
+    if not _forking():
+        yield None
+        return
+    starter = RoleStarter(threads_per_party=config.mpc.threads_per_party)
+    token = _AHEAD.set(starter)
+    try:
+        yield starter
+    finally:
+        _AHEAD.reset(token)
+        starter.close()
+
+
 class _Roles:
     """The role processes of one run, however they were started: ``poll()`` gives each
     role's exit status (None while it runs), ``stop()`` ends the ones still running."""
 
-    def __init__(self, *, roles: list[str], job_path: Path, logs: dict[str, Path], env: dict, launch_log: Path):
+    def __init__(self, *, roles: list[str], job_path: Path, logs: dict[str, Path], env: dict, launch_log: Path,
+                 threads_per_party: int):
         self.roles, self.codes, self.pids = list(roles), {}, {}
+        self.job_path, self.logs, self.launch_log = job_path, logs, launch_log
         for role in roles:
             logs[role].write_text("")  # each role's log starts empty
-        self.forked = hasattr(os, "fork") and env.get("PETLAB_FORK", "1") != "0"
+        self.forked = _forking()
         if self.forked:
-            with open(launch_log, "w") as fh:
-                self.zygote = subprocess.Popen(
-                    [sys.executable, "-m", "petlab.mpc.zygote", "--job", str(job_path)]
-                    + [f"--role={role}={logs[role]}" for role in roles],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=fh, env=env, text=True)
+            ahead = _AHEAD.get()
+            if ahead is not None and not ahead.used and ahead.threads_per_party == threads_per_party \
+                    and ahead.zygote.poll() is None:
+                ahead.used = True
+                self.zygote = ahead.zygote
+            else:
+                self.zygote = subprocess.Popen([sys.executable, "-m", "petlab.mpc.zygote"], stdin=subprocess.PIPE,
+                                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
             self.reader = threading.Thread(target=self._read, daemon=True)
             self.reader.start()
+            self.errors = threading.Thread(target=self._copy_errors, daemon=True)
+            self.errors.start()
         else:
             self.procs = {}
-            self.env, self.job_path, self.logs = env, job_path, logs
+            self.env = env
+
+    def _copy_errors(self) -> None:
+        with open(self.launch_log, "w") as fh:
+            for line in self.zygote.stderr:
+                fh.write(line)
+                fh.flush()
 
     def go(self) -> None:
         """Start the roles (the job file is written)."""
@@ -126,8 +202,9 @@ class _Roles:
                         stdout=fh, stderr=subprocess.STDOUT, env=self.env)
                 self.pids[role] = self.procs[role].pid
             return
+        order = {"job": str(self.job_path), "logs": {role: str(self.logs[role]) for role in self.roles}}
         try:
-            self.zygote.stdin.write("go\n")
+            self.zygote.stdin.write(json.dumps(order) + "\n")
             self.zygote.stdin.close()
         except (BrokenPipeError, OSError):
             pass  # it ended already: poll() says how
@@ -177,6 +254,7 @@ class _Roles:
                 self.zygote.kill()
                 self.zygote.wait()
             self.reader.join(timeout=5)
+            self.errors.join(timeout=5)
 
 
 def roles_for(config: PocConfig) -> list[str]:
@@ -208,11 +286,7 @@ def run_mpc(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    # each party uses config.mpc.threads_per_party torch threads; stop BLAS from oversubscribing
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        env[var] = str(config.mpc.threads_per_party)
+    env = _role_env(config.mpc.threads_per_party)
     logs: dict[str, Path] = {}
     for role in roles_for(config):
         (out / role).mkdir(exist_ok=True)
@@ -220,7 +294,7 @@ def run_mpc(
     t0, launched_at = time.perf_counter(), time.time()
     # the roles' interpreter starts importing now, while the ports, keys and job are made
     procs = _Roles(roles=roles_for(config), job_path=out / "job.json", logs=logs, env=env,
-                   launch_log=out / "launch.log")
+                   launch_log=out / "launch.log", threads_per_party=config.mpc.threads_per_party)
     bar = None
     try:
         port = free_port(address)

@@ -1,8 +1,9 @@
 """Start every role of a local run from one clean interpreter that has imported what a
 party needs (torch, CrypTen with petlab's fixes, petlab's party code) and nothing else.
 
-``python -m petlab.mpc.zygote --job JOB --role ROLE=LOG ...`` imports once, waits for
-``go`` on stdin (the launcher writes the job meanwhile), then forks one process per role; each child points its stdout and stderr at its own log and runs
+``python -m petlab.mpc.zygote`` imports once, then waits for one line on stdin, a JSON
+object ``{"job": JOB, "logs": {ROLE: LOG, ...}}`` (the launcher makes the job meanwhile,
+or the command line makes the run's tables and folder), then forks one process per role; each child points its stdout and stderr at its own log and runs
 ``petlab party --role ROLE --job JOB`` (:func:`petlab.cli.main`), exactly as a fresh
 interpreter would: it reads its own table and agrees its own keys after the fork. The
 interpreter that forks holds no table, key or secret (it only imported modules; every
@@ -69,17 +70,15 @@ def _child(role: str, job: str, log: str) -> None:
         os._exit(code)
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
+def main() -> int:
+    import json
 
-    parser = argparse.ArgumentParser(prog="python -m petlab.mpc.zygote")
-    parser.add_argument("--job", required=True)
-    parser.add_argument("--role", action="append", required=True, metavar="ROLE=LOG")
-    args = parser.parse_args(argv)
-    roles = [tuple(spec.split("=", 1)) for spec in args.role]
     _preload()
-    if sys.stdin.readline().strip() != "go":  # the launcher writes the job first; anything else: stop
+    line = sys.stdin.readline()
+    if not line.strip():  # closed without a job: nothing to start
         return 0
+    order = json.loads(line)
+    job, roles = order["job"], list(order["logs"].items())
     children: dict[int, str] = {}
 
     def pass_on(signum, frame):
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     for role, log in roles:
         pid = os.fork()
         if pid == 0:
-            _child(role, args.job, log)
+            _child(role, job, log)
         children[pid] = role
         print(f"started {role} {pid}", flush=True)
     while children:
