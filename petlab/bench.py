@@ -115,7 +115,7 @@ def bench_psi(*, n: int, protocol: str = "rr22", overlap: float = 0.7) -> dict:
             "library_rss_mb": {"gateway": g["library_rss_mb"], "wallet": w["library_rss_mb"]}}
 
 
-SECTIONS = ("mpc", "scale", "psi", "wan")
+SECTIONS = ("mpc", "scale", "psi", "wan", "startup")
 
 #: The configurations of the ``mpc`` section: name -> (description, model, config overrides,
 #: slow). Slow ones run ``slow_epochs`` at sizes above 10,000 (their time per epoch is
@@ -333,6 +333,12 @@ def run_benchmarks(*, sizes, epochs: int, output: str, data_root: str, runs_root
         rendered["psi"] = render_psi(rows=psi_rows, command=command, machine=_machine())
     if "wan" in sections:
         rendered["wan"] = _bench_wan(wan=wan or {}, root=root)
+    if "startup" in sections:
+        from petlab.bench_startup import measure_startup, render_startup
+
+        rendered["startup"] = render_startup(measured=measure_startup(data_root=data_root, root=root),
+                                             command="petlab bench --sections startup", machine=_machine(),
+                                             stamp=_stamp())
     path = Path(output)
     text = merge_sections(text=path.read_text() if path.is_file() else "", sections=rendered)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -9,13 +9,16 @@
   petlab party      one role of an MPC job (started by the launcher)
   petlab keygen     this organisation's TLS key pair and certificate, for petlab party
 
-Bad arguments end with a one-line error and exit status 2, before any work starts.
+Bad arguments end with a one-line error and exit status 2, before any work starts; a
+run that fails ends with one line naming the cause (and the log that holds the
+traceback) and exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from petlab.config import DataConfig, MPCConfig, TrainConfig
@@ -201,12 +204,15 @@ def _print_summary(result) -> None:
 
 
 def _poc(args) -> int:
-    from petlab.pipeline import run_poc
+    from petlab.mpc.launcher import starting_roles_ahead
 
     config = _config_from_args(args)
     _check_out(args)
-    result = run_poc(config=config, runs_root=args.runs_root, out=args.out, progress=not args.quiet,
-                     audit=args.audit)
+    with starting_roles_ahead(config=config):  # the roles' interpreter imports while this one does
+        from petlab.pipeline import run_poc
+
+        result = run_poc(config=config, runs_root=args.runs_root, out=args.out, progress=not args.quiet,
+                         audit=args.audit)
     _print_summary(result)
     return 0
 
@@ -323,27 +329,32 @@ def _keygen(args) -> int:
 
 
 def _party(args) -> int:
-    from petlab.config import ConfigError
-    from petlab.data.psi import PsiError
-    from petlab.data.validation import TableError
-    from petlab.mpc.channel import PeerLinkError
-    from petlab.mpc.job import Job
-    from petlab.mpc.party import PeerLostError, run_party
-    from petlab.mpc.rendezvous import RendezvousError
+    from pathlib import Path
 
-    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s {args.role} %(levelname)s %(message)s")
+    from petlab.config import ConfigError
+    from petlab.mpc.job import Job
+    from petlab.mpc.party import failed_status, run_party
+
     if bool(args.job) == bool(args.config):
         raise ConfigError("give either --config (a run file) or --job (written by the launcher)")
+    log_path = None  # started by the launcher: stdout and stderr are this role's log already
     if args.job:
         job = Job.load(args.job)
     else:
         from petlab.mpc.hosts import host_job
 
         job = host_job(config_path=args.config, role=args.role, out=args.out, table=args.table)
+        log_path = Path(job.out_dir) / args.role / "party.log"  # started by hand: the log beside the record
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.WARNING, filename=log_path,
+                        format=f"%(asctime)s {args.role} %(levelname)s %(message)s")
     try:
         run_party(job=job, role=args.role)
-    except (RendezvousError, PsiError, PeerLinkError, PeerLostError, TableError) as err:
-        print(f"petlab party: {args.role}: error: {err}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - one line here, the traceback in the log
+        logging.getLogger("petlab.party").error("%s failed", args.role, exc_info=True)
+        where = f" (log: {log_path})" if log_path is not None else ""
+        print(f"petlab party: {args.role}: error: {failed_status(role=args.role, error=err)['message']}{where}",
+              file=sys.stderr, flush=True)
         return 1
     if args.config:
         where = f"{job.out_dir}/{args.role}"
@@ -418,8 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ids per side for the PSI benchmark (default 10000 100000 1000000 10000000)")
     bench.add_argument("--psi-protocols", nargs="+", default=["rr22", "ecdh"],
                        help="PSI protocols to measure: rr22, ecdh (default both)")
-    bench.add_argument("--sections", nargs="+", default=["mpc", "scale", "psi", "wan"],
-                       help="which sections of the file to measure and rewrite: mpc, scale, psi, wan "
+    bench.add_argument("--sections", nargs="+", default=["mpc", "scale", "psi", "wan", "startup"],
+                       help="which sections of the file to measure and rewrite: mpc, scale, psi, wan, startup "
                        "(default all; the others are kept)")
     bench.add_argument("--wan-rtts", type=float, nargs="+", default=[1, 35, 80, 180], help="round-trip times, ms")
     bench.add_argument("--wan-rates", type=float, nargs="+", default=[1000, 100], help="link rates, Mbit/s")
@@ -471,26 +482,67 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, but a bad argument ends with argparse's one error line (and
+    where the options are listed) instead of the whole usage text; exit status 2."""
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            return parser.parse_args(argv)
+    except SystemExit as stop:
+        text = err.getvalue().strip()
+        if stop.code != 2 or not text:
+            sys.stderr.write(err.getvalue())
+            raise
+        line = text.splitlines()[-1]  # "petlab poc: error: argument --epochs: invalid int value: 'x'"
+        prog = line.split(": error:", 1)[0] if ": error:" in line else "petlab"
+        print(f"{line} (see {prog} --help)", file=sys.stderr)
+        raise
+
+
+def _traceback_file(command: str) -> str:
+    """Write the current exception's traceback to a new file; its path."""
+    import tempfile
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix=f"petlab-{command}-", suffix=".log")
+    with os.fdopen(fd, "w") as fh:
+        traceback.print_exc(file=fh)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 done, 1 failed, 2 bad input).
+
+    Every failure a user can cause ends with one line on stderr naming the cause (a
+    failed party run adds the path of that party's log, which holds the traceback).
+    """
     from petlab.config import ConfigError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse_args(build_parser(), argv)
     try:
         return args.func(args)
     except ConfigError as err:
-        print(f"petlab {args.command}: error: {err}", file=sys.stderr)
+        print(f"petlab {args.command}: error: {_first_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("petlab: interrupted", file=sys.stderr)
         return 130
-    except Exception as err:  # noqa: BLE001 - one clear line, details in the run folder
-        if args.command == "party":
-            raise  # the full traceback, in the party's log
+    except Exception as err:  # noqa: BLE001 - one clear line, details in the log
         from petlab.mpc.launcher import MPCRunError
 
         if isinstance(err, MPCRunError):
-            print(f"petlab {args.command}: MPC run failed: {err}", file=sys.stderr)
+            print(f"petlab {args.command}: MPC run failed: {_first_line(err)}", file=sys.stderr)
+            if err.log is not None:
+                print(f"log: {err.log}", file=sys.stderr)
         else:
-            print(f"petlab {args.command}: error: {type(err).__name__}: {err}", file=sys.stderr)
+            print(f"petlab {args.command}: error: {type(err).__name__}: {_first_line(err)} "
+                  f"(traceback: {_traceback_file(args.command)})", file=sys.stderr)
         return 1
+
+
+def _first_line(err: BaseException) -> str:
+    return next(iter(str(err).strip().splitlines()), type(err).__name__)

@@ -13,6 +13,9 @@ source is copied here):
 2. ``crypten.nn.from_pytorch`` exports through ``torch.onnx.export``, which now defaults
    to the dynamo exporter (that bypasses CrypTen's TorchScript symbolic overrides): the
    export helper is wrapped so that it calls the legacy exporter (``dynamo=False``).
+   CrypTen's ONNX converter (``crypten.nn.onnx_converter``, which imports ``onnx``: about
+   a second of a party's start-up, for a path petlab's training never takes) is loaded on
+   first use, and wrapped then.
 3. ``crypten.load`` / ``crypten.load_from_party`` unpickle whole objects, which
    ``torch.load`` refuses since torch 2.6 (``weights_only=True``): the old default is
    restored only around those calls (same trust as before: load only files you made).
@@ -40,11 +43,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import importlib.util
 import os
 import sys
 from types import ModuleType
 
-__all__ = ["import_crypten", "applied_fixes", "legacy_torch_load", "SecretGenerator", "InsecureRandomnessError",
+__all__ = ["import_crypten", "applied_fixes", "load_onnx_converter", "legacy_torch_load", "SecretGenerator", "InsecureRandomnessError",
            "install_secret_randomness", "set_run_binding", "agree_pair_key", "pair_key", "pair_key_agreed_in"]
 
 _OLD_REGISTRATION = "torch.onnx._internal.registration"
@@ -97,10 +101,54 @@ def legacy_torch_load():
             os.environ[key] = old
 
 
-def _wrap_onnx_export(crypten: ModuleType) -> None:
+_CONVERTER = "crypten.nn.onnx_converter"
+#: What ``crypten.nn`` takes from its ONNX converter when it is imported.
+_CONVERTER_FUNCTIONS = ("from_onnx", "from_pytorch", "from_tensorflow")
+
+
+class _DeferredConverter(ModuleType):
+    """Stands for ``crypten.nn.onnx_converter`` until something uses it: any attribute,
+    or a call of one of the functions ``crypten.nn`` took from it, loads the real module
+    (with fix 2 applied) and answers from it."""
+
+    def __getattr__(self, name):
+        if name.startswith("__"):  # the import system's probes (``__path__`` ...): not a use
+            raise AttributeError(name)
+        return getattr(load_onnx_converter(), name)
+
+
+def _defer_onnx_converter() -> None:
+    if _CONVERTER in sys.modules:
+        return
+    stub = _DeferredConverter(_CONVERTER, "crypten.nn.onnx_converter, loaded on first use (petlab.crypten_compat)")
+    stub.TF_AND_TF2ONNX = all(importlib.util.find_spec(m) is not None for m in ("tensorflow", "tf2onnx"))
+
+    def deferred(name):
+        def call(*args, **kwargs):
+            return getattr(load_onnx_converter(), name)(*args, **kwargs)
+
+        call.__name__ = call.__qualname__ = name
+        call.__doc__ = f"``crypten.nn.{name}`` (CrypTen's ONNX converter, loaded on first use)."
+        return call
+
+    for name in _CONVERTER_FUNCTIONS:
+        setattr(stub, name, deferred(name))
+    sys.modules[_CONVERTER] = stub
+
+
+def load_onnx_converter() -> ModuleType:
+    """CrypTen's ONNX converter, imported now if it was not yet, with fix 2 in force."""
+    module = sys.modules.get(_CONVERTER)
+    if module is None or isinstance(module, _DeferredConverter):
+        sys.modules.pop(_CONVERTER, None)
+        module = importlib.import_module(_CONVERTER)
+    _wrap_onnx_export(module)
+    return module
+
+
+def _wrap_onnx_export(converter: ModuleType) -> None:
     import torch
 
-    converter = importlib.import_module("crypten.nn.onnx_converter")
     original = converter._export_pytorch_model
     if getattr(original, "_petlab_wrapped", False):
         return
@@ -155,9 +203,9 @@ def import_crypten() -> ModuleType:
     if "crypten" in sys.modules and _FIXES["legacy_torch_load"]:
         return sys.modules["crypten"]
     _alias_onnx_registration()
+    _defer_onnx_converter()
     import crypten
 
-    _wrap_onnx_export(crypten)
     _wrap_loaders(crypten)
     install_secret_randomness(crypten)
     return crypten

@@ -17,12 +17,12 @@ def test_import_applies_registration_alias():
     crypten = import_crypten()
     assert crypten.__name__ == "crypten"
     assert "torch.onnx._internal.registration" in sys.modules
-    fixes = applied_fixes()
-    assert fixes["legacy_torch_load"] and fixes["onnx_legacy_exporter"]
     # without the alias crypten cannot import on this torch; prove the alias is what is used
     from crypten.nn import onnx_converter
 
-    assert onnx_converter.registry is not None
+    assert onnx_converter.registry is not None  # the converter loads on this first use
+    fixes = applied_fixes()
+    assert fixes["legacy_torch_load"] and fixes["onnx_legacy_exporter"]
 
 
 def _run_in_fresh_interpreter(code: str) -> str:
@@ -70,7 +70,11 @@ def _child(queue):
     from petlab.crypten_compat import applied_fixes, import_crypten
 
     import_crypten()
-    queue.put(applied_fixes())
+    onnx_loaded = "onnx" in sys.modules  # the ONNX converter (and onnx) load on first use only
+    from crypten.nn import onnx_converter
+
+    converter_loaded = onnx_converter.registry is not None and "onnx" in sys.modules  # a use: it loads
+    queue.put((applied_fixes(), onnx_loaded, converter_loaded))
 
 
 def test_fixes_in_force_in_a_spawned_child():
@@ -78,10 +82,11 @@ def test_fixes_in_force_in_a_spawned_child():
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(queue,))
     proc.start()
-    fixes = queue.get(timeout=300)
+    fixes, onnx_loaded_at_import, converter_loaded = queue.get(timeout=300)
     proc.join(timeout=60)
     assert proc.exitcode == 0
     assert fixes["legacy_torch_load"] and fixes["onnx_legacy_exporter"]
+    assert not onnx_loaded_at_import and converter_loaded
 
 
 def test_crypten_secret_randomness_refuses_torch_generators():

@@ -29,6 +29,7 @@ pytestmark = pytest.mark.mpc
 
 STARTUP_S = 60  # interpreter + torch + CrypTen start-up, generous for a loaded CI machine
 PEER_TIMEOUT_S = 20  # the runs' peer_timeout_s: the bound on every wait for a peer
+ALONE_TIMEOUT_S = 4  # peer_timeout_s of the runs whose peer never comes: the wait itself is the test
 
 
 def _run_file(tmp_path, *, name="run.yaml", address="127.0.0.1", wallet_address=None, ports=None, out=None,
@@ -95,22 +96,26 @@ def test_parties_and_dealer_as_separate_commands_train_together(tmp_path):
 
 
 def test_a_peer_that_never_comes_up_ends_the_other_within_the_timeout(tmp_path):
-    run_file, doc = _run_file(tmp_path)
+    run_files = {role: _run_file(tmp_path, name=f"{role}.yaml", peer_timeout_s=ALONE_TIMEOUT_S)[0]
+                 for role in ("gateway", "wallet")}  # each alone, on ports of its own: both at once
+    procs = {role: (_start(role, run_files[role], "--out", str(tmp_path / f"alone-{role}")), time.monotonic())
+             for role in run_files}
     for role, message in (("gateway", "the wallet did not connect to"),
                           ("wallet", "the gateway at")):
         out = tmp_path / f"alone-{role}"
-        t0 = time.monotonic()
-        code, _, err = _finish(_start(role, run_file, "--out", str(out)), STARTUP_S + PEER_TIMEOUT_S)
-        assert code == 1 and message in err and f"within {PEER_TIMEOUT_S} s" in err, err
-        assert time.monotonic() - t0 < STARTUP_S + PEER_TIMEOUT_S
+        proc, t0 = procs[role]
+        code, _, err = _finish(proc, STARTUP_S + ALONE_TIMEOUT_S)
+        assert code == 1 and message in err and f"within {ALONE_TIMEOUT_S} s" in err, err
+        assert len(err.strip().splitlines()) == 1 and f"(log: {out / role / 'party.log'})" in err, err
+        assert time.monotonic() - t0 < STARTUP_S + ALONE_TIMEOUT_S
         assert json.loads((out / role / "status.json").read_text())["status"] == "failed"
 
 
 def test_the_dealer_never_coming_up_is_named(tmp_path):
-    run_file, doc = _run_file(tmp_path, provider="TTP")
+    run_file, doc = _run_file(tmp_path, provider="TTP", peer_timeout_s=ALONE_TIMEOUT_S)
     procs = {role: _start(role, run_file) for role in ("gateway", "wallet")}
-    code, _, err = _finish(procs["gateway"], STARTUP_S + 3 * PEER_TIMEOUT_S)
-    _finish(procs["wallet"], STARTUP_S + 3 * PEER_TIMEOUT_S)
+    code, _, err = _finish(procs["gateway"], STARTUP_S + 3 * ALONE_TIMEOUT_S)
+    _finish(procs["wallet"], STARTUP_S + 3 * ALONE_TIMEOUT_S)
     assert code == 1 and "could not set up MPC with the wallet and the dealer" in err, err
     assert _status(doc, "gateway")["status"] == "failed"
 
@@ -123,6 +128,7 @@ def test_ports_already_in_use_are_reported_at_start_up(tmp_path):
         with socket.create_server(("127.0.0.1", taken)):
             code, _, err = _finish(_start(role, run_file), STARTUP_S)
         assert code == 1 and f"port {taken} on 127.0.0.1 is already in use" in err, err
+        assert len(err.strip().splitlines()) == 1 and "(log: " in err, err
 
 
 def test_wrong_roles_are_refused(tmp_path):

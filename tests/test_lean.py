@@ -495,3 +495,41 @@ def test_an_mlp_with_more_than_one_output_is_refused():
     with pytest.raises(ValueError, match=r"w2 must be \(4, 1\)"):
         lean.train_mlp(party=parties[0], E=np.zeros((8, 3), np.int64), y=np.zeros((8, 1), np.int64),
                        params=params, batches=[np.arange(8)], lr=0.5)
+
+
+@pytest.mark.parametrize("kind", ["logreg", "mlp"])
+def test_monitored_loss_on_shares_is_the_plaintext_cross_entropy(kind):
+    """The loss monitor on shares: its summed cross-entropy (softplus pieces) is the
+    plaintext model's mean loss times the rows, and everything it opens on the way is
+    masked (no opening but the final sum looks like fixed-point values)."""
+    n, d, h, rows = 400, 5, 4, np.sort(np.random.default_rng(0).permutation(400)[:150])
+    X, y = _mlp_data(n, d)
+    X = X * 3  # logits beyond the pieces' [-10, 10] too
+    spec = ModelSpec(kind=kind, n_features=d, hidden=h)
+    gen = torch.Generator().manual_seed(4)
+    params = {k: torch.randn(v.shape, generator=gen) for k, v in init_params(spec=spec, seed=4).items()}
+    parties, _, wire = _pair()
+    xs, ys = _share(X), _share(y)
+    shared = {k: _share(v) for k, v in params.items()}
+
+    def work(p, rank):
+        p.rand.prepare([("fm_init", (n, d), (0,), None)])
+        (E,) = p.open(xs[rank] - p.rand.A)
+        opened = len(wire.opened)
+        p.rand.prepare(lean.loss_plan(rows=rows, d=d, bits=p.bits, hidden=h if kind == "mlp" else None))
+        share = lean.monitor_loss(party=p, E=E, y=ys[rank], params={k: v[rank] for k, v in shared.items()},
+                                  rows=rows)
+        assert not p.rand.ready  # the plan was used up exactly
+        return share.numpy(), wire.opened[opened:] if rank == 0 else None
+
+    (s0, during), (s1, _) = _run(parties, work)
+    X_m, p = X[torch.from_numpy(rows)].double(), {k: v.double() for k, v in params.items()}
+    z = X_m @ p["w"] + p["b"] if kind == "logreg" else torch.relu(X_m @ p["W1"] + p["b1"]) @ p["w2"] + p["b2"]
+    expected = float(torch.nn.functional.binary_cross_entropy_with_logits(z, y[torch.from_numpy(rows)].double(),
+                                                                          reduction="sum"))
+    assert float(z.abs().max()) > 10  # some logits are beyond the pieces
+    got = float(_decode([s0, s1]))
+    assert abs(got - expected) / len(rows) < 2e-3, (got, expected)
+    assert len(during) > 10
+    masked = [t for t in during if t.size > 1 and np.unique(t).size > 2]  # not the opened bits
+    assert masked and not checks.plaintext_parts(parts=masked)

@@ -68,9 +68,8 @@ def _other(party):
 
 
 @pytest.mark.parametrize("provider", ["TTP", "TFP"])
-def test_logreg_mpc_matches_plaintext(small_config, tmp_path, provider):
-    config = small_config(provider=provider)
-    result = run_poc(config=config, runs_root=str(tmp_path / "runs"), progress=False)
+def test_logreg_mpc_matches_plaintext(shared_run, provider):
+    config, result = shared_run(provider=provider)
     m = _check_record(result, config)
     assert abs(m["auc"]["mpc"] - m["auc"]["plaintext"]) < 0.005
     assert m["max_abs_weight_diff"] < 0.02
@@ -164,13 +163,11 @@ def test_real_credit_data_runs_end_to_end(small_config, tmp_path):
     assert m["auc"]["plaintext"] > 0.8
 
 
-def test_fast_config_gives_the_standard_results(small_config, tmp_path):
+def test_fast_config_gives_the_standard_results(shared_run):
     """CrypTen's settings read from plain dicts (the default) or through OmegaConf: the
     same protocol (identical bytes and rounds) and the same model up to fixed-point noise."""
-    runs = {}
-    for fast in (False, True):
-        config = small_config(provider="TTP", fast_config=fast, epochs=2, engine="crypten")
-        runs[fast] = run_poc(config=config, runs_root=str(tmp_path / f"runs-{fast}"), progress=False)
+    runs = {fast: shared_run(provider="TTP", fast_config=fast, epochs=2, engine="crypten")[1]
+            for fast in (False, True)}
     slow, quick = runs[False].metrics, runs[True].metrics
     assert slow["comm"] == quick["comm"]
     assert abs(slow["auc"]["mpc"] - quick["auc"]["mpc"]) < 0.002
@@ -180,14 +177,13 @@ def test_fast_config_gives_the_standard_results(small_config, tmp_path):
 
 
 @pytest.mark.parametrize("provider, method", [("TTP", "piecewise"), ("TFP", "reciprocal")])
-def test_petlab_engine_gives_the_crypten_engine_results(small_config, tmp_path, provider, method):
+def test_petlab_engine_gives_the_crypten_engine_results(shared_run, provider, method):
     """petlab's own protocol (fixed-mask feature triples, bulk dealing, its comparison and
-    sigmoid, either method) trains the same model as CrypTen's operators."""
-    runs = {}
-    for engine in ("crypten", "petlab"):
-        config = small_config(provider=provider, engine=engine,
-                              **({"sigmoid_method": method} if engine == "petlab" else {}))
-        runs[engine] = run_poc(config=config, runs_root=str(tmp_path / engine), progress=False)
+    sigmoid, either method) trains the same model as CrypTen's operators (2 epochs: CrypTen's
+    runs are shared with the fast-config and direct-link tests)."""
+    runs = {engine: shared_run(provider=provider, engine=engine, epochs=2,
+                               **({"sigmoid_method": method} if engine == "petlab" else {}))[1]
+            for engine in ("crypten", "petlab")}
     ours, theirs = runs["petlab"].metrics, runs["crypten"].metrics
     assert abs(ours["auc"]["mpc"] - theirs["auc"]["mpc"]) < 0.002
     assert abs(ours["auc"]["mpc"] - ours["auc"]["plaintext"]) < 0.002
@@ -201,7 +197,7 @@ def test_petlab_engine_gives_the_crypten_engine_results(small_config, tmp_path, 
     from petlab.mpc.lean import train_bytes
     from petlab.mpc.party import minibatches, sigmoid_spec
 
-    config = small_config(provider=provider, engine="petlab", sigmoid_method=method)
+    config = shared_run(provider=provider, engine="petlab", epochs=2, sigmoid_method=method)[0]
     n_train, d = ours["n_train"], sum(ours["n_features"].values())
     steps = [b for e in range(config.train.epochs)
              for b in minibatches(n=n_train, batch_size=config.train.batch_size, seed=config.train.seed, epoch=e)]
@@ -224,13 +220,11 @@ def test_petlab_engine_gives_the_crypten_engine_results(small_config, tmp_path, 
             assert train["bytes"] - count["bytes"] - count["dealt_bytes"] < 2000 * len(steps)
 
 
-def test_direct_link_changes_only_the_transport(small_config, tmp_path):
+def test_direct_link_changes_only_the_transport(shared_run):
     """Openings over petlab's direct link or through gloo: the same messages (CrypTen's
     own byte and round counts agree exactly) and the same model."""
-    runs = {}
-    for link in (False, True):
-        config = small_config(provider="TFP", engine="crypten", direct_link=link, epochs=2)
-        runs[link] = run_poc(config=config, runs_root=str(tmp_path / f"link-{link}"), progress=False)
+    runs = {link: shared_run(provider="TFP", engine="crypten", direct_link=link, epochs=2)[1]
+            for link in (False, True)}
     assert runs[True].metrics["comm"] == runs[False].metrics["comm"]
     assert abs(runs[True].metrics["auc"]["mpc"] - runs[False].metrics["auc"]["mpc"]) < 0.002
 

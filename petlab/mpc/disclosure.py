@@ -55,7 +55,8 @@ def _policy(label_party: Party) -> tuple[Disclosure, ...]:
         Disclosure(
             item="train_loss",
             receiver=label_party,
-            what="mean training cross-entropy after each epoch (one float per epoch)",
+            what="mean training cross-entropy on the monitored training rows after each epoch (one float per "
+                 "epoch; petlab's protocol opens their summed loss, which the receiver divides by their public count)",
             why="monitor convergence; compare with the plaintext model's loss curve",
             switch="track_loss",
         ),

@@ -32,6 +32,12 @@ point scale), with the same algorithms and constants as CrypTen's operators:
     sigmoid for every ``z``, with no limit on ``|z|`` (``tests/test_lean.py``); 15 rounds
     a step, but more opened words than ``reciprocal`` (three comparisons per value, and
     the powers);
+- **the loss monitor** (:func:`monitor_loss`): the per-epoch cross-entropy on the
+  monitored rows, ``softplus(z) - y z`` per row, ``softplus`` by the piecewise sigmoid's
+  machinery with pieces fitted to it (within 3e-4); only the sum over the rows is opened,
+  by the caller's declared reveal, to the label holder (the logits and per-row losses stay
+  shared). Its cost against training's, and against CrypTen's operators doing the same,
+  is measured in ``BENCHMARKS.md`` (``petlab bench --sections startup``);
 - **the MLP's ReLU** (:func:`_mlp_step`): the comparison's bit is opened only under a
   random shared bit, which makes every product with it one opening of the other factor;
 - **truncation** (:meth:`LeanParty.trunc`): by a pair the dealer makes (shares of a
@@ -74,7 +80,7 @@ from petlab.mpc.secret_random import SecretStream, StreamSource, derive_key
 
 __all__ = ["plan_binding", "Sigmoid", "Randomness", "LeanParty", "batch_plan", "mlp_batch_plan", "deal", "train_logreg", "train_mlp",
            "ttp_fetch", "local_dealer", "sgd_constant", "step_cost", "mlp_step_cost",
-           "train_bytes"]
+           "train_bytes", "loss_plan", "monitor_loss"]
 
 #: HKDF purpose of the protocol's correlated randomness under a key agreed with the dealer
 PROTOCOL_PURPOSE = "protocol/correlated-randomness"
@@ -128,9 +134,9 @@ def _power_levels(degree: int) -> list[list[tuple[int, int]]]:
 POWER_LEVELS = _power_levels(PIECE_DEGREE)
 
 
-def _piece_segments() -> list[tuple[float, float, np.ndarray]]:
+def _piece_segments(function) -> list[tuple[float, float, np.ndarray]]:
     """Per segment between the inner breaks: centre, half-width and the monomial
-    coefficients of a degree-``PIECE_DEGREE`` Chebyshev fit of the sigmoid in
+    coefficients of a degree-``PIECE_DEGREE`` Chebyshev fit of ``function`` in
     ``u = (z - centre) / half-width`` (public constants, the same in every party)."""
     from numpy.polynomial import chebyshev
 
@@ -138,12 +144,16 @@ def _piece_segments() -> list[tuple[float, float, np.ndarray]]:
     for lo, hi in zip(PIECE_BREAKS[:-1], PIECE_BREAKS[1:]):
         centre, half = (lo + hi) / 2, (hi - lo) / 2
         u = np.cos(np.linspace(0, np.pi, 2001))
-        fit = chebyshev.chebfit(u, 1 / (1 + np.exp(-(centre + half * u))), PIECE_DEGREE)
+        fit = chebyshev.chebfit(u, function(centre + half * u), PIECE_DEGREE)
         out.append((centre, half, chebyshev.cheb2poly(fit)))
     return out
 
 
-PIECE_SEGMENTS = _piece_segments()
+#: The piecewise sigmoid's pieces (within 4e-4 of the sigmoid on [-10, 10]).
+PIECE_SEGMENTS = _piece_segments(lambda z: 1 / (1 + np.exp(-z)))
+#: The loss monitor's pieces of ``softplus(z) = log(1 + e^z)``, the cross-entropy of a
+#: logit ``z`` for label 0 (within 3e-4 on [-10, 10]; outside, 0 and ``z`` are within 5e-5).
+SOFTPLUS_SEGMENTS = _piece_segments(lambda z: np.logaddexp(0.0, z))
 
 
 def _idx(raw: bytes) -> np.ndarray:
@@ -879,14 +889,14 @@ class LeanParty:
         # where(1 - ltz, 1 - pos_out) = pos_out + ltz - 2 * pos_out * ltz
         return pos_out + ltz * self.scale - 2 * self.mul(pos_out, ltz, truncate=False)
 
-    def _piece_coefficients(self, n: int) -> list[np.ndarray]:
+    def _piece_coefficients(self, n: int, segments=PIECE_SEGMENTS) -> list[np.ndarray]:
         """Column ``k``: the segments' ``x^k`` coefficients, each repeated ``n`` times."""
-        cached = getattr(self, "_coef_cache", None)
-        if cached is None or cached[0] != n:
-            coef = [np.repeat(np.array([round(m[k] * self.scale) for _, _, m in PIECE_SEGMENTS], dtype=np.int64), n)
-                    .reshape(-1, 1) for k in range(PIECE_DEGREE + 1)]
-            self._coef_cache = cached = (n, coef)
-        return cached[1]
+        cache = self.__dict__.setdefault("_coef_cache", {})
+        key = (n, id(segments))
+        if key not in cache:
+            cache[key] = [np.repeat(np.array([round(m[k] * self.scale) for _, _, m in segments], dtype=np.int64), n)
+                          .reshape(-1, 1) for k in range(PIECE_DEGREE + 1)]
+        return cache[key]
 
     def _power_riders(self, u_raw: np.ndarray, powers: dict) -> list:
         """The riders (:meth:`carry_msb`) that make ``powers[1..PIECE_DEGREE]`` from
@@ -915,18 +925,28 @@ class LeanParty:
         ``s = 1 - L_0 P_left - L_1 (P_right - P_left) - L_2 (1 - P_right)`` (anything the
         unused pieces hold, even an overflow, cancels exactly in the ring).
         """
+        return self._piecewise(z, segments=PIECE_SEGMENTS, top=self.constant(z, 1.0))
+
+    def softplus(self, z):
+        """``log(1 + e^z)``: 0 below -10, a degree-8 polynomial on [-10, 0) and on [0, 10),
+        ``z`` from 10 on; the same rounds and randomness as :meth:`sigmoid_piecewise`
+        (``sigmoid_plan(..., Sigmoid("piecewise"))``), with the softplus's pieces."""
+        return self._piecewise(z, segments=SOFTPLUS_SEGMENTS, top=z)
+
+    def _piecewise(self, z, *, segments, top):
+        """0 below the first break, ``segments``' polynomials between the breaks, ``top``
+        (shares of the same shape as ``z``) from the last break on."""
         n = z.shape[0]
         below = np.concatenate([z - self.constant(z, b) for b in PIECE_BREAKS])
         # u = (z - centre) / half-width per segment, in [-1, 1] on its own segment
-        u_raw = np.concatenate([(z - self.constant(z, c)) * round(self.scale / h) for c, h, _ in PIECE_SEGMENTS])
+        u_raw = np.concatenate([(z - self.constant(z, c)) * round(self.scale / h) for c, h, _ in segments])
         powers: dict = {}
         L, _ = self._ltz(below, self._power_riders(u_raw, powers))
-        coef = self._piece_coefficients(n)
+        coef = self._piece_coefficients(n, segments)
         P = self.trunc(sum(powers[k] * coef[k] for k in range(1, PIECE_DEGREE + 1))) + self.public(coef[0])
         left, right = P[:n], P[n:]
-        one = self.constant(z, 1.0)
-        picked = self.mul(L, np.concatenate([left, right - left, one - right]), truncate=False)
-        return one - picked[:n] - picked[n: 2 * n] - picked[2 * n:]
+        picked = self.mul(L, np.concatenate([left, right - left, top - right]), truncate=False)
+        return top - picked[:n] - picked[n: 2 * n] - picked[2 * n:]
 
     def fm_left(self, E_rows: np.ndarray, w: np.ndarray) -> np.ndarray:
         """Shares of ``X_b @ w`` from the opened ``E_b`` and a fixed-mask triple, truncated."""
@@ -1060,6 +1080,55 @@ def train_mlp(*, party: LeanParty, E, y, params: dict, batches, lr: float, chunk
         if on_batch is not None:
             on_batch()
     return {k: torch.from_numpy(v) for k, v in zip(names, values)}
+
+
+# -- the loss monitor: the training loss on a fixed sample of rows, on shares ----------
+
+def loss_plan(*, rows: np.ndarray, d: int, bits: int, hidden: int | None = None) -> list[tuple]:
+    """The randomness :func:`monitor_loss` needs on ``rows`` (logistic regression, or with
+    ``hidden`` the MLP), in order: the logit (fixed-mask product, truncated; for the MLP
+    the hidden layer's product, ReLU and output product first), the softplus (the
+    piecewise sigmoid's items), ``y * z``, and the final truncation of the sum.
+
+    >>> plan = loss_plan(rows=np.arange(4), d=3, bits=16)
+    >>> [r[0] for r in plan][:2], plan[-2:], len(plan)
+    (['fm_left', 'trunc'], [('mul', (4, 1), (4, 1), None), ('trunc', (1,), (2, 1), 16)], 29)
+    """
+    m = len(rows)
+    idx = np.asarray(rows, dtype=np.int64).tobytes()
+    if hidden is None:
+        logit = [("fm_left", (d, 1), (m, 1), idx), _trunc_item((m, 1), bits)]
+    else:
+        h = (m, hidden)
+        logit = ([("fm_left", (d, hidden), h, idx), _trunc_item(h, bits)] + _ltz_plan(h)
+                 + [("mul", h, h, None), ("mul", h, h, None), _trunc_item((m, 1), bits)])
+    return (logit + sigmoid_plan(n=m, bits=bits, sigmoid=Sigmoid("piecewise"))
+            + [("mul", (m, 1), (m, 1), None), _trunc_item((1,), bits)])
+
+
+def monitor_loss(*, party: LeanParty, E, y, params: dict, rows: np.ndarray) -> torch.Tensor:
+    """This party's share (shape (1,), at the fixed-point scale) of the summed cross-entropy
+    of the model ``params`` (shares: ``w``, ``b`` or ``W1``, ``b1``, ``w2``, ``b2``) on the
+    training ``rows``, after :meth:`Randomness.prepare` of :func:`loss_plan`.
+
+    Per row the loss of a logit ``z`` and a label ``y`` is ``softplus(z) - y z``
+    (``= -y log p - (1 - y) log(1 - p)`` for ``p = sigmoid(z)``), ``softplus`` by
+    :meth:`LeanParty.softplus` (within 3e-4). Every opening is masked as in training;
+    the sum itself stays secret: revealing it is the caller's declared disclosure.
+    """
+    E_m, y_m = _to_numpy(E)[rows], _to_numpy(y)[rows]
+    p = {name: _to_numpy(value) for name, value in params.items()}
+    if "w" in p:
+        z = party.fm_left(E_m, p["w"]) + p["b"]
+    else:
+        z1 = party.fm_left(E_m, p["W1"]) + p["b1"]
+        hidden = party.mul(party.ltz(-z1), z1, truncate=False)  # [z1 > 0] * z1: integer 0/1 times z1
+        w2 = np.ascontiguousarray(np.broadcast_to(p["w2"].T, hidden.shape))
+        z = party.trunc(party.mul(hidden, w2, truncate=False).sum(axis=1, keepdims=True)) + p["b2"]
+    softplus = party.softplus(z)
+    yz = party.mul(y_m, z, truncate=False)  # at twice the scale
+    total = (softplus.sum(axis=0) << party.bits) - yz.sum(axis=0)  # (1,), at twice the scale
+    return torch.from_numpy(party.trunc(total))
 
 
 class _TTPFetch:

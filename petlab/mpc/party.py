@@ -35,6 +35,7 @@ from petlab.mpc import disclosure
 from petlab.mpc.devices import resolve_device, stage_cuda_communication
 from petlab.mpc.job import Job
 from petlab.mpc.secret_random import KeyExchange
+from petlab.mpc.timeline import Timeline
 from petlab.mpc.rendezvous import (RendezvousError, bounded_waits, check_port_free, greet_peer, lost_peer,
                                    use_interface_towards, watchdog)
 from petlab.parties import DEALER, Party
@@ -147,6 +148,8 @@ def run_party(*, job: Job, role: str) -> None:
 
     Raises on any failure; the caller turns that into a non-zero exit.
     """
+    timeline = Timeline()
+    timeline.mark("imports")
     cfg = job.config
     out = Path(job.out_dir) / role
     out.mkdir(parents=True, exist_ok=True)
@@ -158,6 +161,7 @@ def run_party(*, job: Job, role: str) -> None:
         torch.set_num_threads(cfg.mpc.threads_per_party)
         crypten = import_crypten()
         _configure_crypten(crypten, cfg)
+        timeline.mark("crypten_imported")
         if cfg.mpc.audit_words:  # audit runs: every key this process holds, for the audit to replay
             from petlab.audit import keys as audit_keys
 
@@ -167,25 +171,43 @@ def run_party(*, job: Job, role: str) -> None:
 
             apply_negative_control(name=cfg.mpc.negative_control, role=role, config=cfg)
         if role == DEALER:
-            _run_dealer(job=job, out=out)
+            _run_dealer(job=job, out=out, timeline=timeline)
         else:
             me = Party.parse(role)
             device = resolve_device(cfg.mpc.device)
-            _run_data_party(crypten=crypten, job=job, me=me, device=device, out=out)
+            _run_data_party(crypten=crypten, job=job, me=me, device=device, out=out, timeline=timeline)
     except BaseException as err:
-        _write_json(out / "status.json", {"status": "failed", "role": role,
-                                          "error": f"{type(err).__name__}: {err}".splitlines()[0]})
+        _write_json(out / "status.json", failed_status(role=role, error=err))
         raise
     _write_json(out / "status.json", {"status": "complete", "role": role})
 
 
-def _run_dealer(*, job: Job, out: Path) -> None:
+def failed_status(*, role: str, error: BaseException) -> dict:
+    """A failed role's ``status.json``: ``error`` (type and the first line of the message),
+    ``message`` (the line a user reads: the message alone where petlab raised it for a
+    cause the user can act on) and ``failed_at`` (wall clock). The traceback is in the log.
+
+    >>> failed_status(role="wallet", error=ValueError("too few shared customers"))["message"]
+    'too few shared customers'
+    >>> failed_status(role="wallet", error=KeyError("x"))["message"]
+    "KeyError: 'x'"
+    """
+    text = next(iter(str(error).strip().splitlines()), "")
+    typed = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    plain = isinstance(error, (ValueError, RuntimeError)) and not isinstance(error, NotImplementedError)
+    return {"status": "failed", "role": role, "error": typed, "message": text if text and plain else typed,
+            "failed_at": time.time()}
+
+
+def _run_dealer(*, job: Job, out: Path, timeline: Timeline) -> None:
     _set_rendezvous_env(job, rank=len(Party))
     use_interface_towards(job.address)
     from petlab.mpc.dealer import DealerRequestError, dealer_server_class
 
     set_run_binding(config_digest=config_digest(job), roles=ROLES_BY_RANK)
     t0 = time.perf_counter()
+    await_rendezvous(address=job.address, port=job.port, timeout_s=job.config.mpc.peer_timeout_s,
+                     what="the dealer could not meet the parties")
     try:
         with bounded_waits(job.config.mpc.peer_timeout_s):
             dealer_server_class()()  # checked requests of party 0 until it says "terminate"
@@ -195,9 +217,35 @@ def _run_dealer(*, job: Job, out: Path) -> None:
         raise RendezvousError(f"the dealer could not meet the parties at tcp://{job.address}:{job.port} "
                               f"within {job.config.mpc.peer_timeout_s:g} s: "
                               f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    timeline.mark("served")
     _write_json(out / "result.json", {"role": DEALER, "seconds": time.perf_counter() - t0,
                                       "compat_fixes": applied_fixes(), "pid": os.getpid(),
-                                      "peak_rss_mb": _peak_rss_mb()})
+                                      "peak_rss_mb": _peak_rss_mb(), "timeline": timeline.record()})
+
+
+def await_rendezvous(*, address: str, port: int, timeout_s: float, what: str, poll_s: float = 0.02) -> None:
+    """Return once the rendezvous (rank 0's store, at ``address:port``) accepts connections.
+
+    gloo's own attempts to reach a store that is not up yet back off for seconds between
+    tries (a dealer ready long before the parties, which wait for the PSI, could join them
+    more than ten seconds late), so the roles that connect to it wait here, polling every
+    ``poll_s``, and gloo's first try finds it.
+
+    Raises:
+        RendezvousError: nothing accepted connections there within ``timeout_s``.
+    """
+    import socket
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((address, port), timeout=max(poll_s, 0.2)):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RendezvousError(f"{what} at tcp://{address}:{port} within {timeout_s:g} s: the gateway's "
+                                      "rendezvous never accepted a connection") from None
+            time.sleep(poll_s)
 
 
 def config_digest(job: Job) -> str:
@@ -247,7 +295,7 @@ def _key_share(greeting: dict, *, peer: Party) -> bytes:
     return share
 
 
-def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
+def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path, timeline: Timeline) -> None:
     import crypten.communicator as comm
 
     from petlab.data.psi import private_intersection
@@ -272,6 +320,7 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
     del own  # the table lives on as `table` only (memory at scale)
     # -- meet the peer: roles, versions and shared configuration must agree -----------
     peer = next(p for p in Party if p != me)
+    timeline.mark("table_checked")
     if me.rank == 0:  # the gateway's host is the rendezvous: both ports must be free there
         check_port_free(address=job.address, port=job.port, what="MPC rendezvous")
     if cfg.data.alignment == "psi":  # each data party listens for the PSI link on its own host
@@ -283,6 +332,7 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
                           tls=job.tls_identity(role=str(me)), key_share=exchange.public)
     agree_pair_key(exchange=exchange, peer_public=_key_share(greeting, peer=peer), my_role=str(me),
                    peer_role=str(peer), config_digest=config_digest(job))
+    timeline.mark("greeted")
     # -- private set intersection with the peer: only the shared customers go on -------
     if cfg.data.alignment == "psi":  # each party listens on its own end of the PSI link
         psi = private_intersection(ids=table[source["id_column"]], role=str(me), endpoints=job.psi_endpoints(),
@@ -309,6 +359,7 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
         table_record["intersection"]["warning"] = low
     _write_json(out / "table.json", table_record)
     columns = list(map(str, table.columns))
+    timeline.mark("aligned")
     feats = prepare_party_features(
         table=table,
         id_column=source["id_column"],
@@ -323,6 +374,7 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
     my_meta["columns"] = columns  # the schema (column names), checked against the peer's
     my_meta["label_column"] = label_column
     my_meta["id_column"] = source["id_column"]
+    timeline.mark("features_ready")
 
     _set_rendezvous_env(job, rank=me.rank)
     from crypten.communicator.distributed_communicator import DistributedCommunicator
@@ -357,19 +409,24 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
     def setup_stuck():
         message = (f"could not set up MPC with the {' and the '.join(others)} at tcp://{job.address}:"
                    f"{job.port} within {setup_limit:g} s (interface {interface or 'default'})")
-        _write_json(out / "status.json", {"status": "failed", "role": str(me),
-                                          "error": f"RendezvousError: {message}"})
+        _write_json(out / "status.json", failed_status(role=str(me), error=RendezvousError(message)))
         print(f"petlab party: {me}: error: {message}", file=sys.stderr, flush=True)
         os._exit(1)
 
     set_run_binding(config_digest=my_meta["config_digest"], roles=ROLES_BY_RANK)
     try:
         with watchdog(seconds=setup_limit, on_expiry=setup_stuck), bounded_waits(cfg.mpc.peer_timeout_s):
+            if me.rank != 0:  # the gateway's host is the rendezvous
+                await_rendezvous(address=job.address, port=job.port, timeout_s=cfg.mpc.peer_timeout_s,
+                                 what=f"could not set up MPC with the {' and the '.join(others)}")
             crypten.init()
+    except RendezvousError:
+        raise
     except RuntimeError as err:
         raise RendezvousError(f"could not set up MPC with the {' and the '.join(others)} at tcp://"
                               f"{job.address}:{job.port} within {cfg.mpc.peer_timeout_s:g} s: "
                               f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    timeline.mark("crypten_ready")
     meter = _Meter(comm)
     progress_path = out / "progress.json"
     try:
@@ -378,6 +435,7 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
             sent = _meta_for_peer(my_meta)
             metas = {str(p): comm.get().broadcast_obj(sent if p == me else None, p.rank) for p in Party}
         _check_peers(metas, label_party=label_party)
+        timeline.mark("handshake")
         total_features[0] = sum(m["n_features"] for m in metas.values())
         n_train, n_test = my_meta["n_train"], my_meta["n_test"]
 
@@ -407,6 +465,7 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
             feats = dataclasses.replace(feats, X_train=feats.X_train[:0].copy(), X_test=feats.X_test[:0].copy())
             y_own = feats.y_train[:, None] if holds_label else None
             y_train_enc = share(y_own, label_party, (n_train, 1))
+        timeline.mark("inputs_shared")
 
         spec = ModelSpec(
             kind=cfg.train.model,
@@ -432,11 +491,12 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
         monitor = torch.from_numpy(
             monitor_indices(n=n_train, rows=cfg.train.monitor_rows, seed=cfg.train.seed)
         ).to(device)
-        X_monitor_enc, y_monitor_enc = X_train_enc[monitor], y_train_enc[monitor]
+        engine = resolved_engine(cfg)
+        if engine != "petlab":  # petlab's protocol measures the loss on E's monitored rows
+            X_monitor_enc, y_monitor_enc = X_train_enc[monitor], y_train_enc[monitor]
         batches_per_epoch = -(-n_train // cfg.train.batch_size)
         progress = _Progress(path=progress_path if holds_label else None, epochs=cfg.train.epochs,
                              steps=cfg.train.epochs * batches_per_epoch, t_start=t_start)
-        engine = resolved_engine(cfg)
         lean = None
         if engine == "petlab":
             with meter.phase("mask_features"):  # once: E = X - A is opened, A stays secret
@@ -450,6 +510,7 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
                 first = minibatches(n=n_train, batch_size=cfg.train.batch_size, seed=cfg.train.seed, epoch=0)[0]
                 party0_view.records.append({"a_view": lean["a_view"][torch.from_numpy(first)].clone(),
                                             "epsilon": E[torch.from_numpy(first)].clone()})
+        timeline.mark("training_started")
         for epoch in range(cfg.train.epochs):
             with meter.phase("train"):
                 batches = minibatches(n=n_train, batch_size=cfg.train.batch_size, seed=cfg.train.seed, epoch=epoch)
@@ -478,13 +539,18 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
                         progress.step()
             if cfg.mpc.track_loss:
                 with meter.phase("loss_monitor"):
-                    probs, _ = forward(spec=spec, params=params, X=X_monitor_enc)
-                    loss = disclosure.reveal(bce_loss(probs=probs, y=y_monitor_enc), item="train_loss",
-                                             ledger=ledger, me=me)
+                    if lean is not None:
+                        loss = _lean_loss(crypten=crypten, lean=lean, spec=spec, E=E, y=y_train_enc.share,
+                                          params=shares, rows=monitor.cpu().numpy(), ledger=ledger, me=me)
+                    else:
+                        probs, _ = forward(spec=spec, params=params, X=X_monitor_enc)
+                        loss = disclosure.reveal(bce_loss(probs=probs, y=y_monitor_enc), item="train_loss",
+                                                 ledger=ledger, me=me)
                     if loss is not None:
                         losses.append(float(loss))
             progress.epoch_done(epoch + 1)
 
+        timeline.mark("training_done")
         E = lean = None  # the masked features and the mask are not needed any more (memory at scale)
         with meter.phase("reveal"):
             probs_test, _ = forward(spec=spec, params=params, X=X_test_enc)
@@ -496,10 +562,11 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
                     if value is not None:
                         weights[name] = value.cpu().numpy()
         total = comm.get().get_communication_stats()
+        timeline.mark("revealed")
     except (RendezvousError, disclosure.DisclosureError):
         raise
     except RuntimeError as err:  # gloo: connection closed or reset by a peer, or a wait timed out
-        lost = lost_peer(error=err, me=str(me), provider=cfg.mpc.provider)
+        lost = _lost_role(error=err, me=me, provider=cfg.mpc.provider)
         raise PeerLostError(f"lost the {lost} during {meter.current or 'start-up'} (within "
                             f"{cfg.mpc.peer_timeout_s:g} s of its last message): "
                             f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
@@ -554,6 +621,8 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path) -> None:
         np.save(out / "y_test.npy", feats.y_test)
         if weights:
             np.savez(out / "weights.npz", **weights)
+    timeline.mark("recorded")
+    record["timeline"] = timeline.record()
     _write_json(out / "result.json", record)
 
 
@@ -617,6 +686,34 @@ def _lean_setup(*, crypten, cfg: PocConfig, me: Party, X_shares: torch.Tensor):
         (E[i: i + 65536],) = (torch.from_numpy(t) for t in party.open(X[i: i + 65536] - rand.A[i: i + 65536]))
     a_view = torch.from_numpy(fixed["A"] if fixed is not None else rand.A)  # what party 0 knows of the mask
     return {"party": party, "precision": precision, "a_view": a_view}, E
+
+
+def _lean_loss(*, crypten, lean: dict, spec: ModelSpec, E, y, params: dict, rows: np.ndarray, ledger, me: Party):
+    """The monitored rows' mean training loss on petlab's protocol: the summed
+    cross-entropy stays shared (:func:`petlab.mpc.lean.monitor_loss`) until the declared
+    reveal opens it to the label holder, who divides it by the public row count."""
+    from petlab.mpc.lean import loss_plan, monitor_loss
+
+    party = lean["party"]
+    party.rand.prepare(loss_plan(rows=rows, d=int(E.shape[1]), bits=party.bits,
+                                 hidden=spec.hidden if spec.kind == "mlp" else None))
+    share = monitor_loss(party=party, E=E, y=y, params=params, rows=rows)
+    total = disclosure.reveal(crypten.mpc.MPCTensor.from_shares(share, precision=lean["precision"]),
+                              item="train_loss", ledger=ledger, me=me)
+    return None if total is None else float(total.item()) / len(rows)
+
+
+def _lost_role(*, error: BaseException, me: Party, provider: str) -> str:
+    """Which role a communication failure points at: the dealer where party 0 was talking
+    to it (CrypTen's TTP client, or petlab's bulk request to the dealer), else the peer."""
+    import traceback
+
+    if provider == "TTP" and me.rank == 0:
+        frames = traceback.extract_tb(error.__traceback__)
+        if any(f.filename.replace("\\", "/").endswith("petlab/mpc/lean.py") and f.name in ("request", "collect")
+               for f in frames):
+            return DEALER
+    return lost_peer(error=error, me=str(me), provider=provider)
 
 
 class PeerLostError(RuntimeError):
