@@ -112,6 +112,12 @@ def test_undeclared_decryptions_fail_the_audit():
     assert not declared_reveals_only(messages=sneaky, allowed={"test_scores"}).passed
     broken = ok + [{"call": "recv", "op": "record-error"}]
     assert not declared_reveals_only(messages=broken, allowed={"test_scores"}).passed
+    # the loss is declared as one value a reveal: a vector under its name is not declared
+    loss = [{"call": "reduce", "op": "disclosure.reveal[train_loss]", "numel": 1}]
+    assert declared_reveals_only(messages=loss, allowed={"train_loss"}).passed
+    per_row = [{"call": "reduce", "op": "disclosure.reveal[train_loss]", "numel": 256}]
+    res = declared_reveals_only(messages=per_row, allowed={"train_loss"})
+    assert not res.passed and "of 256 elements" in res.detail
     failed = AuditResult(folder=None, checks=[{"provider": "TTP", "party": "wallet", "name": "n",
                                                "detail": "d", "passed": False}],
                          reconstruction={}, classification={}, passed=False)

@@ -59,3 +59,16 @@ def test_outputs_go_to_the_label_party_whichever_it_is():
     assert set(ledger.summary()) == {"test_scores->wallet", "final_weights->wallet"}
     assert {d.receiver for d in declared_disclosures(reveal_weights=True, track_loss=True,
                                                      label_party=Party.WALLET)} == {Party.WALLET}
+
+
+def test_the_training_loss_is_one_value_per_reveal():
+    """A per-row loss vector revealed under the loss's name would give the label holder
+    values that depend row by row on the other party's features: refused before sending."""
+    ledger = DisclosureLedger(allowed=("train_loss",))
+    one = _FakeShared(torch.ones(1))
+    assert reveal(one, item="train_loss", ledger=ledger, me=Party.GATEWAY) is not None
+    many = _FakeShared(torch.ones(64))
+    with pytest.raises(DisclosureError, match="64 elements as 'train_loss'"):
+        reveal(many, item="train_loss", ledger=ledger, me=Party.GATEWAY)
+    assert many.dst is None  # nothing was decrypted
+    assert ledger.summary() == {"train_loss->gateway": {"count": 1, "numel": 1}}

@@ -150,8 +150,13 @@ def declared_reveals_only(*, messages: list[dict], allowed: set[str],
     no other opening (``opened``: :func:`openings`; by any call, ``all_reduce`` included)
     may look like plaintext (:func:`petlab.audit.checks.plaintext_parts`), nor may more
     one-word openings be small than chance allows (:func:`petlab.audit.checks.small_single_words`)."""
+    from petlab.mpc.disclosure import describe
+
     decryptions = [m for m in messages if m["call"] == "reduce"]
     bad = [m["op"] for m in decryptions if not _declared(m["op"], allowed)]
+    bounds = {item: describe(item=item).max_numel for item in allowed}
+    bad += [f"{m['op']} of {m['numel']} elements" for m in decryptions if _declared(m["op"], allowed)
+            and bounds.get(m["op"][18:-1]) is not None and m.get("numel", 0) > bounds[m["op"][18:-1]]]
     errors = [m for m in messages if m["op"] == "record-error"]
     others = _undeclared(opened, allowed)
     wide, single, limit = _plaintext(others)

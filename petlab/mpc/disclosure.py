@@ -40,6 +40,7 @@ class Disclosure:
     what: str  # what exactly is revealed
     why: str  # why the receiver needs it
     switch: str | None = None  # MPCConfig flag that enables it (None: always)
+    max_numel: int | None = None  # the most elements one reveal of it may hold (None: its shape says)
 
 
 def _policy(label_party: Party) -> tuple[Disclosure, ...]:
@@ -59,6 +60,7 @@ def _policy(label_party: Party) -> tuple[Disclosure, ...]:
                  "epoch; petlab's protocol opens their summed loss, which the receiver divides by their public count)",
             why="monitor convergence; compare with the plaintext model's loss curve",
             switch="track_loss",
+            max_numel=1,
         ),
         Disclosure(
             item="final_weights",
@@ -118,7 +120,11 @@ def reveal(x_enc, *, item: str, ledger: DisclosureLedger, me: Party):
     """
     if item not in ledger.allowed:
         raise DisclosureError(f"run tried to reveal {item!r}, which this run does not declare")
-    receiver = describe(item=item, label_party=ledger.label_party).receiver
+    declared = describe(item=item, label_party=ledger.label_party)
+    if declared.max_numel is not None and x_enc.nelement() > declared.max_numel:
+        raise DisclosureError(f"run tried to reveal {x_enc.nelement()} elements as {item!r}, which is declared "
+                              f"as at most {declared.max_numel}")
+    receiver = declared.receiver
     value = x_enc.get_plain_text(dst=receiver.rank)
     ledger.record(item=item, receiver=receiver, numel=x_enc.nelement())
     return value if me == receiver else None
