@@ -30,6 +30,15 @@ source is copied here):
    agreed by X25519 (between the two parties, and between the dealer and each party)
    and bound to the run; CrypTen's random-tensor functions refuse a torch generator;
    ``crypten.manual_seed`` is refused.
+5. **Decryption towards one party** (:func:`install_private_reduce`). CrypTen's
+   ``reduce`` (every ``get_plain_text(dst=...)``) is gloo's ``dist.reduce``, whose
+   algorithm passes partial sums between the ranks: the party that is *not* the
+   receiver ends up holding the sum, i.e. the plaintext, of part of the tensor (for a
+   5-element reveal, its buffer held the last element's sum). Between two data parties
+   that would give the wallet some of the test scores the gateway receives, wherever the
+   reveal goes through gloo (``direct_link: false``, CUDA tensors). petlab's ``reduce``
+   has every other rank send its share to the receiver, which alone adds them
+   (:func:`reduce_to_receiver`); CrypTen's counting is kept.
 
 >>> crypten = import_crypten()
 >>> crypten.__name__
@@ -49,7 +58,7 @@ import sys
 from types import ModuleType
 
 __all__ = ["import_crypten", "applied_fixes", "load_onnx_converter", "legacy_torch_load", "SecretGenerator", "InsecureRandomnessError",
-           "install_secret_randomness", "set_run_binding", "agree_pair_key", "pair_key", "pair_key_agreed_in"]
+           "install_secret_randomness", "install_private_reduce", "reduce_to_receiver", "set_run_binding", "agree_pair_key", "pair_key", "pair_key_agreed_in"]
 
 _OLD_REGISTRATION = "torch.onnx._internal.registration"
 _NEW_REGISTRATION = "torch.onnx._internal.torchscript_exporter.registration"
@@ -59,6 +68,7 @@ _FIXES: dict[str, bool] = {
     "onnx_legacy_exporter": False,
     "legacy_torch_load": False,
     "secret_randomness": False,
+    "private_reduce": False,
 }
 
 
@@ -208,6 +218,7 @@ def import_crypten() -> ModuleType:
 
     _wrap_loaders(crypten)
     install_secret_randomness(crypten)
+    install_private_reduce(crypten)
     return crypten
 
 
@@ -482,3 +493,61 @@ def install_secret_randomness(crypten: ModuleType) -> None:
     ttp_provider.TTPClient._TTPClient__TTPClient._setup_generators = _ttp_client_setup
     ttp_provider.TTPServer._setup_generators = _ttp_server_setup
     _FIXES["secret_randomness"] = True
+
+
+# -- 5. decryption towards one party --------------------------------------------------------
+
+def reduce_to_receiver(tensor, *, dst: int, group=None, op=None):
+    """The sum (or ``op``) of every rank's ``tensor`` in ``group``, at rank ``dst`` only:
+    every other rank sends its own tensor to ``dst`` point to point and receives nothing.
+    Returns the result at ``dst``, ``None`` elsewhere; ``tensor`` is never modified.
+
+    Args:
+        tensor: this rank's contribution (a torch tensor).
+        dst: the global rank of the receiver.
+        group: the torch.distributed group (default: the world).
+        op: ``torch.distributed.ReduceOp.SUM`` (the default) or ``BXOR``.
+    """
+    import torch
+    import torch.distributed as dist
+
+    op = dist.ReduceOp.SUM if op is None else op
+    me = dist.get_rank()
+    ranks = dist.get_process_group_ranks(group) if group is not None else list(range(dist.get_world_size()))
+    if me != dst:
+        dist.send(tensor.contiguous(), dst, group=group)
+        return None
+    result = tensor.clone()
+    for rank in ranks:
+        if rank == dst:
+            continue
+        other = torch.empty_like(result)
+        dist.recv(other, rank, group=group)
+        if op == dist.ReduceOp.SUM:
+            result += other
+        elif op == dist.ReduceOp.BXOR:
+            result ^= other
+        else:
+            raise ValueError(f"reduce_to_receiver supports SUM and BXOR, not {op}")
+    return result
+
+
+def install_private_reduce(crypten: ModuleType) -> None:
+    """Replace CrypTen's ``DistributedCommunicator.reduce`` by one built on
+    :func:`reduce_to_receiver` (see the module docstring, fix 5). Idempotent."""
+    if _FIXES["private_reduce"]:
+        return
+    from crypten.communicator.communicator import _logging
+    from crypten.communicator.distributed_communicator import DistributedCommunicator
+    from torch.distributed import ReduceOp
+
+    def reduce(self, input, dst, op=ReduceOp.SUM, batched=False):
+        """Reduces the input data across all parties, towards ``dst`` only."""
+        inputs = list(input) if batched else [input]
+        results = [reduce_to_receiver(x.data, dst=dst, group=self.main_group, op=op) for x in inputs]
+        if dst != self.get_rank():
+            return None
+        return results if batched else results[0]
+
+    DistributedCommunicator.reduce = _logging(reduce)
+    _FIXES["private_reduce"] = True

@@ -168,3 +168,56 @@ def test_two_parties_agree_their_pairwise_generators_without_sending_a_seed():
     # keys bound to different configurations: both sides stop at the key confirmation
     refused = run(digests=("one configuration", "another"))
     assert all("agreed a different key" in refused[r][0] for r in (0, 1))
+
+
+def _reduce_in_two_ranks(rank: int, port: int, queue) -> None:
+    """One rank of a two-rank gloo group: what each reduce leaves in this rank's buffer."""
+    import torch
+    import torch.distributed as dist
+
+    from petlab.crypten_compat import reduce_to_receiver
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        mine = torch.full((5,), 1000 if rank == 0 else 7, dtype=torch.int64)
+        gloo = mine.clone()
+        dist.reduce(gloo, 0)  # what CrypTen 0.4.1 calls for get_plain_text(dst=0)
+        own = mine.clone()
+        result = reduce_to_receiver(own, dst=0)
+        queue.put((rank, gloo.tolist(), own.tolist(), None if result is None else result.tolist()))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_decryption_to_one_party_leaves_the_other_nothing_but_its_share():
+    """gloo's reduce hands the non-receiver partial sums (part of the plaintext: the broken
+    variant, kept as the reference); petlab's reduce only sends towards the receiver."""
+    import multiprocessing as mp
+
+    from petlab.net import free_port
+
+    ctx = mp.get_context("spawn")
+    queue, port = ctx.Queue(), free_port()
+    procs = [ctx.Process(target=_reduce_in_two_ranks, args=(rank, port, queue)) for rank in (0, 1)]
+    for p in procs:
+        p.start()
+    out = {}
+    for _ in procs:
+        rank, gloo, own, result = queue.get(timeout=120)
+        out[rank] = (gloo, own, result)
+    for p in procs:
+        p.join(timeout=60)
+    assert out[0][0] == [1007] * 5 and out[0][2] == [1007] * 5  # the receiver gets the sum either way
+    assert 1007 in out[1][0]  # gloo: the wallet's buffer holds a plaintext sum
+    assert out[1][1] == [7] * 5 and out[1][2] is None  # petlab: its own share, untouched, and nothing else
+
+
+def test_crypten_decrypts_towards_one_party_with_petlabs_reduce():
+    from petlab.crypten_compat import applied_fixes, import_crypten
+
+    import_crypten()
+    from crypten.communicator.distributed_communicator import DistributedCommunicator
+
+    assert applied_fixes()["private_reduce"]
+    assert DistributedCommunicator.reduce.__wrapped__.__doc__.startswith("Reduces the input data across all parties, "
+                                                                         "towards ``dst`` only")
