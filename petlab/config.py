@@ -24,7 +24,6 @@ from typing import Any
 
 from petlab.data.columns import DEFAULT_MAX_LEVELS
 from petlab.data.ids import DEFAULT_ID_RULE, ID_RULES
-from petlab.models import MODELS
 
 __all__ = [
     "ConfigError",
@@ -268,6 +267,8 @@ def validate(cfg: PocConfig) -> None:
     d, t, m = cfg.data, cfg.train, cfg.mpc
     if d.source not in DATA_SOURCES:
         raise ConfigError(f"unknown data source {d.source!r}: expected one of {', '.join(DATA_SOURCES)}")
+    from petlab.models import MODELS  # torch: imported only when a configuration is checked
+
     if t.model not in MODELS:
         raise ConfigError(f"unknown model {t.model!r}: expected one of {', '.join(MODELS)}")
     if d.source == "wide" and d.features < 2:
