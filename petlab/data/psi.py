@@ -16,12 +16,14 @@ the clear. Each party then keeps its rows in the
 intersection in ascending order of its *own* copy of the id: the same order at both,
 and no id is sent for it.
 
-Each party's PSI port is open from the start and relays to the library's own server
-(:class:`_Doorway`). The library runs in a child process of the party (forked, so the ids
-are not copied): its waits are bounded there (a peer that never connects, or dies, ends the run within
-``timeout_s`` with a message naming it), its log goes to ``psi.log`` in the party's
-work folder, its temporary files stay in that folder, and the trace file it always
-writes to ``/tmp`` is moved there.
+Each party's PSI port is open from the start and relays to the library's own server, a
+unix socket only this user can reach (:class:`_Doorway`; with TLS on it drops any
+connection that does not open with a TLS handshake). The library runs in a child process
+of the party (forked, so the ids are not copied; umask 077, no core dump): its waits are
+bounded there and by the party (a peer that never connects, dies, or stalls the linked
+PSI ends the run within ``timeout_s`` with a message naming it; see :func:`_run_library`),
+its log goes to ``psi.log`` in the party's work folder, its temporary files stay in that
+folder, and the trace file it always writes to ``/tmp`` is moved there.
 
 >>> import tempfile, threading
 >>> work = tempfile.mkdtemp()
@@ -371,7 +373,9 @@ def private_intersection(*, ids, role: str, endpoints: dict, tls: TlsIdentity | 
         work_dir: this party's folder for the library's files (its input and output are
             deleted at the end; ``psi.log`` and ``psi.trace`` stay).
         protocol: "rr22" or "ecdh" (:data:`PROTOCOLS`).
-        timeout_s: the bound on waiting for the peer: to connect, and for each message.
+        timeout_s: the bound on waiting for the peer: to connect, for each message, and
+            for the linked PSI to move; a linked PSI ends at the latest after
+            10 x ``timeout_s`` plus 120 s a million ids of the larger set.
         progress: show the library's progress as a bar (tqdm).
 
     Raises:
@@ -494,8 +498,11 @@ def _run_library(*, psi_lib, link_lib, me: Party, peer: Party, ends: dict, tls, 
 
     Once linked, the library's own bound on each wait (``recv_timeout_ms``) starts again
     whenever *any* message arrives, so a peer that keeps sending junk could hold it
-    forever. The party therefore ends the run itself when the library's progress has not
-    moved for ``timeout_s``, and in any case at :func:`_hard_cap` after the link is up.
+    forever. The party therefore ends the run itself when the library has not moved for
+    ``timeout_s`` (moving: its progress report changed, or its process used CPU time, at
+    least :data:`_WORK_SHARE` of ``timeout_s``, which a library waiting for its peer does
+    not), and in any
+    case at :func:`_hard_cap_s` after the link is up.
     """
     import multiprocessing as mp
 
@@ -510,7 +517,7 @@ def _run_library(*, psi_lib, link_lib, me: Party, peer: Party, ends: dict, tls, 
     peer_host, peer_port = ends[peer]
     where = f"the {peer} at {peer_host}:{peer_port}"
     linked, report, failure = False, None, None
-    linked_at = moved = cap_s = last = None  # once linked: when, when the progress last moved, the cap
+    linked_at = moved = cap_s = last = worked = None  # once linked: when, when it last moved, the cap
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -526,7 +533,7 @@ def _run_library(*, psi_lib, link_lib, me: Party, peer: Party, ends: dict, tls, 
                     failure = _died(child, paths, where)
                     break
                 if kind == "linked":
-                    linked, linked_at, moved = True, time.monotonic(), time.monotonic()
+                    linked, linked_at, moved, worked = True, time.monotonic(), time.monotonic(), _cpu_s(child.pid)
                     cap_s = _hard_cap_s(timeout_s=timeout_s, n=n)
                 elif kind == "sizes":
                     moved, cap_s = time.monotonic(), _hard_cap_s(timeout_s=timeout_s, n=max(n, value))
@@ -544,6 +551,8 @@ def _run_library(*, psi_lib, link_lib, me: Party, peer: Party, ends: dict, tls, 
             if report is not None or failure is not None:
                 break
             now = time.monotonic()
+            if linked and _cpu_s(child.pid) - worked >= _WORK_SHARE * timeout_s:
+                moved, worked = now, _cpu_s(child.pid)
             if linked and now - moved > timeout_s:
                 failure = f"lost {where} during the PSI: no progress within {timeout_s:g} s"
             elif linked and now - linked_at > cap_s:
@@ -570,6 +579,22 @@ def _run_library(*, psi_lib, link_lib, me: Party, peer: Party, ends: dict, tls, 
     if failure is not None:
         raise PsiError(failure)
     return report
+
+
+#: CPU time of the library's process that counts as moving, as a share of ``timeout_s``:
+#: a library at work keeps a core busy; one that only waits for its peer, taking the odd
+#: message, uses far less.
+_WORK_SHARE = 0.02
+
+
+def _cpu_s(pid: int) -> float:
+    """User and system CPU seconds of process ``pid`` so far (0 once it has gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 #: The hard cap on a PSI once linked, per million ids of the larger set, on top of
