@@ -560,8 +560,6 @@ def test_the_library_s_files_are_private_leftovers_swept_and_no_core_dump(tmp_pa
     assert any("psi_input.csv" in p for p in seen) and any("psi_tmp" in p for p in seen), sorted(seen)
     assert not any(p.endswith("leftover") for p in seen)  # swept before the library started
     for path, mode in seen.items():
-        if path.endswith(("psi.log", "fake.pid")):
-            continue
         assert mode & 0o077 == 0, (path, oct(mode))  # this user's only: 0600 files, 0700 folders
     for r in records:
         assert r["core"] == [0, 0] and r["dumpable"] == 0
