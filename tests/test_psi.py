@@ -338,3 +338,231 @@ def test_generator_overlap_parameters():
     assert len(g) == 1000 and len(w) == 1000 and len(g & w) == 700
     with pytest.raises(ValueError):
         make_engagement_tables(rows=10, seed=0, overlap=0)
+
+
+# -- the security review's findings: plaintext on a TLS port, stalls, paths from the log, files
+
+def _push(port: int, value: bytes, sent: threading.Event) -> bytes:
+    """A plaintext HTTP Push of one link message, as the wallet's first one (its set size),
+    to ``port``; what came back (b"" when the connection was dropped)."""
+    import base64
+    import json
+
+    body = json.dumps({"sender_rank": 1, "key": "petlab-psi:P2P-1:1->0\x01\x021",
+                       "value": base64.b64encode(value).decode(), "trans_type": "MONO"}).encode()
+    request = (b"POST /org.interconnection.link.ReceiverService/Push HTTP/1.1\r\nHost: gateway\r\n"
+               b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=1)
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "the gateway's PSI port never opened"
+            time.sleep(0.02)
+    with sock:
+        sock.sendall(request)
+        sent.set()
+        sock.settimeout(3 * TIMEOUT_S)
+        try:
+            return sock.recv(4096)
+        except ConnectionResetError:  # dropped with the request unread
+            return b""
+
+
+@pytest.mark.parametrize("encrypted", [True, False])
+def test_a_plaintext_message_pushed_to_a_tls_port_is_dropped(tmp_path, encrypted):
+    """Someone without a certificate posts the wallet's first message in plaintext to the
+    gateway's PSI port before the wallet starts. Under TLS the doorway drops it unread and
+    the PSI is unaffected; with TLS off the link authenticates no one, the message is
+    taken (the same push is answered), and the run still ends in one line within its bound."""
+    ends = _endpoints()
+    tls = throwaway_pair(folder=tmp_path / "keys") if encrypted else {"gateway": None, "wallet": None}
+    ids = {"gateway": ["a", "b", "c"], "wallet": ["c", "x", "a"]}
+    timeout_s = TIMEOUT_S if encrypted else 3.0
+
+    def side(role):
+        return lambda: private_intersection(ids=ids[role], role=role, endpoints=ends, tls=tls[role],
+                                            work_dir=tmp_path / role, timeout_s=timeout_s)
+
+    sent, answer = threading.Event(), {}
+    pusher = threading.Thread(target=lambda: answer.update(reply=_push(ends["gateway"][1], b"999", sent)),
+                              daemon=True)
+    pusher.start()
+
+    def wallet():
+        assert sent.wait(30)
+        return side("wallet")()
+
+    t0 = time.monotonic()
+    out = _both(side("gateway"), wallet)
+    pusher.join(3 * TIMEOUT_S)
+    log = (tmp_path / "gateway" / "psi.log").read_text(errors="replace")
+    if encrypted:
+        assert answer["reply"] == b"", answer
+        assert out["gateway"].ids == out["wallet"].ids == ["a", "c"]
+        assert out["gateway"].other_set_size == 3  # the wallet's own message, not the pushed 999
+        assert "Duplicate seq_id" not in log
+    else:
+        assert answer["reply"].startswith(b"HTTP/1.1 200"), answer
+        for role in ("gateway", "wallet"):
+            assert isinstance(out[role], PsiError) and len(str(out[role]).splitlines()) == 1, out[role]
+        assert time.monotonic() - t0 < 4 * timeout_s + 5
+
+
+def _fake_library(kind: str):
+    """A library's process that links and then stalls (``steady``: it reports the same
+    progress again and again, as junk on the link would keep it) or seems to progress
+    forever (``busy``); it writes its pid to ``fake.pid`` in the work folder."""
+
+    def fake(*, pipe, paths, **_):
+        Path(paths["log"]).with_name("fake.pid").write_text(str(os.getpid()))
+        pipe.send(("linked", None))
+        i = 0
+        while True:
+            i += 1
+            pipe.send(("progress", (30 if kind == "steady" else i % 100, 0, 1)))
+            time.sleep(0.05)
+
+    return fake
+
+
+@pytest.mark.parametrize("kind,bound,message", [
+    ("steady", 1.0 + 2, "lost the wallet at 127.0.0.1:{port} during the PSI: no progress within 1 s"),
+    ("busy", 10 * 1.0 + 3, "the PSI with the wallet at 127.0.0.1:{port} did not end within 10 s"),
+])
+def test_a_linked_peer_that_stalls_is_named_and_the_library_killed(tmp_path, monkeypatch, kind, bound, message):
+    """The library's own wait restarts with every message that arrives, so the party
+    bounds the PSI itself once linked: no progress for ``timeout_s``, or the hard cap."""
+    import petlab.data.psi as psi_module
+
+    monkeypatch.setattr(psi_module, "_library_process", _fake_library(kind))
+    ends = _endpoints()
+    with socket.create_server(ends["wallet"]):  # the wallet's port is open: the library may start
+        t0 = time.monotonic()
+        with pytest.raises(PsiError) as err:
+            private_intersection(ids=["a", "b", "c"], role="gateway", endpoints=ends, tls=None,
+                                 work_dir=tmp_path, timeout_s=1.0)
+        elapsed = time.monotonic() - t0
+    assert str(err.value) == message.format(port=ends["wallet"][1]) or message.format(
+        port=ends["wallet"][1]) in str(err.value), str(err.value)
+    assert len(str(err.value).splitlines()) == 1
+    assert elapsed < bound, elapsed
+    pid = int((tmp_path / "fake.pid").read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # killed and reaped
+
+
+def test_the_trace_is_taken_only_from_the_library_s_own_line_and_checked(tmp_path, monkeypatch):
+    """The library logs the peer's keys verbatim, so a line naming a trace file may be
+    forged: a file is moved only if the line is the library's own, the file is a regular
+    ``psi_*.trace`` of this user in the trace folder, written since the library started."""
+    import petlab.data.psi as psi_module
+
+    folder = tmp_path / "system-tmp"
+    folder.mkdir()
+    monkeypatch.setattr(psi_module, "_TRACE_FOLDER", folder)
+    work = tmp_path / "work"
+    work.mkdir()
+    paths = {"input": work / "psi_input.csv", "output": work / "psi_output.csv", "log": work / "psi.log",
+             "tmp": work / "psi_tmp", "trace": work / "psi.trace", "inner": work / "psi_tmp" / "link.sock"}
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not the library's")
+    (folder / "psi_link.trace").symlink_to(victim)
+    (tmp_path / "psi_elsewhere.trace").write_text("outside the trace folder")
+    (folder / "psi_old.trace").write_text("older than the run")
+    os.utime(folder / "psi_old.trace", (time.time() - 3600, time.time() - 3600))
+    (folder / "psi_Genuine-1_x.trace").write_text("the library's trace")
+    (folder / "psi_Inline.trace").write_text("named inside another line")
+    paths["started"] = time.time() - 5
+    stamp = "[2026-12-02 03:11:54.641] [info] [launch.cc:92] Trace has been written to"
+    paths["log"].write_text("\n".join([
+        f"[2026-12-02 03:11:54.1] [warning] [channel.cc:455] key x\n {stamp} {folder}/psi_Inline.trace.",
+        f"{stamp} {folder}/psi_link.trace.",
+        f"{stamp} {tmp_path}/psi_elsewhere.trace.",
+        f"{stamp} {folder}/psi_old.trace.",
+        f"{stamp} {folder}/psi_Genuine-1_x.trace.",
+    ]) + "\n")
+    monkeypatch.setattr(os, "getuid", lambda: os.stat(folder).st_uid + 1)  # every file looks foreign
+    psi_module._tidy(paths)
+    assert not paths["trace"].exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(psi_module, "_TRACE_FOLDER", folder)
+    psi_module._tidy(paths)
+    assert paths["trace"].read_text() == "the library's trace"
+    assert paths["trace"].stat().st_mode & 0o777 == 0o600
+    assert victim.read_text() == "not the library's" and (folder / "psi_link.trace").is_symlink()
+    assert (tmp_path / "psi_elsewhere.trace").is_file() and (folder / "psi_old.trace").is_file()
+    assert (folder / "psi_Inline.trace").read_text() == "named inside another line"
+
+
+class _Watched:
+    """SecretFlow's PSI module, with ``psi_execute`` watched from inside the library's
+    process: every file and folder under the work folders while it runs (and their
+    modes), the process's core limit and whether it can be dumped."""
+
+    def __init__(self, real, *, folders, record):
+        self._real, self._folders, self._record = real, folders, record
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def psi_execute(self, *args):
+        import ctypes
+        import json
+        import resource
+
+        seen, stop = {}, threading.Event()
+
+        def scan():
+            while not stop.is_set():
+                for folder in self._folders:
+                    for root, dirs, files in os.walk(folder):
+                        for name in dirs + files:
+                            try:
+                                seen[os.path.join(root, name)] = os.lstat(os.path.join(root, name)).st_mode
+                            except OSError:
+                                pass
+                time.sleep(0.005)
+
+        scanner = threading.Thread(target=scan, daemon=True)
+        scanner.start()
+        try:
+            return self._real.psi_execute(*args)
+        finally:
+            stop.set()
+            scanner.join()
+            Path(self._record, f"{os.getpid()}.json").write_text(json.dumps({
+                "seen": seen, "core": resource.getrlimit(resource.RLIMIT_CORE),
+                "dumpable": ctypes.CDLL(None).prctl(3, 0, 0, 0, 0)}))  # PR_GET_DUMPABLE
+
+
+def test_the_library_s_files_are_private_leftovers_swept_and_no_core_dump(tmp_path, monkeypatch):
+    import petlab.data.psi as psi_module
+
+    psi_lib, link_lib = load_library()
+    record = tmp_path / "record"
+    record.mkdir()
+    work = tmp_path / "work"
+    for role in ("gateway", "wallet"):  # what a crashed run would have left
+        (work / role / "psi_tmp").mkdir(parents=True)
+        (work / role / "psi_tmp" / "leftover").write_text("C000000001\n")
+        (work / role / "psi_input.csv").write_text("id\nC000000001\n")
+        (work / role / "psi_output.csv").write_text("id\nC000000001\n")
+    watched = _Watched(psi_lib, folders=[str(work / role) for role in ("gateway", "wallet")], record=record)
+    monkeypatch.setattr(psi_module, "load_library", lambda: (watched, link_lib))
+    ids = [f"C{i:09d}" for i in range(20_000)]
+    out = _psi({"gateway": ids[:15_000], "wallet": ids[5_000:]}, tmp=work)
+    assert out["gateway"].ids == out["wallet"].ids == ids[5_000:15_000]
+    records = [__import__("json").loads(p.read_text()) for p in record.iterdir()]
+    assert len(records) == 2
+    seen = {path: mode for r in records for path, mode in r["seen"].items()}
+    assert any("psi_input.csv" in p for p in seen) and any("psi_tmp" in p for p in seen), sorted(seen)
+    assert not any(p.endswith("leftover") for p in seen)  # swept before the library started
+    for path, mode in seen.items():
+        assert mode & 0o077 == 0, (path, oct(mode))  # this user's only: 0600 files, 0700 folders
+    for r in records:
+        assert r["core"] == [0, 0] and r["dumpable"] == 0
+    for role in ("gateway", "wallet"):
+        assert sorted(p.name for p in (work / role).iterdir()) == ["psi.log", "psi.trace"]
+        assert (work / role / "psi.trace").stat().st_mode & 0o777 == 0o600

@@ -16,12 +16,14 @@ the clear. Each party then keeps its rows in the
 intersection in ascending order of its *own* copy of the id: the same order at both,
 and no id is sent for it.
 
-Each party's PSI port is open from the start and relays to the library's own server
-(:class:`_Doorway`). The library runs in a child process of the party (forked, so the ids
-are not copied): its waits are bounded there (a peer that never connects, or dies, ends the run within
-``timeout_s`` with a message naming it), its log goes to ``psi.log`` in the party's
-work folder, its temporary files stay in that folder, and the trace file it always
-writes to ``/tmp`` is moved there.
+Each party's PSI port is open from the start and relays to the library's own server, a
+unix socket only this user can reach (:class:`_Doorway`; with TLS on it drops any
+connection that does not open with a TLS handshake). The library runs in a child process
+of the party (forked, so the ids are not copied; umask 077, no core dump): its waits are
+bounded there and by the party (a peer that never connects, dies, or stalls the linked
+PSI ends the run within ``timeout_s`` with a message naming it; see :func:`_run_library`),
+its log goes to ``psi.log`` in the party's work folder, its temporary files stay in that
+folder, and the trace file it always writes to ``/tmp`` is moved there.
 
 >>> import tempfile, threading
 >>> work = tempfile.mkdtemp()
@@ -44,7 +46,9 @@ import os
 import re
 import shutil
 import socket
+import stat
 import struct
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -149,18 +153,26 @@ def _as_strings(ids):
     return arr
 
 
+#: The first two bytes of every TLS connection: a handshake record (0x16), version 3.x.
+_TLS_HANDSHAKE = b"\x16\x03"
+
+
 class _Doorway:
     """This party's PSI port, open from the start: it accepts the peer's connections and
-    relays each, byte for byte, to the library's own server on a private loopback port
-    once that is up.
+    relays each, byte for byte, to the library's own server once that is up.
 
     The library (brpc) marks a peer it could not reach and tries it again only every
     3 s; with the port open before either library starts, no first attempt fails and
     the link is up in milliseconds. TLS runs end to end between the two libraries: the
-    relay sees only its records.
+    relay sees only its records. brpc's server, though, takes plaintext too on a TLS port
+    (it decides per connection from the first byte, and the library does not ask it to
+    insist), so with ``tls`` on the doorway relays only connections that open with a TLS
+    handshake record and drops every other one unread. The library's own server listens
+    on a unix socket in a folder only this user can enter (``inner``), not on a port.
+    It counts the bytes it relays (``sent``: to the peer, ``received``: from it).
     """
 
-    def __init__(self, *, host: str, port: int, inner_port: int, timeout_s: float):
+    def __init__(self, *, host: str, port: int, inner: str, tls: bool, timeout_s: float):
         try:
             self._server = socket.create_server((host, port))
         except OSError as err:
@@ -169,7 +181,8 @@ class _Doorway:
                                "program): choose another port") from None
             raise PsiError(f"cannot listen on {host}:{port} for the PSI ({err.strerror})") from None
         self._server.settimeout(0.2)
-        self._inner, self._timeout_s = inner_port, timeout_s
+        self._inner, self._tls, self._timeout_s = inner, tls, timeout_s
+        self.sent = self.received = self.refused = 0
         self._stop = threading.Event()
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -179,6 +192,10 @@ class _Doorway:
     def _keep(self, sock: socket.socket) -> None:
         with self._lock:
             self._sockets.append(sock)
+
+    def _count(self, field: str, n: int) -> None:
+        with self._lock:
+            setattr(self, field, getattr(self, field) + n)
 
     def _accept(self) -> None:
         while not self._stop.is_set():
@@ -191,24 +208,51 @@ class _Doorway:
             self._keep(conn)
             threading.Thread(target=self._relay, args=(conn,), name="psi-relay", daemon=True).start()
 
+    def _speaks_tls(self, conn: socket.socket, deadline: float) -> bool:
+        """Whether the connection's first bytes are a TLS handshake record (read without
+        taking them); False for anything else, and for one that closes or stays silent."""
+        import select
+
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            readable, _, _ = select.select([conn], [], [], 0.2)
+            if not readable:
+                continue
+            try:
+                head = conn.recv(len(_TLS_HANDSHAKE), socket.MSG_PEEK)
+            except OSError:
+                return False
+            if len(head) == len(_TLS_HANDSHAKE) or not head.startswith(_TLS_HANDSHAKE[:len(head)]):
+                return head == _TLS_HANDSHAKE
+            time.sleep(0.01)  # one byte so far
+        return False
+
     def _relay(self, conn: socket.socket) -> None:
         deadline = time.monotonic() + self._timeout_s
+        if self._tls and not self._speaks_tls(conn, deadline):
+            self._count("refused", 1)
+            conn.close()
+            return
         inner = None
         while inner is None:
             if self._stop.is_set() or time.monotonic() > deadline or _closed(conn):
                 conn.close()
                 return
             try:
-                inner = socket.create_connection(("127.0.0.1", self._inner), timeout=1)
+                inner = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                inner.settimeout(1)
+                inner.connect(self._inner)
             except OSError:
+                inner.close()
+                inner = None
                 time.sleep(0.01)
         self._keep(inner)
         for sock in (conn, inner):
             sock.settimeout(None)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        back = threading.Thread(target=_pump, args=(inner, conn), name="psi-relay-back", daemon=True)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        back = threading.Thread(target=_pump, args=(inner, conn, lambda n: self._count("sent", n)),
+                                name="psi-relay-back", daemon=True)
         back.start()
-        _pump(conn, inner)
+        _pump(conn, inner, lambda n: self._count("received", n))
         back.join()
 
     def close(self) -> None:
@@ -237,7 +281,7 @@ def _closed(conn: socket.socket) -> bool:
         return True
 
 
-def _pump(src: socket.socket, dst: socket.socket) -> None:
+def _pump(src: socket.socket, dst: socket.socket, count) -> None:
     buf = bytearray(1 << 20)
     view = memoryview(buf)
     try:
@@ -246,6 +290,7 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
             if not n:
                 break
             dst.sendall(view[:n])
+            count(n)
     except OSError:
         pass
     finally:
@@ -282,7 +327,8 @@ def _write_ids(arr, path: Path) -> None:
     from petlab.mpc.secret_random import fresh_key
 
     salt = pa.array([fresh_key().hex()], type=pa.string())
-    pacsv.write_csv(pa.table({"id": pa.concat_arrays([salt, arr])}), path)
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fh:  # this user's only
+        pacsv.write_csv(pa.table({"id": pa.concat_arrays([salt, arr])}), fh)
 
 
 def _read_intersection(path: Path):
@@ -327,7 +373,9 @@ def private_intersection(*, ids, role: str, endpoints: dict, tls: TlsIdentity | 
         work_dir: this party's folder for the library's files (its input and output are
             deleted at the end; ``psi.log`` and ``psi.trace`` stay).
         protocol: "rr22" or "ecdh" (:data:`PROTOCOLS`).
-        timeout_s: the bound on waiting for the peer: to connect, and for each message.
+        timeout_s: the bound on waiting for the peer: to connect, for each message, and
+            for the linked PSI to move; a linked PSI ends at the latest after
+            10 x ``timeout_s`` plus 120 s a million ids of the larger set.
         progress: show the library's progress as a bar (tqdm).
 
     Raises:
@@ -351,18 +399,22 @@ def private_intersection(*, ids, role: str, endpoints: dict, tls: TlsIdentity | 
     work.mkdir(parents=True, exist_ok=True)
     paths = {"input": work / "psi_input.csv", "output": work / "psi_output.csv", "log": work / "psi.log",
              "tmp": work / "psi_tmp", "trace": work / "psi.trace"}
-    inner_port = free_port("127.0.0.1")  # the library's own server, behind this party's PSI port
-    doorway = _Doorway(host=ends[me][0], port=ends[me][1], inner_port=inner_port, timeout_s=timeout_s)
+    _sweep(paths)  # what a run that crashed here may have left: the ids, the intersection
+    paths["tmp"].mkdir(mode=0o700)  # the library's temporary files, and the unix socket of its server
+    paths["inner"] = _inner_socket(paths["tmp"])
+    doorway = _Doorway(host=ends[me][0], port=ends[me][1], inner=str(paths["inner"]), tls=tls is not None,
+                       timeout_s=timeout_s)
     deadline = time.monotonic() + timeout_s
     try:
         _write_ids(own, paths["input"])
-        paths["tmp"].mkdir(exist_ok=True)
         t_ids = time.perf_counter()
         where = f"the {peer} at {ends[peer][0]}:{ends[peer][1]}"
         _wait_for_peer(host=ends[peer][0], port=ends[peer][1], deadline=deadline, where=where, timeout_s=timeout_s)
         report = _run_library(psi_lib=psi_lib, link_lib=link_lib, me=me, peer=peer, ends=ends, tls=tls,
                               protocol=protocol, n=len(own), paths=paths, timeout_s=timeout_s, progress=progress,
-                              inner_port=inner_port, deadline=deadline)
+                              deadline=deadline)
+        report["bytes_sent"] += doorway.sent  # the peer's connection to this party's port
+        report["bytes_received"] += doorway.received
         t_library = time.perf_counter()
         shared = _read_intersection(paths["output"]) if report["intersection"] else pa.array([], pa.string())
         if len(shared) != report["intersection"]:
@@ -381,20 +433,59 @@ def private_intersection(*, ids, role: str, endpoints: dict, tls: TlsIdentity | 
                      peak_rss_mb=report["peak_rss_mb"], phases=phases)
 
 
-def _tidy(paths: dict) -> None:
-    """Delete the library's input, output and temporary folder (the ids); move its trace
-    file from /tmp into the work folder."""
+def _sweep(paths: dict) -> None:
+    """Delete the library's input, output and temporary folder (the ids)."""
     for key in ("input", "output"):
         paths[key].unlink(missing_ok=True)
     paths["input"].with_name(paths["input"].name + ".meta").unlink(missing_ok=True)  # the library's digest
     shutil.rmtree(paths["tmp"], ignore_errors=True)
-    try:
-        text = paths["log"].read_text(errors="replace")
-    except OSError:
+    if paths["tmp"].is_symlink() or paths["tmp"].exists():
+        paths["tmp"].unlink()
+
+
+def _inner_socket(folder: Path) -> Path:
+    """Where the library's own server listens: a unix socket in ``folder`` (0700), or in
+    a private temporary folder when that path is too long for a socket address."""
+    path = folder / "link.sock"
+    if len(os.fsencode(path)) < 100:  # sun_path holds 108 bytes
+        return path
+    return Path(tempfile.mkdtemp(prefix="petlab-psi-")) / "link.sock"
+
+
+#: Where the library writes its trace file, whatever ``TMPDIR`` says.
+_TRACE_FOLDER = Path("/tmp")
+
+#: The library's own line when it has written its trace file (``[launch.cc:92]``); the
+#: path it names is only a hint: the file is taken only if it is this user's own regular
+#: file, directly in the temporary folder, written since the library's process started.
+_TRACE_LINE = re.compile(r"^\[[0-9 :.-]+\] \[info\] \[launch\.cc:\d+\] Trace has been written to "
+                         r"(/\S*/psi_[A-Za-z0-9_-]+\.trace)\.$", flags=re.M)
+
+
+def _tidy(paths: dict) -> None:
+    """Delete the library's files that hold ids, and move its trace file into the work folder.
+
+    The trace is found by the library's own log line, but its path is checked as if an
+    attacker had chosen it (the library logs messages from the peer verbatim): only a file
+    named ``psi_*.trace`` in the system's temporary folder, regular (not a link), owned by
+    this user and modified since the library's process started, is moved.
+    """
+    _sweep(paths)
+    if paths["inner"].parent != paths["tmp"]:
+        shutil.rmtree(paths["inner"].parent, ignore_errors=True)
+    started = paths.get("started")
+    if started is None:
         return
-    for trace in re.findall(r"Trace has been written to (\S+?)\.?$", text, flags=re.M):
-        if Path(trace).is_file() and Path(trace).name.startswith("psi_"):
+    for trace in _TRACE_LINE.findall(_log_text(paths)):
+        trace = Path(trace)
+        try:
+            info = os.lstat(trace)
+        except OSError:
+            continue
+        if (trace.parent == _TRACE_FOLDER and stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid()
+                and info.st_mtime >= started - 1):
             shutil.move(trace, paths["trace"])
+            os.chmod(paths["trace"], 0o600)
 
 
 # ---------------------------------------------------------------------------------------
@@ -402,21 +493,31 @@ def _tidy(paths: dict) -> None:
 
 
 def _run_library(*, psi_lib, link_lib, me: Party, peer: Party, ends: dict, tls, protocol: str, n: int,
-                 paths: dict, timeout_s: float, progress: bool, inner_port: int, deadline: float) -> dict:
-    """Fork the library's process, watch it, and return its report (or raise PsiError)."""
+                 paths: dict, timeout_s: float, progress: bool, deadline: float) -> dict:
+    """Fork the library's process, watch it, and return its report (or raise PsiError).
+
+    Once linked, the library's own bound on each wait (``recv_timeout_ms``) starts again
+    whenever *any* message arrives, so a peer that keeps sending junk could hold it
+    forever. The party therefore ends the run itself when the library has not moved for
+    ``timeout_s`` (moving: its progress report changed, or its process used CPU time, at
+    least :data:`_WORK_SHARE` of ``timeout_s``, which a library waiting for its peer does
+    not), and in any
+    case at :func:`_hard_cap_s` after the link is up.
+    """
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")
     reader, writer = ctx.Pipe(duplex=False)
+    paths["started"] = time.time()  # the trace file the library writes is younger than this
     child = ctx.Process(target=_library_process, name=f"psi-{me}", daemon=True,
                         kwargs=dict(psi_lib=psi_lib, link_lib=link_lib, me=me, ends=ends, tls=tls,
-                                    protocol=protocol, n=n, paths=paths, timeout_s=timeout_s, pipe=writer,
-                                    inner_port=inner_port))
+                                    protocol=protocol, n=n, paths=paths, timeout_s=timeout_s, pipe=writer))
     child.start()
     writer.close()
     peer_host, peer_port = ends[peer]
     where = f"the {peer} at {peer_host}:{peer_port}"
     linked, report, failure = False, None, None
+    linked_at = moved = cap_s = last = worked = None  # once linked: when, when it last moved, the cap
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -432,16 +533,32 @@ def _run_library(*, psi_lib, link_lib, me: Party, peer: Party, ends: dict, tls, 
                     failure = _died(child, paths, where)
                     break
                 if kind == "linked":
-                    linked = True
-                elif kind == "progress" and bar is not None:
-                    bar.update(max(0, value - bar.n))
+                    linked, linked_at, moved, worked = True, time.monotonic(), time.monotonic(), _cpu_s(child.pid)
+                    cap_s = _hard_cap_s(timeout_s=timeout_s, n=n)
+                elif kind == "sizes":
+                    moved, cap_s = time.monotonic(), _hard_cap_s(timeout_s=timeout_s, n=max(n, value))
+                elif kind == "progress":
+                    if value != last:
+                        last, moved = value, time.monotonic()
+                    if bar is not None:
+                        bar.update(max(0, value[0] - bar.n))
                 elif kind == "done":
                     report = value
                 elif kind == "error":
                     failure = _explain(value, paths=paths, where=where, peer=peer, timeout_s=timeout_s)
             elif not child.is_alive():
                 failure = _died(child, paths, where)
-            elif not linked and time.monotonic() > deadline:
+            if report is not None or failure is not None:
+                break
+            now = time.monotonic()
+            if linked and _cpu_s(child.pid) - worked >= _WORK_SHARE * timeout_s:
+                moved, worked = now, _cpu_s(child.pid)
+            if linked and now - moved > timeout_s:
+                failure = f"lost {where} during the PSI: no progress within {timeout_s:g} s"
+            elif linked and now - linked_at > cap_s:
+                failure = (f"the PSI with {where} did not end within {cap_s:.0f} s (the bound: 10 x timeout_s, "
+                           f"plus {_CAP_S_PER_MILLION:g} s a million ids)")
+            elif not linked and now > deadline:
                 failure = _not_linked(paths=paths, where=where, peer=peer, timeout_s=timeout_s, tls=tls)
             elif not linked:  # a refused certificate: the library would try again until the deadline
                 refusal = _tls_refusal(_log_text(paths), peer=peer, tls=tls)
@@ -462,6 +579,32 @@ def _run_library(*, psi_lib, link_lib, me: Party, peer: Party, ends: dict, tls, 
     if failure is not None:
         raise PsiError(failure)
     return report
+
+
+#: CPU time of the library's process that counts as moving, as a share of ``timeout_s``:
+#: a library at work keeps a core busy; one that only waits for its peer, taking the odd
+#: message, uses far less.
+_WORK_SHARE = 0.02
+
+
+def _cpu_s(pid: int) -> float:
+    """User and system CPU seconds of process ``pid`` so far (0 once it has gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+#: The hard cap on a PSI once linked, per million ids of the larger set, on top of
+#: 10 x ``timeout_s`` (measured here: ECDH takes about 28 s a million, RR22 about 7 s).
+_CAP_S_PER_MILLION = 120.0
+
+
+def _hard_cap_s(*, timeout_s: float, n: int) -> float:
+    """The longest a linked PSI may run, however steadily it seems to progress."""
+    return 10 * timeout_s + _CAP_S_PER_MILLION * n / 1e6
 
 
 def _log_text(paths: dict) -> str:
@@ -519,9 +662,10 @@ def _vm_kb(field: str) -> int:
     return 0
 
 
-def _link_bytes(*, own_port: int, peer: tuple[str, int]) -> tuple[int, int]:
-    """(sent, received) TCP payload bytes on this process's connections of the PSI link:
-    the ones accepted on ``own_port`` and the ones to the peer's port (Linux TCP_INFO)."""
+def _link_bytes(*, peer: tuple[str, int]) -> tuple[int, int]:
+    """(sent, received) TCP payload bytes on this process's connections to the peer's PSI
+    port (Linux TCP_INFO); the peer's connections to this party pass its doorway, which
+    counts them."""
     try:
         peer_ip = socket.gethostbyname(peer[0])
     except OSError:
@@ -538,10 +682,10 @@ def _link_bytes(*, own_port: int, peer: tuple[str, int]) -> tuple[int, int]:
             try:
                 if sock.type != socket.SOCK_STREAM or sock.family != socket.AF_INET:
                     continue
-                local, remote = sock.getsockname(), sock.getpeername()
+                remote = sock.getpeername()
             except OSError:  # a listening socket, or one already closed
                 continue
-            if local[1] != own_port and (remote[0], remote[1]) != (peer_ip, peer[1]):
+            if (remote[0], remote[1]) != (peer_ip, peer[1]):
                 continue
             info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 232)
             if len(info) >= 136:
@@ -550,12 +694,11 @@ def _link_bytes(*, own_port: int, peer: tuple[str, int]) -> tuple[int, int]:
     return sent, received
 
 
-def _desc(*, link_lib, me: Party, ends: dict, inner_port: int, tls, timeout_s: float):
+def _desc(*, link_lib, me: Party, ends: dict, inner: Path, tls, timeout_s: float):
     desc = link_lib.Desc()
     desc.id = "petlab-psi"
     for party in sorted(Party, key=lambda p: p.rank):  # this party's own server: behind its doorway
-        host, port = ("127.0.0.1", inner_port) if party == me else ends[party]
-        desc.add_party(str(party), f"{host}:{port}")
+        desc.add_party(str(party), f"unix:{inner}" if party == me else "{}:{}".format(*ends[party]))
     timeout_ms = int(timeout_s * 1000)
     desc.recv_timeout_ms = timeout_ms  # the bound on every wait for a message
     desc.http_timeout_ms = min(timeout_ms, 60_000)  # one message's delivery
@@ -575,21 +718,23 @@ def _desc(*, link_lib, me: Party, ends: dict, inner_port: int, tls, timeout_s: f
 
 
 def _library_process(*, psi_lib, link_lib, me: Party, ends: dict, tls, protocol: str, n: int, paths: dict,
-                     timeout_s: float, pipe, inner_port: int) -> None:
+                     timeout_s: float, pipe) -> None:
     """In the forked process: the link, the size exchange, the protocol, the byte counts."""
     try:
+        _private_process()
         log_fd = os.open(paths["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.dup2(log_fd, 1)  # the library logs to stdout and stderr: into psi.log, not the party's log
         os.dup2(log_fd, 2)
         os.environ["TMPDIR"] = str(paths["tmp"])  # its temporary folders, and sort's
         start_kb = _vm_kb("VmRSS")
-        desc = _desc(link_lib=link_lib, me=me, ends=ends, inner_port=inner_port, tls=tls, timeout_s=timeout_s)
+        desc = _desc(link_lib=link_lib, me=me, ends=ends, inner=paths["inner"], tls=tls, timeout_s=timeout_s)
         t_start = time.perf_counter()
         lctx = link_lib.create_brpc(desc, me.rank)
         t_linked = time.perf_counter()
         pipe.send(("linked", None))
         sizes = [int(s) for s in lctx.all_gather(str(n))]  # revealed by the protocol anyway
         other = sizes[1 - me.rank]
+        pipe.send(("sizes", other))
         psi = psi_lib
         config = psi.PsiExecuteConfig(
             protocol_conf=psi.PsiProtocolConfig(
@@ -600,11 +745,11 @@ def _library_process(*, psi_lib, link_lib, me: Party, ends: dict, tls, protocol:
             output_params=psi.OutputParams(path=str(paths["output"]), disable_alignment=False))
 
         def hook(data) -> None:
-            pipe.send(("progress", int(data.percentage)))
+            pipe.send(("progress", (int(data.percentage), int(data.finished), int(data.running))))
 
         report = psi.psi_execute(config, lctx, psi.ProgressParams(hook=hook, interval_ms=1000))
         t_done = time.perf_counter()
-        sent, received = _link_bytes(own_port=inner_port, peer=ends[next(p for p in Party if p != me)])
+        sent, received = _link_bytes(peer=ends[next(p for p in Party if p != me)])
         lctx.all_gather("done")  # both have their result: from here on neither needs the other
         pipe.send(("done", {"other_size": other, "intersection": int(report.intersection_count),
                             "bytes_sent": sent, "bytes_received": received,
@@ -626,6 +771,21 @@ def _library_process(*, psi_lib, link_lib, me: Party, ends: dict, tls, protocol:
         _flush_std()
     finally:
         os._exit(code)  # never the party's exit handlers: this is a fork of it
+
+
+def _private_process() -> None:
+    """Keep what the library's process holds (the ids, the pair's keys) to this user: the
+    files it writes are readable by this user only, and it leaves no core dump."""
+    import ctypes
+    import resource
+
+    os.umask(0o077)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    pr_set_dumpable = 4
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_dumpable, 0, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the core limit still holds
+        pass
 
 
 def _flush_std() -> None:
