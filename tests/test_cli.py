@@ -63,8 +63,12 @@ def test_cli_run_writes_the_run_folder(tmp_path):
 
 
 def _one_line_and_log(out) -> tuple[str, Path]:
-    """A failed run's stderr: one line naming the cause, then the log that holds the rest."""
+    """A failed run's stderr: one line naming the cause, then the log that holds the rest
+    (after the column summaries and warnings the tables' check printed before the run)."""
     lines = out.stderr.strip().splitlines()
+    failed = next(i for i, line in enumerate(lines) if line.startswith("petlab "))
+    assert not any(line.startswith(("Traceback", "  File ")) for line in lines[:failed]), out.stderr
+    lines = lines[failed:]
     assert out.returncode == 1 and len(lines) == 2 and lines[1].startswith("log: "), out.stderr
     log = Path(lines[1].removeprefix("log: "))
     assert log.is_file(), log
