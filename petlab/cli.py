@@ -499,7 +499,7 @@ def _parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argp
             raise
         line = text.splitlines()[-1]  # "petlab poc: error: argument --epochs: invalid int value: 'x'"
         prog = line.split(": error:", 1)[0] if ": error:" in line else "petlab"
-        print(f"{line} (see {prog} --help)", file=sys.stderr)
+        print(line if "did you mean" in line else f"{line} (see {prog} --help)", file=sys.stderr)
         raise
 
 
@@ -518,15 +518,16 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 done, 1 failed, 2 bad input).
 
     Every failure a user can cause ends with one line on stderr naming the cause (a
-    failed party run adds the path of that party's log, which holds the traceback).
+    failed party run adds the path of that party's log, which holds the traceback; a
+    table with several problems lists them all, one per line, under that line).
     """
     from petlab.config import ConfigError
 
     args = _parse_args(build_parser(), argv)
     try:
         return args.func(args)
-    except ConfigError as err:
-        print(f"petlab {args.command}: error: {_first_line(err)}", file=sys.stderr)
+    except ConfigError as err:  # one line; a table's list of problems, one per line after it
+        print(f"petlab {args.command}: error: {str(err).strip() or type(err).__name__}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("petlab: interrupted", file=sys.stderr)
