@@ -226,7 +226,7 @@ def _record_checks(run_dir: Path) -> list[Check]:
     job = Job.load(run_dir / "parties" / "job.json")
     digest = config_digest(job)
     digests = {p: r["meta"]["config_digest"] for p, r in records.items()}
-    same_config = job.config.to_dict() == params["config"]
+    same_config = json.loads(json.dumps(job.config.to_dict())) == params["config"]  # tuples are JSON lists
     ok = same_config and set(digests.values()) == {digest}
     out.append(Check("configuration digest", ok,
                      f"both parties ran configuration {digest[:12]}..., the one params.json and job.json hold"
