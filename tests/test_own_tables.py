@@ -276,8 +276,9 @@ def test_too_small_an_intersection_fails_after_psi_and_marks_the_run_failed(shar
         assert "run both parties with --id-rule drop-zeros" in status["error"]
         gateway = json.loads((out / "parties" / "gateway" / "table.json").read_text())["intersection"]["error"]
         assert "gateway ids: 400 ids, 10 characters, all numeric, all with leading zeros" in gateway
+    logs = {party: (out / "parties" / party / "party.log").read_text() for party in ("gateway", "wallet")}
+    # the party that failed first holds the cause in its log (the other may only have lost it)
+    assert any(cause in log for log in logs.values()), logs
     for party in ("gateway", "wallet"):
-        log = (out / "parties" / party / "party.log").read_text()
-        assert cause in log, log  # the log holds the cause (and the traceback: the CLI showed one line)
         record = json.loads((out / "parties" / party / "table.json").read_text())
         assert record["intersection"]["shared"] == shared and cause in record["intersection"]["error"]

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from petlab.data.features import prepare_party_features
-from petlab.data.psi import PsiError, free_port, load_library, private_intersection
+from petlab.data.psi import PsiError, PsiResult, free_port, load_library, private_intersection
 from petlab.data.synthetic import make_engagement_tables
 from petlab.mpc.tls import TlsIdentity, throwaway_pair
 
@@ -404,9 +404,13 @@ def test_a_plaintext_message_pushed_to_a_tls_port_is_dropped(tmp_path, encrypted
         assert out["gateway"].other_set_size == 3  # the wallet's own message, not the pushed 999
         assert "Duplicate seq_id" not in log
     else:
-        assert answer["reply"].startswith(b"HTTP/1.1 200"), answer
+        assert answer["reply"].startswith(b"HTTP/1.1 200"), answer  # taken: nothing authenticates it
+        # whether the library then read the pushed message or the wallet's own depends on
+        # timing; either way each side ends within its bound, with a result or one line
         for role in ("gateway", "wallet"):
-            assert isinstance(out[role], PsiError) and len(str(out[role]).splitlines()) == 1, out[role]
+            assert isinstance(out[role], (PsiError, PsiResult)), out[role]
+            if isinstance(out[role], PsiError):
+                assert len(str(out[role]).splitlines()) == 1, out[role]
         assert time.monotonic() - t0 < 4 * timeout_s + 5
 
 
@@ -552,7 +556,9 @@ def test_the_library_s_files_are_private_leftovers_swept_and_no_core_dump(tmp_pa
     watched = _Watched(psi_lib, folders=[str(work / role) for role in ("gateway", "wallet")], record=record)
     monkeypatch.setattr(psi_module, "load_library", lambda: (watched, link_lib))
     ids = [f"C{i:09d}" for i in range(20_000)]
-    out = _psi({"gateway": ids[:15_000], "wallet": ids[5_000:]}, tmp=work)
+    # the watcher slows the library on purpose (it scans while the PSI runs): a generous bound
+    out = _psi({"gateway": ids[:15_000], "wallet": ids[5_000:]}, tmp=work, timeout_s=60.0)
+    assert not any(isinstance(v, Exception) for v in out.values()), out
     assert out["gateway"].ids == out["wallet"].ids == ids[5_000:15_000]
     records = [__import__("json").loads(p.read_text()) for p in record.iterdir()]
     assert len(records) == 2
