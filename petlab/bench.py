@@ -221,7 +221,7 @@ def _merge_rows(*, path: Path, rows: list[dict]) -> list[dict]:
 
 HEADER = """# Benchmarks
 
-Every number below was measured by the command quoted in its section, on the machine
+Every number below was measured by the command printed in its section, on the machine
 named there; `make bench` regenerates all sections. `petlab bench --sections psi`
 (for example) re-measures one section and leaves the others as they are.
 """
