@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from recording_relay import RecordingRelay
 
 from petlab.data.features import prepare_party_features
 from petlab.data.psi import PsiError, PsiResult, free_port, load_library, private_intersection
@@ -129,37 +130,8 @@ def test_rows_line_up_after_psi(run, tables):
 
 # -- what crosses the link ---------------------------------------------------------------
 
-class _Recorder:
-    """Forwards connections to ``target`` and records every byte, both ways."""
-
-    def __init__(self, target: tuple[str, int]):
-        self.target, self.recorded, self.lock = target, bytearray(), threading.Lock()
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, src, dst):
-        try:
-            while chunk := src.recv(1 << 16):
-                with self.lock:
-                    self.recorded += chunk
-                dst.sendall(chunk)
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def close(self):
-        self.server.close()
+def _Recorder(target):
+    return RecordingRelay(target, timeout_s=TIMEOUT_S)
 
 
 @pytest.mark.parametrize("encrypted", [False, True])

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+from recording_relay import RecordingRelay
 import torch
 import yaml
 
@@ -191,46 +192,8 @@ def test_a_party_without_tls_is_told_apart_from_a_wrong_certificate(pair):
 
 # -- what an eavesdropper on the wire sees ------------------------------------------------
 
-class _Relay:
-    """Forwards loopback connections to ``target_port`` and records every byte, both ways."""
-
-    def __init__(self, target_port: int):
-        self.target_port, self.recorded, self.lock = target_port, bytearray(), threading.Lock()
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            deadline = time.monotonic() + TIMEOUT_S
-            while True:  # the listening party may not be listening yet
-                try:
-                    upstream = socket.create_connection(("127.0.0.1", self.target_port))
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        client.close()
-                        return
-                    time.sleep(0.02)
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, src, dst):
-        try:
-            while chunk := src.recv(1 << 16):
-                with self.lock:
-                    self.recorded += chunk
-                dst.sendall(chunk)
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def close(self):
-        self.server.close()
+def _Relay(target_port: int):
+    return RecordingRelay(("127.0.0.1", target_port), timeout_s=TIMEOUT_S)
 
 
 @pytest.mark.parametrize("encrypted", [True, False])
