@@ -129,7 +129,7 @@ def make_engagement_tables(*, rows: int, seed: int, overlap: float = 1.0,
     recency = rng.exponential(scale=np.exp(3.0 - 0.5 * travel - 0.3 * digital), size=n)
 
     # ---- wallet: app behaviour and preferences -------------------------------------
-    sessions = rng.negative_binomial(3, 3 / (3 + np.exp(2.2 + 0.7 * digital)), size=n)
+    app_visits = rng.negative_binomial(3, 3 / (3 + np.exp(2.2 + 0.7 * digital)), size=n)
     coupons = rng.poisson(np.exp(-0.2 + 0.8 * digital + 0.45 * price))
     topups = rng.poisson(np.exp(0.5 + 0.4 * digital))
     avg_topup = np.where(topups > 0, rng.lognormal(4.0 - 0.2 * price, 0.7, size=n), np.nan)
@@ -172,7 +172,7 @@ def make_engagement_tables(*, rows: int, seed: int, overlap: float = 1.0,
     wallet = pd.DataFrame(
         {
             ID_COLUMN: ids,
-            "app_sessions_30d": sessions,
+            "app_sessions_30d": app_visits,
             "coupon_redemptions_90d": coupons,
             "topups_30d": topups,
             "avg_topup_amount": np.round(avg_topup, 2),
