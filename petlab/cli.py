@@ -204,11 +204,15 @@ def _print_summary(result) -> None:
 
 
 def _poc(args) -> int:
+    from petlab.config import MPCConfig
     from petlab.mpc.launcher import starting_roles_ahead
 
-    config = _config_from_args(args)
-    _check_out(args)
-    with starting_roles_ahead(config=config):  # the roles' interpreter imports while this one does
+    # the roles' interpreter starts first: it imports torch and CrypTen while this one
+    # checks the configuration and makes the tables and the run folder
+    threads = getattr(args, "threads_per_party", None) or MPCConfig.threads_per_party
+    with starting_roles_ahead(threads_per_party=threads):
+        config = _config_from_args(args)
+        _check_out(args)
         from petlab.pipeline import run_poc
 
         result = run_poc(config=config, runs_root=args.runs_root, out=args.out, progress=not args.quiet,

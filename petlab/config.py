@@ -45,6 +45,7 @@ __all__ = [
 ]
 
 PROVIDERS = ("TTP", "TFP")
+MODELS = ("logreg", "mlp")  # petlab.models implements them
 ENGINES = ("auto", "petlab", "crypten")
 SIGMOID_METHODS = ("reciprocal", "piecewise")
 ALIGNMENTS = ("psi", "given")
@@ -115,7 +116,10 @@ class TrainConfig:
     batch_size: int = 1024 # rows per SGD step (same minibatch order in every backend)
     lr: float = 0.5  # SGD learning rate on the mean loss
     seed: int = 0  # seed of the initial weights and of the minibatch order
-    monitor_rows: int = 2048  # training rows (fixed sample) on which the per-epoch loss is measured
+    # training rows (a fixed sample, the same in MPC and plaintext) on which the per-epoch
+    # loss is measured: the same rows every epoch, so the curve is smooth; 512 keeps the
+    # monitor's cost on shares under a fifth of training (BENCHMARKS.md, start-up section)
+    monitor_rows: int = 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,8 +271,6 @@ def validate(cfg: PocConfig) -> None:
     d, t, m = cfg.data, cfg.train, cfg.mpc
     if d.source not in DATA_SOURCES:
         raise ConfigError(f"unknown data source {d.source!r}: expected one of {', '.join(DATA_SOURCES)}")
-    from petlab.models import MODELS  # torch: imported only when a configuration is checked
-
     if t.model not in MODELS:
         raise ConfigError(f"unknown model {t.model!r}: expected one of {', '.join(MODELS)}")
     if d.source == "wide" and d.features < 2:

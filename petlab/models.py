@@ -26,9 +26,9 @@ import math
 
 import torch
 
-__all__ = ["MODELS", "ModelSpec", "init_params", "forward", "gradients", "sgd_step", "bce_loss"]
+from petlab.config import MODELS
 
-MODELS = ("logreg", "mlp")
+__all__ = ["MODELS", "ModelSpec", "init_params", "forward", "gradients", "sgd_step", "bce_loss"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,11 +26,9 @@ from petlab.config import PocConfig
 from petlab.data.features import prepare_party_features
 from petlab.data.synthetic import ID_COLUMN, LABEL_COLUMN, make_engagement_tables, make_wide_tables
 from petlab.data.tables import file_sha256, party_table_path, write_party_table
-from petlab.metrics import binary_metrics
 from petlab.mpc.launcher import MPCRun, run_mpc
 from petlab.parties import Party
 from petlab.runs import Run, create_run, environment_record
-from petlab.train.plaintext import PlaintextFit, train_plaintext
 
 __all__ = [
     "MODEL_NAMES",
@@ -42,6 +41,13 @@ __all__ = [
     "write_record",
     "run_poc",
 ]
+
+if TYPE_CHECKING:
+    from petlab.train.plaintext import PlaintextFit
+
+# scikit-learn (the metrics) and torch (the plaintext models) are imported where they are
+# used, after the MPC run: a run's roles start without waiting for them (see
+# petlab.cli's ``poc``, which imports them meanwhile)
 
 log = logging.getLogger("petlab.pipeline")
 
@@ -248,6 +254,8 @@ def train_references(*, config: PocConfig, tables: dict) -> dict[str, PlaintextF
     This is the research harness: it reads both parties' tables, which only a
     simulation may do (see :func:`petlab.mpc.trust.reference_note`).
     """
+    from petlab.train.plaintext import train_plaintext
+
     feats = reference_features(config=config, tables=tables)
     label = feats[label_party(config)]
     t = config.train
@@ -307,6 +315,7 @@ def _by_operation(summary: list[dict]) -> dict:
 def write_record(*, config: PocConfig, tables: dict, mpc: MPCRun, references: dict, run: Run,
                  figures: bool = True) -> PocResult:
     """Assemble ``metrics.json``, curves, scores, figures and the HTML report."""
+    from petlab.metrics import binary_metrics
     from petlab.models import ModelSpec
 
     holder = label_party(config)

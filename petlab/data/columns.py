@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 
-import pandas as pd
+# pandas is imported where it is used: petlab.config reads DEFAULT_MAX_LEVELS, and the
+# command line starts its roles' interpreter before it imports pandas
 
 __all__ = ["DEFAULT_MAX_LEVELS", "ID_LIKE_SHARE", "MIN_ROWS_FOR_ID_LIKE", "ColumnSummary", "TableSummary",
            "column_kind", "summarise_table"]
@@ -84,6 +85,8 @@ class TableSummary:
 def column_kind(values: pd.Series) -> str:
     """``numeric`` (numbers and booleans), ``date`` (datetimes) or ``categorical``
     (anything else), as the table loader left the column."""
+    import pandas as pd
+
     if pd.api.types.is_datetime64_any_dtype(values):
         return "date"
     if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
@@ -92,6 +95,8 @@ def column_kind(values: pd.Series) -> str:
 
 
 def _looks_like_yyyymmdd(values: pd.Series) -> bool:
+    import pandas as pd
+
     present = values.dropna()
     if not len(present) or not pd.api.types.is_integer_dtype(present):
         return False
@@ -111,6 +116,8 @@ def summarise_table(table: pd.DataFrame, *, party: str, path, id_column: str, la
         id_column: the id column; label_column: the label's, at the label party only.
         max_levels: levels a categorical keeps (the others become ``<other>``).
     """
+    import pandas as pd
+
     rows = len(table)
     summaries, warnings = [], []
     for col in table.columns:

@@ -50,6 +50,7 @@ import stat
 import struct
 import tempfile
 import threading
+import sys
 import time
 from pathlib import Path
 
@@ -100,12 +101,13 @@ class PsiResult:
 def load_library():
     """Import SecretFlow's PSI (``spu.psi``, ``spu.libspu.link``); a clear error if absent.
 
-    Importing ``spu`` imports jax (about 2 s, once per process); it happens before
-    :func:`private_intersection` starts its clock.
+    Only the two extension modules are loaded (:func:`_spu_extensions`), not the ``spu``
+    package's own ``__init__``, which imports jax (about 2 s of a party's start-up, for
+    nothing the PSI uses). Once per process; the zygote (:mod:`petlab.mpc.zygote`) loads
+    it before it forks the roles, and :func:`private_intersection` starts its clock after.
     """
     try:
-        import spu.libspu.link as link
-        import spu.psi as psi
+        psi, link = _spu_extensions()
     except ImportError as err:
         raise PsiError(f"SecretFlow's PSI is not installed ({err}): `make venv` installs spu 0.9.5") from None
     import pyarrow.compute  # noqa: F401 - and what the party's side uses, so that the clock
@@ -115,6 +117,37 @@ def load_library():
 
     _as_strings(["warm-up"])  # pyarrow's kernels initialise on first use (0.3 s)
     return psi, link
+
+
+def _spu_extensions():
+    """``spu.psi`` and ``spu.libspu.link`` without running ``spu/__init__.py``.
+
+    While they load, ``sys.modules["spu"]`` is the bare package (its spec, no code run);
+    it is removed afterwards, so that a later ``import spu`` in the same process still
+    runs the package's ``__init__`` (which then finds these modules already loaded).
+    """
+    import importlib
+    import importlib.util
+
+    with _LOADING:  # one thread at a time: the bare package is in sys.modules only meanwhile
+        loaded = sys.modules.get("spu.psi"), sys.modules.get("spu.libspu.link")
+        if all(loaded):
+            return loaded
+        if "spu" in sys.modules:  # the whole package is loaded already: use it
+            return importlib.import_module("spu.psi"), importlib.import_module("spu.libspu.link")
+        spec = importlib.util.find_spec("spu")
+        if spec is None:
+            raise ImportError("No module named 'spu'")
+        bare = importlib.util.module_from_spec(spec)
+        sys.modules["spu"] = bare
+        try:
+            return importlib.import_module("spu.psi"), importlib.import_module("spu.libspu.link")
+        finally:
+            if sys.modules.get("spu") is bare:
+                del sys.modules["spu"]
+
+
+_LOADING = threading.Lock()
 
 
 # ---------------------------------------------------------------------------------------

@@ -125,31 +125,32 @@ class RoleStarter:
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env, text=True)
 
     def close(self) -> None:
-        """Stop it if no run used it."""
+        """Stop it if no run used it (it has started no role and holds nothing: it is
+        ended at once, not left to finish its imports)."""
         if not self.used and self.zygote.poll() is None:
-            try:
-                self.zygote.stdin.close()  # no job: it ends by itself
-                self.zygote.wait(timeout=10)
-            except (OSError, subprocess.TimeoutExpired):
-                self.zygote.kill()
-                self.zygote.wait()
+            self.zygote.kill()
+            self.zygote.wait()
+        if not self.used:
+            for stream in (self.zygote.stdin, self.zygote.stdout, self.zygote.stderr):
+                stream.close()
 
 
 _AHEAD: contextvars.ContextVar = contextvars.ContextVar("petlab_role_starter", default=None)
 
 
 @contextlib.contextmanager
-def starting_roles_ahead(*, config: PocConfig):
+def starting_roles_ahead(*, threads_per_party: int):
     """Within the block, the next :func:`run_mpc` forks its roles from an interpreter
     started now (:class:`RoleStarter`), which imports while the block does its own work.
 
     Args:
-        config: the run's configuration (its ``threads_per_party`` is set at the start).
+        threads_per_party: the torch threads of each role, set in that interpreter's
+            environment at its start; a run configured otherwise starts its own.
     """
     if not _forking():
         yield None
         return
-    starter = RoleStarter(threads_per_party=config.mpc.threads_per_party)
+    starter = RoleStarter(threads_per_party=threads_per_party)
     token = _AHEAD.set(starter)
     try:
         yield starter

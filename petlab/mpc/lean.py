@@ -80,7 +80,7 @@ from petlab.mpc.secret_random import SecretStream, StreamSource, derive_key
 
 __all__ = ["plan_binding", "Sigmoid", "Randomness", "LeanParty", "batch_plan", "mlp_batch_plan", "deal", "train_logreg", "train_mlp",
            "ttp_fetch", "local_dealer", "sgd_constant", "step_cost", "mlp_step_cost",
-           "train_bytes", "loss_plan", "monitor_loss"]
+           "train_bytes", "loss_plan", "monitor_loss", "step_planner", "chunk_plans"]
 
 #: HKDF purpose of the protocol's correlated randomness under a key agreed with the dealer
 PROTOCOL_PURPOSE = "protocol/correlated-randomness"
@@ -436,7 +436,7 @@ class Randomness:
         flat = None
         if self.rank == 0:
             ahead = hasattr(self.fetch, "request")
-            if self.pending is not None and self.pending is not plan:
+            if self.pending is not None and self.pending is not plan and self.pending != plan:
                 raise RuntimeError("correlated randomness out of step: a different plan was requested ahead")
             if self.pending is None:
                 flat = self.fetch(plan)
@@ -967,20 +967,37 @@ class LeanParty:
         return self.trunc(z)
 
 
+def step_planner(*, party: LeanParty, d: int, hidden: int | None = None):
+    """``plan(rows)``: the randomness one training step on ``rows`` needs (logistic
+    regression on ``d`` features, or with ``hidden`` the MLP)."""
+    if hidden is None:
+        return lambda rows: batch_plan(rows=rows, d=d, bits=party.bits, sigmoid=party.sigmoid_spec)
+    return lambda rows: mlp_batch_plan(rows=rows, d=d, hidden=hidden, bits=party.bits, sigmoid=party.sigmoid_spec)
+
+
+def chunk_plans(*, batches, chunk: int, plan) -> list[list[tuple]]:
+    """The plans :func:`train_logreg` and :func:`train_mlp` prepare, one per ``chunk``
+    steps (``plan``: from :func:`step_planner`)."""
+    batches = list(batches)
+    return [[item for rows in batches[start: start + chunk] for item in plan(rows)]
+            for start in range(0, len(batches), chunk)]
+
+
 def train_logreg(*, party: LeanParty, E, y, w, b, batches, lr: float, chunk: int = 32,
-                 on_batch=None) -> tuple[torch.Tensor, torch.Tensor]:
+                 on_batch=None, then: list[tuple] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Minibatch SGD on the shares: the arithmetic of :mod:`petlab.models` for logistic
     regression (summed BCE gradient, then ``p - lr/B * g``), batch by batch.
 
     ``E`` is the opened masked feature matrix, ``y`` (n, 1), ``w`` (d, 1), ``b`` (1,)
     this party's shares (torch tensors or numpy arrays); ``batches`` the row indices of
-    every step (public). Returns the new shares of ``w`` and ``b`` as torch tensors.
+    every step (public). ``then``: the plan the caller prepares next (the loss monitor's,
+    the next epoch's first chunk), requested from the dealer during the last chunk.
+    Returns the new shares of ``w`` and ``b`` as torch tensors.
     """
     E, y, w, b = (_to_numpy(t) for t in (E, y, w, b))
     d = E.shape[1]
-    for index in _prepared_steps(party=party, batches=batches, chunk=chunk,
-                                 plan=lambda rows: batch_plan(rows=rows, d=d, bits=party.bits,
-                                                              sigmoid=party.sigmoid_spec)):
+    for index in _prepared_steps(party=party, batches=batches, chunk=chunk, then=then,
+                                 plan=step_planner(party=party, d=d)):
         E_b, y_b = E[index], y[index]
         delta = party.sigmoid(party.fm_left(E_b, w) + b) - y_b
         w, b = _sgd(party, [w, b], [party.fm_right(E_b, delta), delta.sum(0)], lr=lr, batch=len(index))
@@ -989,15 +1006,15 @@ def train_logreg(*, party: LeanParty, E, y, w, b, batches, lr: float, chunk: int
     return torch.from_numpy(w), torch.from_numpy(b)
 
 
-def _prepared_steps(*, party: LeanParty, batches, chunk: int, plan):
+def _prepared_steps(*, party: LeanParty, batches, chunk: int, plan, then: list[tuple] | None = None):
     """Each step's row indices, its chunk's randomness prepared first (``plan(rows)``:
-    what one step needs); the next chunk's is requested at once, so that a dealer makes
-    it during this chunk."""
+    what one step needs); the next chunk's (after the last, ``then``) is requested at
+    once, so that a dealer makes it during this chunk."""
     batches = list(batches)
     parts = [batches[start: start + chunk] for start in range(0, len(batches), chunk)]
-    plans = [[item for rows in part for item in plan(rows)] for part in parts]
+    plans = chunk_plans(batches=batches, chunk=chunk, plan=plan) + [then]
     for i, part in enumerate(parts):
-        party.rand.prepare(plans[i], upcoming=plans[i + 1] if i + 1 < len(plans) else None)
+        party.rand.prepare(plans[i], upcoming=plans[i + 1])
         for rows in part:
             yield np.asarray(rows, dtype=np.int64)
 
@@ -1060,11 +1077,12 @@ def _mlp_step(party: LeanParty, E_b: np.ndarray, y_b: np.ndarray, params: list, 
 
 
 def train_mlp(*, party: LeanParty, E, y, params: dict, batches, lr: float, chunk: int = 32,
-              on_batch=None) -> dict[str, torch.Tensor]:
+              on_batch=None, then: list[tuple] | None = None) -> dict[str, torch.Tensor]:
     """Minibatch SGD of :mod:`petlab.models`' MLP on the shares, batch by batch.
 
     ``params``: this party's shares of ``W1`` (d, h), ``b1`` (h,), ``w2`` (h, 1), ``b2``
-    (1,) (torch or numpy). Returns their new shares as torch tensors.
+    (1,) (torch or numpy); ``then`` as for :func:`train_logreg`. Returns their new
+    shares as torch tensors.
     """
     names = ("W1", "b1", "w2", "b2")
     E, y = _to_numpy(E), _to_numpy(y)
@@ -1072,10 +1090,8 @@ def train_mlp(*, party: LeanParty, E, y, params: dict, batches, lr: float, chunk
     d, h = values[0].shape
     if values[2].shape != (h, 1):
         raise ValueError(f"w2 must be ({h}, 1) (one output), got {values[2].shape}")
-    def plan(rows):
-        return mlp_batch_plan(rows=rows, d=d, hidden=h, bits=party.bits, sigmoid=party.sigmoid_spec)
-
-    for index in _prepared_steps(party=party, batches=batches, chunk=chunk, plan=plan):
+    for index in _prepared_steps(party=party, batches=batches, chunk=chunk, then=then,
+                                 plan=step_planner(party=party, d=d, hidden=h)):
         values = _mlp_step(party, E[index], y[index], values, lr)
         if on_batch is not None:
             on_batch()

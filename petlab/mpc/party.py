@@ -510,6 +510,9 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path, timeline
                 first = minibatches(n=n_train, batch_size=cfg.train.batch_size, seed=cfg.train.seed, epoch=0)[0]
                 party0_view.records.append({"a_view": lean["a_view"][torch.from_numpy(first)].clone(),
                                             "epsilon": E[torch.from_numpy(first)].clone()})
+        if lean is not None:  # the loss monitor's randomness, requested ahead during each epoch's training
+            monitor_plan = _monitor_plan(cfg=cfg, lean=lean, spec=spec, d=int(E.shape[1]),
+                                         monitor=monitor.cpu().numpy())
         timeline.mark("training_started")
         for epoch in range(cfg.train.epochs):
             with meter.phase("train"):
@@ -521,12 +524,12 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path, timeline
                     if spec.kind == "logreg":
                         w, b = train_logreg(party=lean["party"], E=E, y=y_train_enc.share, w=shares["w"],
                                             b=shares["b"], batches=batches, lr=cfg.train.lr,
-                                            chunk=cfg.mpc.triple_chunk, on_batch=progress.step)
+                                            chunk=cfg.mpc.triple_chunk, on_batch=progress.step, then=monitor_plan)
                         shares = {"w": w, "b": b}
                     else:
                         shares = train_mlp(party=lean["party"], E=E, y=y_train_enc.share, params=shares,
                                            batches=batches, lr=cfg.train.lr, chunk=cfg.mpc.triple_chunk,
-                                           on_batch=progress.step)
+                                           on_batch=progress.step, then=monitor_plan)
                     params = {name: crypten.mpc.MPCTensor.from_shares(value, precision=lean["precision"])
                               for name, value in shares.items()}
                 else:
@@ -540,8 +543,8 @@ def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path, timeline
             if cfg.mpc.track_loss:
                 with meter.phase("loss_monitor"):
                     if lean is not None:
-                        loss = _lean_loss(crypten=crypten, lean=lean, spec=spec, E=E, y=y_train_enc.share,
-                                          params=shares, rows=monitor.cpu().numpy(), ledger=ledger, me=me)
+                        loss = _lean_loss(crypten=crypten, lean=lean, E=E, y=y_train_enc.share, params=shares,
+                                          rows=monitor.cpu().numpy(), plan=monitor_plan, ledger=ledger, me=me)
                     else:
                         probs, _ = forward(spec=spec, params=params, X=X_monitor_enc)
                         loss = disclosure.reveal(bce_loss(probs=probs, y=y_monitor_enc), item="train_loss",
@@ -688,15 +691,29 @@ def _lean_setup(*, crypten, cfg: PocConfig, me: Party, X_shares: torch.Tensor):
     return {"party": party, "precision": precision, "a_view": a_view}, E
 
 
-def _lean_loss(*, crypten, lean: dict, spec: ModelSpec, E, y, params: dict, rows: np.ndarray, ledger, me: Party):
+def _monitor_plan(*, cfg: PocConfig, lean: dict, spec: ModelSpec, d: int, monitor: np.ndarray):
+    """The loss monitor's plan on petlab's protocol (:func:`petlab.mpc.lean.loss_plan`;
+    None without the monitor). It is public (rows and shapes) and the same every epoch:
+    each epoch's training requests it from the dealer during its last chunk, so that the
+    dealer makes it while the parties train, not while they wait for it. (The next
+    epoch's first chunk is not requested during the monitor: on two cores the dealer
+    making it slowed the monitor by more than it saved.)"""
+    from petlab.mpc.lean import loss_plan
+
+    if not cfg.mpc.track_loss:
+        return None
+    return loss_plan(rows=monitor, d=d, bits=lean["party"].bits, hidden=spec.hidden if spec.kind == "mlp" else None)
+
+
+def _lean_loss(*, crypten, lean: dict, E, y, params: dict, rows: np.ndarray, plan: list, ledger, me: Party):
     """The monitored rows' mean training loss on petlab's protocol: the summed
     cross-entropy stays shared (:func:`petlab.mpc.lean.monitor_loss`) until the declared
-    reveal opens it to the label holder, who divides it by the public row count."""
-    from petlab.mpc.lean import loss_plan, monitor_loss
+    reveal opens it to the label holder, who divides it by the public row count.
+    ``plan``: the monitor's randomness (requested during the epoch's last chunk)."""
+    from petlab.mpc.lean import monitor_loss
 
     party = lean["party"]
-    party.rand.prepare(loss_plan(rows=rows, d=int(E.shape[1]), bits=party.bits,
-                                 hidden=spec.hidden if spec.kind == "mlp" else None))
+    party.rand.prepare(plan)
     share = monitor_loss(party=party, E=E, y=y, params=params, rows=rows)
     total = disclosure.reveal(crypten.mpc.MPCTensor.from_shares(share, precision=lean["precision"]),
                               item="train_loss", ledger=ledger, me=me)

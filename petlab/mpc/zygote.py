@@ -28,7 +28,8 @@ import sys
 __all__ = ["main", "PRELOAD"]
 
 #: What every role imports before it does anything of its own (not scikit-learn, about a
-#: second: only the label holder needs it, for its metrics, after training).
+#: second: only the label holder needs it, for its metrics, after training); SecretFlow's
+#: PSI library is loaded after these (:func:`petlab.data.psi.load_library`).
 PRELOAD = ("petlab.cli", "petlab.mpc.party", "petlab.mpc.lean", "petlab.mpc.channel", "petlab.mpc.dealer",
            "petlab.data.psi", "petlab.data.validation", "petlab.data.features", "petlab.audit.transcript")
 
@@ -41,6 +42,12 @@ def _preload() -> None:
     import_crypten()
     for name in PRELOAD:
         importlib.import_module(name)
+    from petlab.data.psi import PsiError, load_library
+
+    try:
+        load_library()  # SecretFlow's PSI (without jax) and pyarrow's kernels, once for every role
+    except PsiError:
+        pass  # not installed: a role that runs PSI says so in its own one line
 
 
 def _child(role: str, job: str, log: str) -> None:

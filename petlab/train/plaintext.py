@@ -19,6 +19,7 @@ import time
 import numpy as np
 import torch
 
+from petlab.config import TrainConfig
 from petlab.models import ModelSpec, bce_loss, forward, gradients, init_params, sgd_step
 from petlab.mpc.party import minibatches, monitor_indices
 
@@ -45,7 +46,7 @@ def train_plaintext(
     seed: int,
     hidden: int = 16,
     track_loss: bool = True,
-    monitor_rows: int = 2048,
+    monitor_rows: int = TrainConfig.monitor_rows,
 ) -> PlaintextFit:
     """Train one model in plaintext on one process (torch, float32).
 
