@@ -178,6 +178,7 @@ SPU_CONFIGS = {
                             "(one process, in-memory link), TrustedFirstParty", "seg3", "simulator"),
 }
 SPU_RUNNER = Path(__file__).parent / "spu" / "run_lr.py"
+_MPC_ORDER = {name: i for i, name in enumerate(list(MPC_CONFIGS) + list(SPU_CONFIGS))}
 
 
 def spu_python(explicit: str | None = None) -> str | None:
@@ -195,11 +196,14 @@ def spu_python(explicit: str | None = None) -> str | None:
 WAN_RESULTS = "benchmarks/wan.json"
 #: Where the mpc section keeps its rows: re-measuring some configurations keeps the others.
 MPC_RESULTS = "benchmarks/mpc.json"
+#: The PSI rows measured so far, each with its command (a run of some sizes replaces those)
+PSI_RESULTS = "benchmarks/psi.json"
 
 
-def _merge_rows(*, path: Path, rows: list[dict]) -> list[dict]:
-    """The rows in ``path`` with ``rows`` replacing those of the same configuration and
-    size; written back, and returned in configuration order.
+def _merge_rows(*, path: Path, rows: list[dict], key=lambda r: (r["config"], r["n_train"]),
+                order=lambda r: (r["n_train"], _MPC_ORDER.get(r["config"], len(_MPC_ORDER)))) -> list[dict]:
+    """The rows in ``path`` with ``rows`` replacing those of the same ``key`` (by default
+    configuration and size); written back, and returned sorted by ``order``.
 
     >>> import tempfile; p = Path(tempfile.mkdtemp()) / "m.json"
     >>> _ = _merge_rows(path=p, rows=[{"config": "petlab-TTP", "n_train": 10, "mpc_s": 1.0}])
@@ -209,10 +213,9 @@ def _merge_rows(*, path: Path, rows: list[dict]) -> list[dict]:
     import json
 
     old = json.loads(path.read_text())["rows"] if path.is_file() else []
-    new_keys = {(r["config"], r["n_train"]) for r in rows}
-    merged = [r for r in old if (r["config"], r["n_train"]) not in new_keys] + rows
-    order = {name: i for i, name in enumerate(MPC_CONFIGS)}
-    merged.sort(key=lambda r: (r["n_train"], order.get(r["config"], len(order))))
+    new_keys = {key(r) for r in rows}
+    merged = [r for r in old if key(r) not in new_keys] + rows
+    merged.sort(key=order)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps({"rows": merged}, indent=1))
@@ -330,7 +333,14 @@ def run_benchmarks(*, sizes, epochs: int, output: str, data_root: str, runs_root
                 psi_rows.append(bench_psi(n=n, protocol=protocol))
         command = (f"petlab bench --sections psi --psi-sizes {' '.join(map(str, psi_sizes))} "
                    f"--psi-protocols {' '.join(psi_protocols)}")
-        rendered["psi"] = render_psi(rows=psi_rows, command=command, machine=_machine())
+        from petlab.config import PSI_PROTOCOLS
+
+        for r in psi_rows:
+            r.update(command=command, when=_stamp(), machine=_machine())
+        kept = _merge_rows(path=Path(PSI_RESULTS), rows=psi_rows, key=lambda r: (r["protocol"], r["n"]),
+                           order=lambda r: (PSI_PROTOCOLS.index(r["protocol"]) if r["protocol"] in PSI_PROTOCOLS
+                                            else len(PSI_PROTOCOLS), r["n"]))
+        rendered["psi"] = render_psi(rows=kept)
     if "wan" in sections:
         rendered["wan"] = _bench_wan(wan=wan or {}, root=root)
     if "startup" in sections:
@@ -747,9 +757,16 @@ OPENMINED_ROWS = ((10_000, 7_000, 27.2, 1.5, 328), (100_000, 70_000, 203.3, 15.2
                   (1_000_000, 700_000, 2635.2, 151.2, 918))
 
 
-def render_psi(*, rows: list[dict], command: str, machine: str) -> str:
-    """The private-set-intersection section for measured ``rows``, and the old library's."""
-    lines = _section_head(title="Private set intersection", command=command, machine=machine) + [
+def render_psi(*, rows: list[dict]) -> str:
+    """The private-set-intersection section for measured ``rows`` (each with its command),
+    and the old library's."""
+    commands = list(dict.fromkeys((r["command"], r["when"], r["machine"]) for r in rows))
+    lines = ["## Private set intersection", ""]
+    for i, (command, when, machine) in enumerate(commands, 1):
+        tag = f" [{i}]" if len(commands) > 1 else ""
+        lines.append(f"Measured{tag} by `{command}` on {when}, on: {machine}.")
+    lines += [
+        "",
         "SecretFlow's PSI (`spu` 0.9.5's `psi_execute`), RR22 and ECDH on Curve25519, the gateway",
         "receiving and sending the result on (both parties learn the intersection), between two",
         "party processes on loopback, each listening on its own port, without TLS (the protocol",
@@ -763,14 +780,17 @@ def render_psi(*, rows: list[dict], command: str, machine: str) -> str:
         "- **peak RSS MB**: each party's process (Linux VmHWM, imports included) plus what the",
         "  library's process added above the memory it shared with it at its start.",
         "",
-        "| protocol | ids per side | shared | seconds | link s | protocol s | MB per party | peak RSS MB gateway / wallet |",
-        "|---|---|---|---|---|---|---|---|",
+        "| protocol | ids per side | shared | seconds | link s | protocol s | MB per party | peak RSS MB gateway / wallet |"
+        + (" measured |" if len(commands) > 1 else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|" if len(commands) > 1 else ""),
     ]
+    which = {c: i for i, c in enumerate(commands, 1)}
     for r in rows:
         rss = r["peak_rss_mb"]
+        tag = f" [{which[(r['command'], r['when'], r['machine'])]}] |" if len(commands) > 1 else ""
         lines.append(f"| {r['protocol']} | {r['n']:,} | {r['intersection']:,} | {r['seconds']:.2f} | "
                      f"{r['link_s']:.2f} | {r['protocol_s']:.2f} | {r['mb_per_party']:.1f} | "
-                     f"{rss['gateway']:,.0f} / {rss['wallet']:,.0f} |")
+                     f"{rss['gateway']:,.0f} / {rss['wallet']:,.0f} |{tag}")
     lines += [
         "",
         "The library used before (openmined-psi 2.0.6: ECDH on P-256 in both directions at once, over",

@@ -54,7 +54,8 @@ def _breakdown(*, launched: float, run: Path) -> dict:
             "psi": next((r["seconds"] for r in rows if r["phase"] == "aligned"), 0.0),
             "train": gateway["phases"]["train"]["seconds"],
             "loss": gateway["phases"].get("loss_monitor", {}).get("seconds", 0.0),
-            "epochs": len(gateway.get("train_loss", [])), "run": str(run)}
+            "epochs": json.loads((run / "params.json").read_text())["config"]["train"]["epochs"],
+            "monitored": len(gateway.get("train_loss", [])), "run": str(run)}
 
 
 def measure_startup(*, data_root: str, root: Path, repeats: int = STARTUP_REPEATS) -> dict:
@@ -63,21 +64,20 @@ def measure_startup(*, data_root: str, root: Path, repeats: int = STARTUP_REPEAT
     Args:
         data_root: where the party tables are (made by the first run, reused after).
         root: folder for the run folders.
-        repeats: default runs (the section shows medians).
+        repeats: default runs, each followed by one without the loss monitor (the
+            section shows medians).
 
     Returns:
         ``{"petlab": [measurement per run], "crypten": measurement}``.
     """
     root.mkdir(parents=True, exist_ok=True)
     _poc(out=root / "startup-warm", data_root=data_root)  # tables made, files cached: not measured
-    runs = []
-    for i in range(repeats):
-        print(f"[bench] start-up: default run {i + 1}/{repeats}", file=sys.stderr, flush=True)
+    runs, unmonitored = [], []
+    for i in range(repeats):  # alternately: the monitor's whole cost is training with it against without it
+        print(f"[bench] start-up: default run {i + 1}/{repeats}, then without the loss monitor", file=sys.stderr,
+              flush=True)
         launched, run = _poc(out=root / f"startup-{i}", data_root=data_root)
         runs.append(_breakdown(launched=launched, run=run))
-    unmonitored = []
-    for i in range(repeats):  # the monitor's whole cost: training with it against training without it
-        print(f"[bench] start-up: default run without the loss monitor {i + 1}/{repeats}", file=sys.stderr, flush=True)
         launched, run = _poc(out=root / f"startup-no-loss-{i}", data_root=data_root, extra=("--no-track-loss",))
         unmonitored.append(_breakdown(launched=launched, run=run))
     print("[bench] start-up: the loss monitor on CrypTen's operators", file=sys.stderr, flush=True)

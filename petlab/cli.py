@@ -133,19 +133,8 @@ def _config_from_args(args):
         raise ConfigError(f"{', '.join(generated)} only appl{'ies' if len(generated) == 1 else 'y'} to generated data (--source synthetic or wide), "
                           "not to your own tables")
     config = poc_config(**overrides)
-    unread = [f"--{k.replace('_', '-')}" for k in _NOT_NOTEBOOK_PARAMETERS
-              if getattr(config.data, k) != getattr(_D, k)]
-    if getattr(args, "command", None) == "notebooks" and unread:
-        raise ConfigError(f"the notebooks have no parameter for {', '.join(unread)} yet: run these tables with "
-                          "petlab poc")
     _show_table_notes()
     return config
-
-
-#: Table settings the notebooks' parameter cells do not declare (petlab.notebooks passes
-#: only what a notebook declares, so these would be lost on the way).
-_NOT_NOTEBOOK_PARAMETERS = ("gateway_id_column", "wallet_id_column", "id_rule", "positive_label", "sep",
-                            "na_values", "max_levels")
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -46,6 +46,8 @@ def notebook_parameters(*, config: PocConfig) -> dict:
         "DATA_ROOT": str(Path(d.root).resolve()),
         "GATEWAY_TABLE": d.gateway_table, "WALLET_TABLE": d.wallet_table, "ID_COLUMN": d.id_column,
         "LABEL_COLUMN": d.label_column, "LABEL_PARTY": d.label_party, "PSI": d.psi,
+        "GATEWAY_ID_COLUMN": d.gateway_id_column, "WALLET_ID_COLUMN": d.wallet_id_column, "ID_RULE": d.id_rule,
+        "POSITIVE_LABEL": d.positive_label, "SEP": d.sep, "NA_VALUES": list(d.na_values), "MAX_LEVELS": d.max_levels,
         "MODEL": t.model, "EPOCHS": t.epochs, "BATCH_SIZE": t.batch_size, "LR": t.lr,
         "HIDDEN": t.hidden, "PROVIDER": m.provider, "DEVICE": m.device, "ENGINE": m.engine,
         "SIGMOID_METHOD": m.sigmoid_method,

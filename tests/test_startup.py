@@ -46,6 +46,8 @@ def _measurement(total_shift, psi, train, loss):
 def test_startup_section_shows_medians_and_the_loss_share():
     measured = {"petlab": [_measurement(0, 2.0, 1.0, 0.1), _measurement(1, 4.0, 2.0, 0.2),
                            _measurement(2, 3.0, 1.0, 0.15)],
+                "unmonitored": [_measurement(0, 2.0, 1.0, 0.0), _measurement(0, 2.0, 0.9, 0.0),
+                                _measurement(0, 2.0, 1.2, 0.0)],
                 "crypten": _measurement(0, 2.0, 10.0, 5.0)}
     text = render_startup(measured=measured, command="petlab bench --sections startup", machine="m", stamp="now")
     assert "Measured by `petlab bench --sections startup` on now, on: m." in text
@@ -54,3 +56,6 @@ def test_startup_section_shows_medians_and_the_loss_share():
     assert "**launch to first training step** | | **6.50** (3.50 to 6.50)" in text
     assert "the same without the PSI phase | | 2.50 (1.50 to 3.50)" in text
     assert "| petlab (default) | 10 | 1.00 | 0.10 | 10% |" in text and "| crypten | 10 | 10.00 | 5.00 | 50% |" in text
+    assert "| petlab, `--no-track-loss` | 10 | 0.90 | 0.00 | 0% |" in text
+    # the whole cost: median of training + monitor (1.1, 2.2, 1.15) against median training alone (1.0, 0.9, 1.2)
+    assert "training and monitor 1.15 s, training alone 1.00 s: **+0.15 s, 15% of training**" in text

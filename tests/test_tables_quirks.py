@@ -332,12 +332,3 @@ def test_table_options_are_checked_and_normalised():
                          ({"sep": ";;"}, "sep must be one character")):
         with pytest.raises(ConfigError, match=message):
             poc_config(gateway_table="g.csv", wallet_table="w.csv", id_column="id", label_column="y", **bad)
-
-
-def test_the_notebook_runner_refuses_table_settings_its_notebooks_cannot_take(tmp_path, capsys):
-    code = main(["notebooks", "--gateway-table", "g.csv", "--wallet-table", "w.csv", "--id-column", "id",
-                 "--label-column", "y", "--positive-label", "yes", "--sep", ";", "--out", str(tmp_path / "run")])
-    err = capsys.readouterr().err
-    assert code == 2 and err.strip() == ("petlab notebooks: error: the notebooks have no parameter for "
-                                         "--positive-label, --sep yet: run these tables with petlab poc")
-    assert not (tmp_path / "run").exists()

@@ -61,7 +61,7 @@ from petlab.net import free_port
 from petlab.parties import Party
 
 __all__ = ["PsiResult", "PsiError", "private_intersection", "free_port", "PROTOCOLS", "SECURITY_MODEL",
-           "load_library"]
+           "load_library", "warm_up"]
 
 #: The protocols offered (``data.psi``): RR22 by default, ECDH on Curve25519 on request.
 PROTOCOLS = ("rr22", "ecdh")
@@ -103,20 +103,29 @@ def load_library():
 
     Only the two extension modules are loaded (:func:`_spu_extensions`), not the ``spu``
     package's own ``__init__``, which imports jax (about 2 s of a party's start-up, for
-    nothing the PSI uses). Once per process; the zygote (:mod:`petlab.mpc.zygote`) loads
-    it before it forks the roles, and :func:`private_intersection` starts its clock after.
+    nothing the PSI uses). Once per process, in the party's own process: never before a
+    fork that makes two parties (whatever the library sets up when it loads, a generator
+    seeded then for instance, would be the same in both). :func:`private_intersection`
+    starts its clock after it.
     """
     try:
         psi, link = _spu_extensions()
     except ImportError as err:
         raise PsiError(f"SecretFlow's PSI is not installed ({err}): `make venv` installs spu 0.9.5") from None
-    import pyarrow.compute  # noqa: F401 - and what the party's side uses, so that the clock
-    import pyarrow.csv  # noqa: F401 - measures the alignment, not imports
+    warm_up()
+    return psi, link
+
+
+def warm_up() -> None:
+    """What the party's side of the PSI uses besides the library (pyarrow's text kernels,
+    petlab's generator module), imported and initialised: public code, no secret and no
+    generator state, so the zygote (:mod:`petlab.mpc.zygote`) does it once for all roles."""
+    import pyarrow.compute  # noqa: F401 - so that the clock measures the alignment, not imports
+    import pyarrow.csv  # noqa: F401
 
     import petlab.mpc.secret_random  # noqa: F401
 
     _as_strings(["warm-up"])  # pyarrow's kernels initialise on first use (0.3 s)
-    return psi, link
 
 
 def _spu_extensions():

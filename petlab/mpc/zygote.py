@@ -28,8 +28,9 @@ import sys
 __all__ = ["main", "PRELOAD"]
 
 #: What every role imports before it does anything of its own (not scikit-learn, about a
-#: second: only the label holder needs it, for its metrics, after training); SecretFlow's
-#: PSI library is loaded after these (:func:`petlab.data.psi.load_library`).
+#: second: only the label holder needs it, for its metrics, after training), and pyarrow's
+#: kernels for the PSI's ids (:func:`petlab.data.psi.warm_up`). SecretFlow's PSI library
+#: is not loaded here: each role loads it after the fork (:func:`petlab.data.psi.load_library`).
 PRELOAD = ("petlab.cli", "petlab.mpc.party", "petlab.mpc.lean", "petlab.mpc.channel", "petlab.mpc.dealer",
            "petlab.data.psi", "petlab.data.validation", "petlab.data.features", "petlab.audit.transcript")
 
@@ -42,12 +43,9 @@ def _preload() -> None:
     import_crypten()
     for name in PRELOAD:
         importlib.import_module(name)
-    from petlab.data.psi import PsiError, load_library
+    from petlab.data.psi import warm_up
 
-    try:
-        load_library()  # SecretFlow's PSI (without jax) and pyarrow's kernels, once for every role
-    except PsiError:
-        pass  # not installed: a role that runs PSI says so in its own one line
+    warm_up()  # pyarrow's kernels for the PSI's ids; SecretFlow's library each role loads itself, after the fork
 
 
 def _child(role: str, job: str, log: str) -> None:
