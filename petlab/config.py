@@ -57,6 +57,7 @@ PARTY_NAMES = ("gateway", "wallet")  # the data parties (see petlab.parties.Part
 NEGATIVE_CONTROLS = ("weak-key", "reused-mask", "undeclared-all-reduce", "gateway-holds-wallet-mask", "sign-in-clear",
                      "one-word-leak", "partial-mask-reuse")
 MIN_TRAIN_ROWS = 40  # below this a minibatch run says nothing
+MIN_MONITOR_ROWS = 128  # the loss monitor's revealed sum covers at least this many rows (fewer where the training rows are fewer)
 MIN_TEST_ROWS = 20  # below this an AUC says nothing
 
 
@@ -365,6 +366,10 @@ def validate(cfg: PocConfig) -> None:
                         ("threads_per_party", m.threads_per_party)):
         if int(value) != value or value < 1:
             raise ConfigError(f"{name} must be a positive integer, got {value}")
+    if t.monitor_rows < MIN_MONITOR_ROWS:
+        raise ConfigError(f"monitor_rows must be at least {MIN_MONITOR_ROWS}, got {t.monitor_rows}: the label holder "
+                          "learns the monitored rows' summed loss every epoch, which for a few rows says much of "
+                          "each row's logit")
     if not t.lr > 0:
         raise ConfigError(f"lr must be positive, got {t.lr}")
     # The SGD update multiplies the summed gradients by the public fixed-point constant

@@ -26,6 +26,7 @@ def test_defaults_and_overrides():
         ({"test_fraction": 1.5}, "test_fraction must be between 0 and 1"),
         ({"epochs": 0}, "epochs must be a positive integer"),
         ({"batch_size": 2.5}, "batch_size must be a positive integer"),
+        ({"monitor_rows": 16}, "monitor_rows must be at least 128, got 16: the label holder learns"),
         ({"lr": -1}, "lr must be positive"),
         ({"device": "tpu"}, "unknown device 'tpu'"),
         ({"colour": "red"}, "unknown parameter 'colour'"),

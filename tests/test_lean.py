@@ -533,3 +533,83 @@ def test_monitored_loss_on_shares_is_the_plaintext_cross_entropy(kind):
     assert len(during) > 10
     masked = [t for t in during if t.size > 1 and np.unique(t).size > 2]  # not the opened bits
     assert masked and not checks.plaintext_parts(parts=masked)
+
+
+class _AheadFetch:
+    """Party 0's dealer as :class:`petlab.mpc.lean._TTPFetch` talks to it: a request is
+    answered in request order, collected later; ``calls`` records both."""
+
+    def __init__(self, deal, calls):
+        self.deal, self.calls, self.queue = deal, calls, []
+
+    def request(self, plan):
+        self.calls.append("request")
+        self.queue.append(self.deal(plan))
+
+    def collect(self):
+        self.calls.append("collect")
+        return self.queue.pop(0)
+
+    def __call__(self, plan):
+        self.request(plan)
+        return self.collect()
+
+
+def test_the_monitor_s_randomness_asked_for_during_training_is_what_it_takes():
+    """Under TTP each epoch's training asks the dealer for the loss monitor's randomness
+    during its last chunk (``then=``): the monitor then takes exactly that, the losses are
+    those of a dealer asked on time, nothing is left requested after it, and a monitor on
+    other rows than were asked for is refused."""
+    n, d, epochs = 300, 4, 2
+    X, y = _mlp_data(n, d)
+    rows = np.arange(0, n, 3)
+    spec = ModelSpec(kind="logreg", n_features=d)
+    params = {k: v for k, v in init_params(spec=spec, seed=1).items()}
+    xs, ys, shared = _share(X), _share(y), {k: _share(v) for k, v in params.items()}
+    plan = lean.loss_plan(rows=rows, d=d, bits=16)
+
+    def train_and_monitor(ahead: bool):
+        parties, _, _ = _pair()
+        calls = []
+        if ahead:
+            parties[0].rand.fetch = _AheadFetch(parties[0].rand.fetch, calls)
+
+        def work(p, rank):
+            p.rand.prepare([("fm_init", (n, d), (0,), None)])
+            (E,) = p.open(xs[rank] - p.rand.A)
+            w, b = shared["w"][rank], shared["b"][rank]
+            losses = []
+            for epoch in range(epochs):
+                batches = minibatches(n=n, batch_size=64, seed=0, epoch=epoch)  # 5 steps: 3 chunks of 2
+                w, b = lean.train_logreg(party=p, E=E, y=ys[rank], w=w, b=b, batches=batches, lr=0.5, chunk=2,
+                                         then=plan if ahead else None)
+                if rank == 0 and ahead:
+                    assert p.rand.pending is plan  # asked for during the last chunk
+                    calls.append("monitor")
+                p.rand.prepare(plan)
+                losses.append(lean.monitor_loss(party=p, E=E, y=ys[rank], params={"w": w, "b": b}, rows=rows).numpy())
+                assert p.rand.pending is None and not p.rand.ready
+            return losses
+
+        return _run(parties, work), calls
+
+    (ahead0, ahead1), calls = train_and_monitor(ahead=True)
+    (on_time0, on_time1), _ = train_and_monitor(ahead=False)
+    for epoch in range(epochs):
+        got, expected = float(_decode([ahead0[epoch], ahead1[epoch]])), float(_decode([on_time0[epoch], on_time1[epoch]]))
+        assert abs(got - expected) / len(rows) < 1e-3, (epoch, got, expected)
+    epoch = ["request", "collect", "request",  # chunk 1 (asked for on time), chunk 2 asked for
+             "collect", "request", "collect", "request",  # chunk 2, chunk 3 asked for; chunk 3, the monitor's
+             "monitor", "collect"]  # the monitor collects what was asked for
+    assert calls == ["request", "collect"] + epoch * epochs  # the feature mask first
+
+    parties, _, _ = _pair()
+    rand = parties[0].rand
+    rand.fetch = _AheadFetch(rand.fetch, [])
+    rand.prepare([("fm_init", (n, d), (0,), None)])
+    rand.prepare(lean.chunk_plans(batches=[np.arange(8)], chunk=2, plan=lean.step_planner(party=parties[0], d=d))[0],
+                 upcoming=plan)
+    with pytest.raises(RuntimeError, match="a different plan was requested ahead"):
+        rand.prepare(lean.loss_plan(rows=rows[:-1], d=d, bits=16))
+    rand.prepare(lean.loss_plan(rows=rows, d=d, bits=16))  # equal, made again: taken
+    assert rand.pending is None

@@ -1,9 +1,16 @@
 """The start-up timeline: each role's phases on one clock, and the benchmark section
-that reads them (no party process here: records as the roles write them)."""
+that reads them (no party process here: records as the roles write them); and what the
+interpreter the roles are forked from holds before the fork."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
+
+import pytest
 
 from petlab.bench_startup import render_startup
 from petlab.mpc.timeline import STARTUP_MARKS, Timeline, process_started_at, startup_breakdown
@@ -59,3 +66,76 @@ def test_startup_section_shows_medians_and_the_loss_share():
     assert "| petlab, `--no-track-loss` | 10 | 0.90 | 0.00 | 0% |" in text
     # the whole cost: median of training + monitor (1.1, 2.2, 1.15) against median training alone (1.0, 0.9, 1.2)
     assert "training and monitor 1.15 s, training alone 1.00 s: **+0.15 s, 15% of training**" in text
+
+
+def test_the_zygote_forks_with_no_psi_library_loaded_and_refuses_to_where_one_is():
+    """Whatever SecretFlow's library sets up when it loads would be the same in every
+    forked role: the zygote's imports leave it unloaded (no module, nothing mapped), and
+    its check before the fork fails once it is loaded."""
+    script = """
+import json, sys
+from petlab.mpc.zygote import _check_nothing_secret_loaded, _preload
+_preload()
+_check_nothing_secret_loaded()
+maps = open("/proc/self/maps").read()
+before = {"modules": sorted(m for m in sys.modules if m.split(".")[0] == "spu"),
+          "mapped": "libpsi" in maps or "libspu" in maps}
+from petlab.data.psi import load_library
+load_library()  # a broken variant: the zygote loading the library itself
+try:
+    _check_nothing_secret_loaded()
+    refused = None
+except RuntimeError as err:
+    refused = str(err)
+print(json.dumps({**before, "refused": refused, "mapped_after": "libpsi" in open("/proc/self/maps").read()}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["modules"] == [] and got["mapped"] is False
+    assert got["mapped_after"] is True  # the probe sees a loaded library
+    assert got["refused"].startswith("the zygote imported SecretFlow's library before forking the roles: spu")
+
+
+_FORKS = """
+import json, os, sys
+import numpy as np
+import torch
+from petlab.mpc.zygote import _fresh_public_generators
+
+reseed = sys.argv[1] == "reseed"
+np.random.seed(7); torch.manual_seed(7)  # the state every fork inherits
+out = []
+for _ in range(2):
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: draw, report, leave at once
+        try:
+            if reseed:
+                _fresh_public_generators()
+            os.write(write, json.dumps([np.random.randint(0, 2**31, 4).tolist(),
+                                        torch.randint(0, 2**31, (4,)).tolist()]).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as fh:
+        out.append(json.loads(fh.read()))
+    os.waitpid(pid, 0)
+print(json.dumps(out))
+"""
+
+
+def _draws_in_two_forks(reseed: bool) -> list:
+    """numpy's and torch's global draws in two forked children of one interpreter."""
+    done = subprocess.run([sys.executable, "-c", _FORKS, "reseed" if reseed else "plain"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+def test_each_forked_role_reseeds_the_public_generators():
+    first, second = _draws_in_two_forks(reseed=True)
+    assert first[0] != second[0] and first[1] != second[1]
+    first, second = _draws_in_two_forks(reseed=False)  # what a fork leaves without it: the same draws
+    assert first == second

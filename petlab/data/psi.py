@@ -133,7 +133,9 @@ def _spu_extensions():
 
     While they load, ``sys.modules["spu"]`` is the bare package (its spec, no code run);
     it is removed afterwards, so that a later ``import spu`` in the same process still
-    runs the package's ``__init__`` (which then finds these modules already loaded).
+    runs the package's ``__init__`` (which then finds these modules already loaded; its
+    ``spu.libspu`` and ``spu.libpsi`` are then reached through ``sys.modules`` or an
+    ``import``, not as attributes). Nothing else in a party process imports ``spu``.
     """
     import importlib
     import importlib.util

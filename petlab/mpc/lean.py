@@ -436,7 +436,8 @@ class Randomness:
         flat = None
         if self.rank == 0:
             ahead = hasattr(self.fetch, "request")
-            if self.pending is not None and self.pending is not plan and self.pending != plan:
+            if self.pending is not None and self.pending is not plan \
+                    and plan_binding(self.pending) != plan_binding(plan):  # what the streams are bound to
                 raise RuntimeError("correlated randomness out of step: a different plan was requested ahead")
             if self.pending is None:
                 flat = self.fetch(plan)

@@ -48,10 +48,32 @@ def _preload() -> None:
     warm_up()  # pyarrow's kernels for the PSI's ids; SecretFlow's library each role loads itself, after the fork
 
 
+def _fresh_public_generators() -> None:
+    """numpy's and torch's global generators, reseeded from the operating system in each
+    forked role: a fork copies their state, so two roles would otherwise draw the same
+    values from them. They serve public randomness only (every secret comes from
+    :mod:`petlab.mpc.secret_random`, and the run's public draws are seeded by its
+    ``seed``); this keeps the roles as independent as fresh interpreters are."""
+    import numpy as np
+    import torch
+
+    np.random.seed()
+    torch.seed()
+
+
+def _check_nothing_secret_loaded() -> None:
+    """Refuse to fork where SecretFlow's library was loaded: whatever it sets up when it
+    loads would be the same in every role (each role loads it itself, after the fork)."""
+    loaded = sorted(m for m in sys.modules if m == "spu" or m.startswith("spu."))
+    if loaded:
+        raise RuntimeError(f"the zygote imported SecretFlow's library before forking the roles: {', '.join(loaded)}")
+
+
 def _child(role: str, job: str, log: str) -> None:
     """In the forked process: the role's own log, then the role (never returns)."""
     code = 1
     try:
+        _fresh_public_generators()
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
@@ -79,6 +101,7 @@ def main() -> int:
     import json
 
     _preload()
+    _check_nothing_secret_loaded()
     line = sys.stdin.readline()
     if not line.strip():  # closed without a job: nothing to start
         return 0
