@@ -544,3 +544,45 @@ def test_the_library_s_files_are_private_leftovers_swept_and_no_core_dump(tmp_pa
     for role in ("gateway", "wallet"):
         assert sorted(p.name for p in (work / role).iterdir()) == ["psi.log", "psi.trace"]
         assert (work / role / "psi.trace").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_psi_port_holds_a_bounded_number_of_connections(tmp_path):
+    """Whoever reaches a party's PSI port cannot make it hold connections (and threads)
+    without bound: beyond DOORWAY_CONNECTIONS it closes new ones unread, and takes new
+    ones again once held ones end."""
+    import socket
+    import time
+
+    import petlab.data.psi as psi_module
+
+    port = free_port()
+    door = psi_module._Doorway(host="127.0.0.1", port=port, inner=str(tmp_path / "none.sock"), tls=True,
+                               timeout_s=30.0)
+    cap = psi_module.DOORWAY_CONNECTIONS
+    clients = []
+    try:
+        for _ in range(cap + 4):
+            clients.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        deadline = time.monotonic() + 10
+        while door.refused < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (door.open, door.refused) == (cap, 4)
+        closed = 0
+        for c in clients[cap:]:  # the ones beyond the bound: closed by the port, nothing sent
+            c.settimeout(5)
+            closed += c.recv(1) == b""
+        assert closed == 4
+        for c in clients[:cap]:
+            c.close()
+        while door.open and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert door.open == 0
+        again = socket.create_connection(("127.0.0.1", port), timeout=5)
+        clients.append(again)
+        while door.open != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert door.open == 1  # held again, not refused
+    finally:
+        for c in clients:
+            c.close()
+        door.close()

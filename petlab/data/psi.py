@@ -201,6 +201,10 @@ def _as_strings(ids):
 _TLS_HANDSHAKE = b"\x16\x03"
 
 
+#: The most connections a party's PSI port holds at once.
+DOORWAY_CONNECTIONS = 16
+
+
 class _Doorway:
     """This party's PSI port, open from the start: it accepts the peer's connections and
     relays each, byte for byte, to the library's own server once that is up.
@@ -213,7 +217,10 @@ class _Doorway:
     insist), so with ``tls`` on the doorway relays only connections that open with a TLS
     handshake record and drops every other one unread. The library's own server listens
     on a unix socket in a folder only this user can enter (``inner``), not on a port.
-    It counts the bytes it relays (``sent``: to the peer, ``received``: from it).
+    It counts the bytes it relays (``sent``: to the peer, ``received``: from it). It holds
+    at most :data:`DOORWAY_CONNECTIONS` connections at once (the peer's library opens a
+    few); one more is closed unread and counted in ``refused``, so that whoever reaches
+    the port cannot make it start threads without bound.
     """
 
     def __init__(self, *, host: str, port: int, inner: str, tls: bool, timeout_s: float):
@@ -227,6 +234,7 @@ class _Doorway:
         self._server.settimeout(0.2)
         self._inner, self._tls, self._timeout_s = inner, tls, timeout_s
         self.sent = self.received = self.refused = 0
+        self.open = 0  # connections held now
         self._stop = threading.Event()
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -249,8 +257,23 @@ class _Doorway:
                 continue
             except OSError:
                 return
+            with self._lock:
+                full = self.open >= DOORWAY_CONNECTIONS
+                if full:
+                    self.refused += 1
+                else:
+                    self.open += 1
+            if full:
+                conn.close()
+                continue
             self._keep(conn)
-            threading.Thread(target=self._relay, args=(conn,), name="psi-relay", daemon=True).start()
+            threading.Thread(target=self._held, args=(conn,), name="psi-relay", daemon=True).start()
+
+    def _held(self, conn: socket.socket) -> None:
+        try:
+            self._relay(conn)
+        finally:
+            self._count("open", -1)
 
     def _speaks_tls(self, conn: socket.socket, deadline: float) -> bool:
         """Whether the connection's first bytes are a TLS handshake record (read without
@@ -264,6 +287,8 @@ class _Doorway:
             try:
                 head = conn.recv(len(_TLS_HANDSHAKE), socket.MSG_PEEK)
             except OSError:
+                return False
+            if not head:  # closed before it said anything
                 return False
             if len(head) == len(_TLS_HANDSHAKE) or not head.startswith(_TLS_HANDSHAKE[:len(head)]):
                 return head == _TLS_HANDSHAKE
@@ -616,7 +641,10 @@ def _run_library(*, psi_lib, link_lib, me: Party, peer: Party, ends: dict, tls, 
         reader.close()
         if child.is_alive() and failure is not None:
             child.kill()
-        child.join(5)  # after its report it only closes the link
+        # after its report it only says goodbye on the link, at once where the peer is
+        # still there; where the peer has already gone, the library would retry for
+        # seconds: it is stopped instead (both have their result by then)
+        child.join(_GOODBYE_S)
         if child.is_alive():
             child.kill()
             child.join(5)
@@ -624,6 +652,9 @@ def _run_library(*, psi_lib, link_lib, me: Party, peer: Party, ends: dict, tls, 
         raise PsiError(failure)
     return report
 
+
+#: How long the library's process may take to close the link after its report.
+_GOODBYE_S = 0.5
 
 #: CPU time of the library's process that counts as moving, as a share of ``timeout_s``:
 #: a library at work keeps a core busy; one that only waits for its peer, taking the odd

@@ -110,6 +110,11 @@ def _forking() -> bool:
     return hasattr(os, "fork") and os.environ.get("PETLAB_FORK", "1") != "0"
 
 
+#: After a role fails, how long the others may take to end on their own account (each
+#: writes its own cause) before they are stopped.
+ACCOUNTS_S = 2.0
+
+
 class RoleStarter:
     """A clean interpreter that imports what the roles need (:mod:`petlab.mpc.zygote`),
     started ahead of a run so that its imports overlap the caller's own work (the command
@@ -326,8 +331,10 @@ def run_mpc(
             if failed and not procs.started():
                 raise MPCRunError(f"the party processes could not start: {_last_line(out / 'launch.log')}",
                                   log=out / "launch.log")
-            if failed:
-                time.sleep(0.5)  # the others' accounts, if they fail at once too (a lost peer)
+            if failed:  # the others' accounts, if they fail at once too (a lost peer, the same bad input)
+                settle = time.monotonic() + ACCOUNTS_S
+                while time.monotonic() < settle and any(c is None for c in procs.poll().values()):
+                    time.sleep(0.05)
                 codes = procs.poll()
                 failures = {r: _failure(r, c, out / r) for r, c in codes.items() if c not in (None, 0)}
                 role = min(failures, key=lambda r: failures[r][:2])
