@@ -600,21 +600,26 @@ def _findings(rows: list[dict]) -> list[str]:
     out = []
     for n in sorted({r["n_train"] for r in rows}):
         per_epoch = {r["config"]: r["mpc_s"] / r["epochs"] for r in rows if r["n_train"] == n}
-        command = {r["config"]: r.get("command") for r in rows if r["n_train"] == n}
+        measured = {r["config"]: (r.get("command"), r.get("when")) for r in rows if r["n_train"] == n}
+
+        def apart(a: str, b: str) -> str:  # a ratio of rows measured separately says so
+            return "" if measured[a] == measured[b] else " (measured by different commands)"
+
         lines = []
         variants = {**PETLAB_VARIANTS, **{f"mlp-{k}": f"MLP, {v}" for k, v in PETLAB_VARIANTS.items()}}
         for prefix, label in variants.items():
             tfp, ttp = per_epoch.get(f"{prefix}-TFP"), per_epoch.get(f"{prefix}-TTP")
             if tfp and ttp:
-                lines.append(f"- TTP / TFP, {label}: {ttp / tfp:.2f}")
+                lines.append(f"- TTP / TFP, {label}: {ttp / tfp:.2f}{apart(f'{prefix}-TTP', f'{prefix}-TFP')}")
         for prefix, label in PETLAB_VARIANTS.items():
             if "crypten-TTP" in per_epoch and f"{prefix}-TTP" in per_epoch:
                 lines.append(f"- CrypTen operators as shipped (TTP) / {label} (TTP): "
-                             f"{per_epoch['crypten-TTP'] / per_epoch[f'{prefix}-TTP']:.1f}x")
+                             f"{per_epoch['crypten-TTP'] / per_epoch[f'{prefix}-TTP']:.1f}x"
+                             f"{apart('crypten-TTP', f'{prefix}-TTP')}")
         for prefix, label in PETLAB_VARIANTS.items():
             for spu_name in SPU_CONFIGS:
                 if f"{prefix}-TTP" in per_epoch and spu_name in per_epoch:
-                    same = command.get(f"{prefix}-TTP") == command.get(spu_name)
+                    same = measured[f"{prefix}-TTP"] == measured[spu_name]
                     lines.append(f"- {label} (TTP) / {spu_name} (measured, "
                                  f"{'same command' if same else 'different commands'}): "
                                  f"{per_epoch[f'{prefix}-TTP'] / per_epoch[spu_name]:.2f}x")
