@@ -450,6 +450,13 @@ def private_intersection(*, ids, role: str, endpoints: dict, tls: TlsIdentity | 
     Raises:
         PsiError: bad ids, a port in use, a peer that never connects or is lost, a
             refused certificate (one line each).
+
+    The library runs in a fork of this process and uses OpenMP through ``libgomp.so.1``,
+    which, where torch was imported first, is torch's own copy. Call this before torch
+    has computed with more than one thread in this process (a party process does: the
+    PSI comes before any training, and the launcher sets ``OMP_NUM_THREADS``): a fork of
+    a process whose OpenMP threads are running crashed the library in about one run in
+    four (measured).
     """
     import pyarrow as pa
 

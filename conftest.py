@@ -1,0 +1,15 @@
+"""For the whole test run, tests and doctests alike: torch computes on one thread in the
+test process.
+
+Some tests and doctests run the private set intersection in this process, as a party
+process does; SecretFlow's library then runs in a fork of it and uses OpenMP through
+``libgomp.so.1``, which is torch's own copy once torch is imported. A fork of a process
+whose OpenMP threads are running crashed the library in about one run in four; a party
+process never forks so (its PSI comes before any training, and the launcher sets
+``OMP_NUM_THREADS``), and with one torch thread this process does not either. See
+:func:`petlab.data.psi.private_intersection`.
+"""
+
+import torch
+
+torch.set_num_threads(1)
