@@ -234,7 +234,8 @@ def render_report(*, run_dir: Path) -> str:
         ["MPC sharing + training (s)", _fmt(s["mpc_train"], 2)],
         ["MPC / plaintext time", f"{ratio:,.0f}x"],
         ["MPC reveal of scores and weights (s)", _fmt(s["mpc_reveal"], 2)],
-        ["MPC loss monitoring, not in training time (s)", _fmt(s["mpc_loss_monitor"], 2)],
+        ["MPC loss monitoring, its own phase (s; the dealer makes its randomness during training)",
+         _fmt(s["mpc_loss_monitor"], 2)],
         ["MPC wall time incl. process start-up (s)", _fmt(s["mpc_wall_incl_startup"], 1)],
     ]))
     parts.append(_table(["party", "bytes (sent+received, CrypTen's count)", "rounds"],
