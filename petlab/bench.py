@@ -639,15 +639,27 @@ def _cost_total(cost: list[dict]) -> list[str]:
             f"| **{sum(c['rounds'] for c in cost)}** | **{sum(c['dealt'] for c in cost):,}** |"]
 
 
+def _measured_by(*, rows: list[dict], title: str) -> tuple[list, list[str]]:
+    """A section's title and one line per command that measured some of ``rows`` (tagged
+    ``[k]`` where there are several); the commands, in that order, and the lines.
+
+    >>> rows = [{"command": "a", "when": "t1", "machine": "m"}, {"command": "b", "when": "t2", "machine": "m"}]
+    >>> _measured_by(rows=rows, title="T")[1]
+    ['## T', '', 'Measured [1] by `a` on t1, on: m.', 'Measured [2] by `b` on t2, on: m.']
+    """
+    commands = list(dict.fromkeys((r["command"], r["when"], r["machine"]) for r in rows))
+    lines = [f"## {title}", ""]
+    for i, (command, when, machine) in enumerate(commands, 1):
+        tag = f" [{i}]" if len(commands) > 1 else ""
+        lines.append(f"Measured{tag} by `{command}` on {when}, on: {machine}.")
+    return commands, lines
+
+
 def render_mpc(*, rows: list[dict]) -> str:
     """The MPC-vs-plaintext section for measured ``rows`` (each with its command)."""
     from petlab.mpc.lean import Sigmoid, mlp_step_cost, step_cost
 
-    commands = list(dict.fromkeys((r["command"], r["when"], r["machine"]) for r in rows))
-    lines = ["## MPC training against plaintext", ""]
-    for i, (command, when, machine) in enumerate(commands, 1):
-        tag = f" [{i}]" if len(commands) > 1 else ""
-        lines.append(f"Measured{tag} by `{command}` on {when}, on: {machine}.")
+    commands, lines = _measured_by(rows=rows, title="MPC training against plaintext")
     lines += [
         "",
         "Data: the wide synthetic tables (`--source wide`): numeric columns split evenly between",
@@ -765,11 +777,7 @@ OPENMINED_ROWS = ((10_000, 7_000, 27.2, 1.5, 328), (100_000, 70_000, 203.3, 15.2
 def render_psi(*, rows: list[dict]) -> str:
     """The private-set-intersection section for measured ``rows`` (each with its command),
     and the old library's."""
-    commands = list(dict.fromkeys((r["command"], r["when"], r["machine"]) for r in rows))
-    lines = ["## Private set intersection", ""]
-    for i, (command, when, machine) in enumerate(commands, 1):
-        tag = f" [{i}]" if len(commands) > 1 else ""
-        lines.append(f"Measured{tag} by `{command}` on {when}, on: {machine}.")
+    commands, lines = _measured_by(rows=rows, title="Private set intersection")
     lines += [
         "",
         "SecretFlow's PSI (`spu` 0.9.5's `psi_execute`), RR22 and ECDH on Curve25519, the gateway",

@@ -84,6 +84,26 @@ def _count_dealt(party) -> list:
     return dealt
 
 
+class _AheadFetch:
+    """Party 0's dealer as :class:`petlab.mpc.lean._TTPFetch` talks to it: a request is
+    answered in request order, collected later; ``calls`` records both."""
+
+    def __init__(self, deal, calls):
+        self.deal, self.calls, self.queue = deal, calls, []
+
+    def request(self, plan):
+        self.calls.append("request")
+        self.queue.append(self.deal(plan))
+
+    def collect(self):
+        self.calls.append("collect")
+        return self.queue.pop(0)
+
+    def __call__(self, plan):
+        self.request(plan)
+        return self.collect()
+
+
 def _run(parties, fn):
     """``fn(party, rank)`` in both parties at once; returns both results."""
     out, errors = [None, None], []
@@ -170,24 +190,8 @@ def test_randomness_requested_ahead_is_what_the_next_step_takes():
     dealer_sources = [StreamSource(key=k) for k in keys]
     fixed: dict = {}
 
-    class AheadDealer:  # the dealer's side of lean._TTPFetch, in-process
-        def __init__(self):
-            self.queue, self.calls = [], []
-
-        def request(self, plan):
-            self.calls.append("request")
-            self.queue.append(lean.deal(plan=plan, sources=dealer_sources, fixed=fixed))
-
-        def collect(self):
-            self.calls.append("collect")
-            return self.queue.pop(0)
-
-        def __call__(self, plan):
-            self.request(plan)
-            return self.collect()
-
     first, second = [("mul", (3, 1), (3, 1), None)], [("square", (2, 1), (2, 1), None)]
-    dealer = AheadDealer()
+    dealer = _AheadFetch(lambda plan: lean.deal(plan=plan, sources=dealer_sources, fixed=fixed), [])
     rand = lean.Randomness(rank=0, source=StreamSource(key=own), fetch=dealer)
     rand.prepare(first, upcoming=second)
     assert dealer.calls == ["request", "collect", "request"] and rand.pending is second
@@ -533,26 +537,6 @@ def test_monitored_loss_on_shares_is_the_plaintext_cross_entropy(kind):
     assert len(during) > 10
     masked = [t for t in during if t.size > 1 and np.unique(t).size > 2]  # not the opened bits
     assert masked and not checks.plaintext_parts(parts=masked)
-
-
-class _AheadFetch:
-    """Party 0's dealer as :class:`petlab.mpc.lean._TTPFetch` talks to it: a request is
-    answered in request order, collected later; ``calls`` records both."""
-
-    def __init__(self, deal, calls):
-        self.deal, self.calls, self.queue = deal, calls, []
-
-    def request(self, plan):
-        self.calls.append("request")
-        self.queue.append(self.deal(plan))
-
-    def collect(self):
-        self.calls.append("collect")
-        return self.queue.pop(0)
-
-    def __call__(self, plan):
-        self.request(plan)
-        return self.collect()
 
 
 def test_the_monitor_s_randomness_asked_for_during_training_is_what_it_takes():
