@@ -101,15 +101,17 @@ class PsiResult:
 def load_library():
     """Import SecretFlow's PSI (``spu.psi``, ``spu.libspu.link``); a clear error if absent.
 
-    Only the two extension modules are loaded (:func:`_spu_extensions`), not the ``spu``
-    package's own ``__init__``, which imports jax (about 2 s of a party's start-up, for
-    nothing the PSI uses). Once per process, in the party's own process: never before a
-    fork that makes two parties (whatever the library sets up when it loads, a generator
-    seeded then for instance, would be the same in both). :func:`private_intersection`
-    starts its clock after it.
+    Importing ``spu`` imports jax (about 2 s, once per process); it happens before
+    :func:`private_intersection` starts its clock. Loading only the two extension modules,
+    without the package's ``__init__``, would save that, but the library's process then
+    crashed in about one run in four where the process it was forked from had run parallel
+    torch work (measured); with the whole package it did not. Once per process, in the
+    party's own process: never before a fork that makes two parties (whatever the library
+    sets up when it loads, a generator seeded then for instance, would be the same in both).
     """
     try:
-        psi, link = _spu_extensions()
+        import spu.libspu.link as link
+        import spu.psi as psi
     except ImportError as err:
         raise PsiError(f"SecretFlow's PSI is not installed ({err}): `make venv` installs spu 0.9.5") from None
     warm_up()
@@ -126,39 +128,6 @@ def warm_up() -> None:
     import petlab.mpc.secret_random  # noqa: F401
 
     _as_strings(["warm-up"])  # pyarrow's kernels initialise on first use (0.3 s)
-
-
-def _spu_extensions():
-    """``spu.psi`` and ``spu.libspu.link`` without running ``spu/__init__.py``.
-
-    While they load, ``sys.modules["spu"]`` is the bare package (its spec, no code run);
-    it is removed afterwards, so that a later ``import spu`` in the same process still
-    runs the package's ``__init__`` (which then finds these modules already loaded; its
-    ``spu.libspu`` and ``spu.libpsi`` are then reached through ``sys.modules`` or an
-    ``import``, not as attributes). Nothing else in a party process imports ``spu``.
-    """
-    import importlib
-    import importlib.util
-
-    with _LOADING:  # one thread at a time: the bare package is in sys.modules only meanwhile
-        loaded = sys.modules.get("spu.psi"), sys.modules.get("spu.libspu.link")
-        if all(loaded):
-            return loaded
-        if "spu" in sys.modules:  # the whole package is loaded already: use it
-            return importlib.import_module("spu.psi"), importlib.import_module("spu.libspu.link")
-        spec = importlib.util.find_spec("spu")
-        if spec is None:
-            raise ImportError("No module named 'spu'")
-        bare = importlib.util.module_from_spec(spec)
-        sys.modules["spu"] = bare
-        try:
-            return importlib.import_module("spu.psi"), importlib.import_module("spu.libspu.link")
-        finally:
-            if sys.modules.get("spu") is bare:
-                del sys.modules["spu"]
-
-
-_LOADING = threading.Lock()
 
 
 # ---------------------------------------------------------------------------------------
