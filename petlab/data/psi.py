@@ -421,11 +421,12 @@ def private_intersection(*, ids, role: str, endpoints: dict, tls: TlsIdentity | 
             refused certificate (one line each).
 
     The library runs in a fork of this process and uses OpenMP through ``libgomp.so.1``,
-    which, where torch was imported first, is torch's own copy. Call this before torch
-    has computed with more than one thread in this process (a party process does: the
-    PSI comes before any training, and the launcher sets ``OMP_NUM_THREADS``): a fork of
-    a process whose OpenMP threads are running crashed the library in about one run in
-    four (measured).
+    which, where torch was imported first, is torch's own copy. Best call this before
+    torch has computed with more than one thread in this process, as a party process
+    does (its PSI comes before any training, and the launcher sets ``OMP_NUM_THREADS``):
+    with the library's extension modules loaded alone, a fork of such a process crashed
+    the library in 5 of 20 runs (with the whole package, as :func:`load_library` loads
+    it, in none of 20).
     """
     import pyarrow as pa
 
