@@ -45,9 +45,8 @@ __all__ = [
 if TYPE_CHECKING:
     from petlab.train.plaintext import PlaintextFit
 
-# scikit-learn (the metrics) and torch (the plaintext models) are imported where they are
-# used, after the MPC run: a run's roles start without waiting for them (see
-# petlab.cli's ``poc``, which imports them meanwhile)
+# scikit-learn (the metrics) and the plaintext trainer are imported where they are used,
+# after the MPC run: the command launches the run's roles without waiting for them
 
 log = logging.getLogger("petlab.pipeline")
 

@@ -591,8 +591,7 @@ def test_the_monitor_s_randomness_asked_for_during_training_is_what_it_takes():
     rand = parties[0].rand
     rand.fetch = _AheadFetch(rand.fetch, [])
     rand.prepare([("fm_init", (n, d), (0,), None)])
-    rand.prepare(lean.chunk_plans(batches=[np.arange(8)], chunk=2, plan=lean.step_planner(party=parties[0], d=d))[0],
-                 upcoming=plan)
+    rand.prepare(lean.batch_plan(rows=np.arange(8), d=d, bits=16), upcoming=plan)
     with pytest.raises(RuntimeError, match="a different plan was requested ahead"):
         rand.prepare(lean.loss_plan(rows=rows[:-1], d=d, bits=16))
     rand.prepare(lean.loss_plan(rows=rows, d=d, bits=16))  # equal, made again: taken

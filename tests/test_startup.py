@@ -74,16 +74,16 @@ def test_the_zygote_forks_with_no_psi_library_loaded_and_refuses_to_where_one_is
     its check before the fork fails once it is loaded."""
     script = """
 import json, sys
-from petlab.mpc.zygote import _check_nothing_secret_loaded, _preload
+from petlab.mpc.zygote import _preload, _refuse_psi_library_loaded
 _preload()
-_check_nothing_secret_loaded()
+_refuse_psi_library_loaded()
 maps = open("/proc/self/maps").read()
 before = {"modules": sorted(m for m in sys.modules if m.split(".")[0] == "spu"),
           "mapped": "libpsi" in maps or "libspu" in maps}
 from petlab.data.psi import load_library
 load_library()  # a broken variant: the zygote loading the library itself
 try:
-    _check_nothing_secret_loaded()
+    _refuse_psi_library_loaded()
     refused = None
 except RuntimeError as err:
     refused = str(err)

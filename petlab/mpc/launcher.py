@@ -132,10 +132,10 @@ class RoleStarter:
     def close(self) -> None:
         """Stop it if no run used it (it has started no role and holds nothing: it is
         ended at once, not left to finish its imports)."""
-        if not self.used and self.zygote.poll() is None:
-            self.zygote.kill()
-            self.zygote.wait()
         if not self.used:
+            if self.zygote.poll() is None:
+                self.zygote.kill()
+                self.zygote.wait()
             for stream in (self.zygote.stdin, self.zygote.stdout, self.zygote.stderr):
                 stream.close()
 

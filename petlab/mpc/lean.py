@@ -80,7 +80,7 @@ from petlab.mpc.secret_random import SecretStream, StreamSource, derive_key
 
 __all__ = ["plan_binding", "Sigmoid", "Randomness", "LeanParty", "batch_plan", "mlp_batch_plan", "deal", "train_logreg", "train_mlp",
            "ttp_fetch", "local_dealer", "sgd_constant", "step_cost", "mlp_step_cost",
-           "train_bytes", "loss_plan", "monitor_loss", "step_planner", "chunk_plans"]
+           "train_bytes", "loss_plan", "monitor_loss"]
 
 #: HKDF purpose of the protocol's correlated randomness under a key agreed with the dealer
 PROTOCOL_PURPOSE = "protocol/correlated-randomness"
@@ -968,20 +968,12 @@ class LeanParty:
         return self.trunc(z)
 
 
-def step_planner(*, party: LeanParty, d: int, hidden: int | None = None):
+def _step_planner(*, party: LeanParty, d: int, hidden: int | None = None):
     """``plan(rows)``: the randomness one training step on ``rows`` needs (logistic
     regression on ``d`` features, or with ``hidden`` the MLP)."""
     if hidden is None:
         return lambda rows: batch_plan(rows=rows, d=d, bits=party.bits, sigmoid=party.sigmoid_spec)
     return lambda rows: mlp_batch_plan(rows=rows, d=d, hidden=hidden, bits=party.bits, sigmoid=party.sigmoid_spec)
-
-
-def chunk_plans(*, batches, chunk: int, plan) -> list[list[tuple]]:
-    """The plans :func:`train_logreg` and :func:`train_mlp` prepare, one per ``chunk``
-    steps (``plan``: from :func:`step_planner`)."""
-    batches = list(batches)
-    return [[item for rows in batches[start: start + chunk] for item in plan(rows)]
-            for start in range(0, len(batches), chunk)]
 
 
 def train_logreg(*, party: LeanParty, E, y, w, b, batches, lr: float, chunk: int = 32,
@@ -991,14 +983,14 @@ def train_logreg(*, party: LeanParty, E, y, w, b, batches, lr: float, chunk: int
 
     ``E`` is the opened masked feature matrix, ``y`` (n, 1), ``w`` (d, 1), ``b`` (1,)
     this party's shares (torch tensors or numpy arrays); ``batches`` the row indices of
-    every step (public). ``then``: the plan the caller prepares next (the loss monitor's,
-    the next epoch's first chunk), requested from the dealer during the last chunk.
+    every step (public). ``then``: the plan the caller prepares next (the loss
+    monitor's), requested from the dealer during the last chunk.
     Returns the new shares of ``w`` and ``b`` as torch tensors.
     """
     E, y, w, b = (_to_numpy(t) for t in (E, y, w, b))
     d = E.shape[1]
     for index in _prepared_steps(party=party, batches=batches, chunk=chunk, then=then,
-                                 plan=step_planner(party=party, d=d)):
+                                 plan=_step_planner(party=party, d=d)):
         E_b, y_b = E[index], y[index]
         delta = party.sigmoid(party.fm_left(E_b, w) + b) - y_b
         w, b = _sgd(party, [w, b], [party.fm_right(E_b, delta), delta.sum(0)], lr=lr, batch=len(index))
@@ -1013,7 +1005,7 @@ def _prepared_steps(*, party: LeanParty, batches, chunk: int, plan, then: list[t
     once, so that a dealer makes it during this chunk."""
     batches = list(batches)
     parts = [batches[start: start + chunk] for start in range(0, len(batches), chunk)]
-    plans = chunk_plans(batches=batches, chunk=chunk, plan=plan) + [then]
+    plans = [[item for rows in part for item in plan(rows)] for part in parts] + [then]
     for i, part in enumerate(parts):
         party.rand.prepare(plans[i], upcoming=plans[i + 1])
         for rows in part:
@@ -1092,7 +1084,7 @@ def train_mlp(*, party: LeanParty, E, y, params: dict, batches, lr: float, chunk
     if values[2].shape != (h, 1):
         raise ValueError(f"w2 must be ({h}, 1) (one output), got {values[2].shape}")
     for index in _prepared_steps(party=party, batches=batches, chunk=chunk, then=then,
-                                 plan=step_planner(party=party, d=d, hidden=h)):
+                                 plan=_step_planner(party=party, d=d, hidden=h)):
         values = _mlp_step(party, E[index], y[index], values, lr)
         if on_batch is not None:
             on_batch()

@@ -61,7 +61,7 @@ def _fresh_public_generators() -> None:
     torch.seed()
 
 
-def _check_nothing_secret_loaded() -> None:
+def _refuse_psi_library_loaded() -> None:
     """Refuse to fork where SecretFlow's library was loaded: whatever it sets up when it
     loads would be the same in every role (each role loads it itself, after the fork)."""
     loaded = sorted(m for m in sys.modules if m == "spu" or m.startswith("spu."))
@@ -101,7 +101,7 @@ def main() -> int:
     import json
 
     _preload()
-    _check_nothing_secret_loaded()
+    _refuse_psi_library_loaded()
     line = sys.stdin.readline()
     if not line.strip():  # closed without a job: nothing to start
         return 0

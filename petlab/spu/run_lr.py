@@ -494,7 +494,7 @@ def main():
             "Times are party 0's: setup_s = data load + brpc link + runtime init; total_s = "
             "setup through reveal (incl. compile); wall_s = whole script incl. process start. "
             "bytes_* = kernel TCP_INFO bytes_acked/bytes_received of each party's link sockets "
-            "(SPU messages + brpc framing/RPC replies, whole session incl. link setup and "
+            "(SPU messages + brpc framing/RPC replies, the whole run incl. link setup and "
             "barriers); messages = null: SPU 0.9.5's Python link.Context exposes no stats."),
     }
     tmp = f"{args.out}.tmp{os.getpid()}"
