@@ -32,15 +32,16 @@ def _psi_side(role, path, endpoints, protocol, work, barrier, queue):
 
     import pyarrow.parquet as pq
 
-    from petlab.data.psi import load_library, private_intersection
+    from petlab.data.psi import private_intersection, start_library
 
-    load_library()  # process start-up (imports), before the clock as at a party
+    library = start_library(work_dir=work)  # as a party does at its start: loaded before the clock
+    library.wait_ready(timeout_s=120)
     barrier.wait()
     t0 = time.perf_counter()
     ids = pq.read_table(path, columns=["customer_id"]).column("customer_id")
     # the protocol alone (its time and bytes), as in the published figures: no TLS around it
     result = private_intersection(ids=ids, role=role, endpoints=endpoints, protocol=protocol, tls=None,
-                                  work_dir=work, timeout_s=600, progress=role == "gateway")
+                                  work_dir=work, timeout_s=600, progress=role == "gateway", library=library)
     seconds = time.perf_counter() - t0  # reading the ids to the aligned row order (result.rows)
     queue.put({"role": role, "seconds": seconds, "size": len(result.rows), "phases": result.phases,
                "bytes": result.bytes_sent + result.bytes_received,

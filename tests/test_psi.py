@@ -1,7 +1,7 @@
 """Private set intersection between two parties with SecretFlow's PSI (both protocols),
 alignment after it, what crosses the link, and every failure ending in one line within
-its bound. The two parties run in threads here (each forks the library's process); the
-peer that dies mid-PSI is a separate process."""
+its bound. The two parties run in threads here (each starts the library's own process);
+the peer that dies mid-PSI is a separate process."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import pytest
 from recording_relay import RecordingRelay
 
 from petlab.data.features import prepare_party_features
-from petlab.data.psi import PsiError, PsiResult, free_port, load_library, private_intersection
+from petlab.data.psi import LibraryProcess, PsiError, PsiResult, free_port, private_intersection
 from petlab.data.synthetic import make_engagement_tables
 from petlab.mpc.tls import TlsIdentity, throwaway_pair
 
@@ -53,15 +53,18 @@ def _both(gateway, wallet, limit=4 * TIMEOUT_S):
     return out
 
 
-def _psi(ids, *, tmp, protocol="rr22", tls=None, ends=None, timeout_s=TIMEOUT_S):
-    """Both parties' results: ``ids`` is {role: ids}, ``ends`` {role: endpoints seen by that role}."""
+def _psi(ids, *, tmp, protocol="rr22", tls=None, ends=None, timeout_s=TIMEOUT_S, library=None):
+    """Both parties' results: ``ids`` is {role: ids}, ``ends`` {role: endpoints seen by that role};
+    ``library(work_dir)`` starts each party's library process (default: the PSI starts its own)."""
     base = _endpoints()
     ends = ends or {"gateway": base, "wallet": base}
     tls = tls or {"gateway": None, "wallet": None}
 
     def side(role):
+        work = Path(tmp) / role
         return lambda: private_intersection(ids=ids[role], role=role, endpoints=ends[role], protocol=protocol,
-                                            tls=tls[role], work_dir=Path(tmp) / role, timeout_s=timeout_s)
+                                            tls=tls[role], work_dir=work, timeout_s=timeout_s,
+                                            library=library(work) if library else None)
 
     return _both(side("gateway"), side("wallet"))
 
@@ -267,7 +270,6 @@ _PEER = textwrap.dedent("""
 def test_a_peer_that_dies_during_psi_ends_the_survivor_within_the_timeout(tmp_path):
     """The gateway (its own process, and the library's under it) is killed once the
     protocol has started; the wallet ends within ``timeout_s`` naming it."""
-    load_library()
     ends, n = _endpoints(), 400_000
     gateway = subprocess.Popen([sys.executable, "-c", _PEER, str(ends["gateway"][1]), str(ends["wallet"][1]), str(n),
                                 str(tmp_path / "gateway")], start_new_session=True,
@@ -386,39 +388,50 @@ def test_a_plaintext_message_pushed_to_a_tls_port_is_dropped(tmp_path, encrypted
         assert time.monotonic() - t0 < 4 * timeout_s + 5
 
 
-def _fake_library(kind: str):
-    """A library's process that links and then stalls (``steady``: it reports the same
-    progress again and again, as junk on the link would keep it) or seems to progress
-    forever (``busy``); it writes its pid to ``fake.pid`` in the work folder."""
+#: A library's process that links and then stalls (``steady``: it reports the same
+#: progress again and again, as junk on the link would keep it) or seems to progress
+#: forever (``busy``); it writes its pid to ``fake.pid`` in the work folder, and that of
+#: a child it starts (as the library starts ``sort``) to ``helper.pid``.
+_FAKE_LIBRARY = textwrap.dedent("""
+    import json, os, sys, time
+    from pathlib import Path
+    from petlab.data import psi_library
 
-    def fake(*, pipe, paths, **_):
-        Path(paths["log"]).with_name("fake.pid").write_text(str(os.getpid()))
-        pipe.send(("linked", None))
+    KIND = sys.argv[1]
+
+    def server(conn, **_):
+        import subprocess
+        job = json.loads(conn.recv_bytes())
+        work = Path(job["paths"]["tmp"]).parent
+        work.joinpath("fake.pid").write_text(str(os.getpid()))
+        # as the library's own `sort` would be: a child that inherits what it may inherit
+        helper = subprocess.Popen(["sleep", "600"], close_fds=False)
+        work.joinpath("helper.pid").write_text(str(helper.pid))
+        psi_library._send(conn, "linked")
         i = 0
         while True:
             i += 1
-            pipe.send(("progress", (30 if kind == "steady" else i % 100, 0, 1)))
+            psi_library._send(conn, "progress", [30 if KIND == "steady" else i % 100, 0, 1])
             time.sleep(0.05)
 
-    return fake
+    os._exit(psi_library.main(sys.argv[2:], loader=lambda: (None, None), server=server))
+""")
 
 
 @pytest.mark.parametrize("kind,bound,message", [
     ("steady", 1.0 + 2, "lost the wallet at 127.0.0.1:{port} during the PSI: no progress within 1 s"),
     ("busy", 10 * 1.0 + 3, "the PSI with the wallet at 127.0.0.1:{port} did not end within 10 s"),
 ])
-def test_a_linked_peer_that_stalls_is_named_and_the_library_killed(tmp_path, monkeypatch, kind, bound, message):
+def test_a_linked_peer_that_stalls_is_named_and_the_library_killed(tmp_path, kind, bound, message):
     """The library's own wait restarts with every message that arrives, so the party
     bounds the PSI itself once linked: no progress for ``timeout_s``, or the hard cap."""
-    import petlab.data.psi as psi_module
-
-    monkeypatch.setattr(psi_module, "_library_process", _fake_library(kind))
     ends = _endpoints()
+    fake = LibraryProcess(work_dir=tmp_path, argv=[sys.executable, "-c", _FAKE_LIBRARY, kind])
     with socket.create_server(ends["wallet"]):  # the wallet's port is open: the library may start
         t0 = time.monotonic()
         with pytest.raises(PsiError) as err:
             private_intersection(ids=["a", "b", "c"], role="gateway", endpoints=ends, tls=None,
-                                 work_dir=tmp_path, timeout_s=1.0)
+                                 work_dir=tmp_path, timeout_s=1.0, library=fake)
         elapsed = time.monotonic() - t0
     assert str(err.value) == message.format(port=ends["wallet"][1]) or message.format(
         port=ends["wallet"][1]) in str(err.value), str(err.value)
@@ -427,6 +440,11 @@ def test_a_linked_peer_that_stalls_is_named_and_the_library_killed(tmp_path, mon
     pid = int((tmp_path / "fake.pid").read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # killed and reaped
+    helper = int((tmp_path / "helper.pid").read_text())
+    deadline = time.monotonic() + 5
+    while not _gone(helper) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(helper)  # what the library started is killed with it
 
 
 def test_the_trace_is_taken_only_from_the_library_s_own_line_and_checked(tmp_path, monkeypatch):
@@ -472,51 +490,59 @@ def test_the_trace_is_taken_only_from_the_library_s_own_line_and_checked(tmp_pat
     assert (folder / "psi_Inline.trace").read_text() == "named inside another line"
 
 
-class _Watched:
-    """SecretFlow's PSI module, with ``psi_execute`` watched from inside the library's
-    process: every file and folder under the work folders while it runs (and their
-    modes), the process's core limit and whether it can be dumped."""
+#: The library's own process, with SecretFlow's ``psi_execute`` watched from inside it:
+#: every file and folder under the work folders while it runs (and their modes), the
+#: process's core limit and whether it can be dumped, written to ``RECORD/<pid>.json``.
+_WATCHED_LIBRARY = textwrap.dedent("""
+    import ctypes, json, os, resource, sys, threading, time
+    from pathlib import Path
+    from petlab.data import psi_library
 
-    def __init__(self, real, *, folders, record):
-        self._real, self._folders, self._record = real, folders, record
-
-    def __getattr__(self, name):
-        return getattr(self._real, name)
-
-    def psi_execute(self, *args):
-        import ctypes
-        import json
-        import resource
-
-        seen, stop = {}, threading.Event()
-
-        def scan():
-            while not stop.is_set():
-                for folder in self._folders:
-                    for root, dirs, files in os.walk(folder):
-                        for name in dirs + files:
-                            try:
-                                seen[os.path.join(root, name)] = os.lstat(os.path.join(root, name)).st_mode
-                            except OSError:
-                                pass
-                time.sleep(0.005)
-
-        scanner = threading.Thread(target=scan, daemon=True)
-        scanner.start()
-        try:
-            return self._real.psi_execute(*args)
-        finally:
-            stop.set()
-            scanner.join()
-            Path(self._record, f"{os.getpid()}.json").write_text(json.dumps({
-                "seen": seen, "core": resource.getrlimit(resource.RLIMIT_CORE),
-                "dumpable": ctypes.CDLL(None).prctl(3, 0, 0, 0, 0)}))  # PR_GET_DUMPABLE
+    RECORD, FOLDERS = sys.argv[1], sys.argv[2].split(os.pathsep)
 
 
-def test_the_library_s_files_are_private_leftovers_swept_and_no_core_dump(tmp_path, monkeypatch):
-    import petlab.data.psi as psi_module
+    class Watched:
+        def __init__(self, real):
+            self._real = real
 
-    psi_lib, link_lib = load_library()
+        def __getattr__(self, name):
+            return getattr(self._real, name)
+
+        def psi_execute(self, *args):
+            seen, stop = {}, threading.Event()
+
+            def scan():
+                while not stop.is_set():
+                    for folder in FOLDERS:
+                        for root, dirs, files in os.walk(folder):
+                            for name in dirs + files:
+                                try:
+                                    seen[os.path.join(root, name)] = os.lstat(os.path.join(root, name)).st_mode
+                                except OSError:
+                                    pass
+                    time.sleep(0.005)
+
+            scanner = threading.Thread(target=scan, daemon=True)
+            scanner.start()
+            try:
+                return self._real.psi_execute(*args)
+            finally:
+                stop.set()
+                scanner.join()
+                Path(RECORD, f"{os.getpid()}.json").write_text(json.dumps({
+                    "seen": seen, "core": resource.getrlimit(resource.RLIMIT_CORE),
+                    "dumpable": ctypes.CDLL(None).prctl(3, 0, 0, 0, 0)}))  # PR_GET_DUMPABLE
+
+
+    def loader():
+        psi, link = psi_library.load()
+        return Watched(psi), link
+
+    os._exit(psi_library.main(sys.argv[3:], loader=loader))
+""")
+
+
+def test_the_library_s_files_are_private_leftovers_swept_and_no_core_dump(tmp_path):
     record = tmp_path / "record"
     record.mkdir()
     work = tmp_path / "work"
@@ -525,18 +551,19 @@ def test_the_library_s_files_are_private_leftovers_swept_and_no_core_dump(tmp_pa
         (work / role / "psi_tmp" / "leftover").write_text("C000000001\n")
         (work / role / "psi_input.csv").write_text("id\nC000000001\n")
         (work / role / "psi_output.csv").write_text("id\nC000000001\n")
-    watched = _Watched(psi_lib, folders=[str(work / role) for role in ("gateway", "wallet")], record=record)
-    monkeypatch.setattr(psi_module, "load_library", lambda: (watched, link_lib))
+    folders = os.pathsep.join(str(work / role) for role in ("gateway", "wallet"))
     ids = [f"C{i:09d}" for i in range(20_000)]
     # the watcher slows the library on purpose (it scans while the PSI runs): a generous bound
-    out = _psi({"gateway": ids[:15_000], "wallet": ids[5_000:]}, tmp=work, timeout_s=60.0)
+    out = _psi({"gateway": ids[:15_000], "wallet": ids[5_000:]}, tmp=work, timeout_s=60.0,
+               library=lambda w: LibraryProcess(work_dir=w, argv=[sys.executable, "-c", _WATCHED_LIBRARY,
+                                                                   str(record), folders]))
     assert not any(isinstance(v, Exception) for v in out.values()), out
     assert out["gateway"].ids == out["wallet"].ids == ids[5_000:15_000]
     records = [__import__("json").loads(p.read_text()) for p in record.iterdir()]
     assert len(records) == 2
     seen = {path: mode for r in records for path, mode in r["seen"].items()}
     assert any("psi_input.csv" in p for p in seen) and any("psi_tmp" in p for p in seen), sorted(seen)
-    assert not any(p.endswith("leftover") for p in seen)  # swept before the library started
+    assert not any(p.endswith("leftover") for p in seen)  # swept before the library was given its job
     for path, mode in seen.items():
         assert mode & 0o077 == 0, (path, oct(mode))  # this user's only: 0600 files, 0700 folders
     for r in records:
@@ -544,6 +571,163 @@ def test_the_library_s_files_are_private_leftovers_swept_and_no_core_dump(tmp_pa
     for role in ("gateway", "wallet"):
         assert sorted(p.name for p in (work / role).iterdir()) == ["psi.log", "psi.trace"]
         assert (work / role / "psi.trace").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_library_runs_in_a_fresh_interpreter_never_in_the_party_s_process(tmp_path):
+    """The party's process never loads SecretFlow's library (no module, nothing mapped):
+    its own process is an executed interpreter, not a fork of the party, so it shares no
+    memory (no generator state, no OpenMP threads) with the party or the other party."""
+    seen = {}
+
+    def watching(work):
+        library = LibraryProcess(work_dir=work)
+        library.wait_ready(timeout_s=60)
+        with open(f"/proc/{library.pid}/cmdline", "rb") as fh:  # readable: it is not dumpable, but not hidden
+            seen[work.name] = fh.read().split(b"\0")
+        return library
+
+    out = _psi({"gateway": ["a", "b", "c"], "wallet": ["c", "a"]}, tmp=tmp_path, library=watching)
+    assert out["gateway"].ids == out["wallet"].ids == ["a", "c"]
+    for role in ("gateway", "wallet"):  # the library ran, and not here: there
+        assert seen[role][1:3] == [b"-m", b"petlab.data.psi_library"], seen[role]
+    assert not [m for m in sys.modules if m.split(".")[0] == "spu"]
+    with open("/proc/self/maps") as fh:
+        maps = fh.read()
+    assert "libpsi" not in maps and "libspu" not in maps
+
+
+#: A party that gives its library a job whose peer never comes (the library then tries
+#: to link for 60 s, reading nothing from the party) and waits.
+_PARTY_WITH_LIBRARY = textwrap.dedent("""
+    import os, sys, time
+    from petlab.data.psi import LibraryProcess, free_port
+    work = sys.argv[1]
+    library = LibraryProcess(work_dir=work)
+    library.wait_ready(timeout_s=60)
+    os.makedirs(f"{work}/tmp", mode=0o700)
+    library.send_job({"me": "gateway", "ends": {"gateway": ["127.0.0.1", free_port()],
+                                                "wallet": ["127.0.0.1", free_port()]},
+                      "tls": None, "protocol": "rr22", "n": 1, "timeout_s": 60.0,
+                      "paths": {"input": f"{work}/in.csv", "output": f"{work}/out.csv", "tmp": f"{work}/tmp",
+                                "inner": f"{work}/tmp/link.sock"}})
+    time.sleep(0.5)  # the library is trying to link, reading nothing from this party
+    print(library.pid, flush=True)
+    time.sleep(600)
+""")
+
+
+def _line(process, *, timeout_s: float) -> str:
+    """The first line ``process`` prints, within ``timeout_s``."""
+    import selectors
+
+    with selectors.DefaultSelector() as sel:
+        sel.register(process.stdout, selectors.EVENT_READ)
+        assert sel.select(timeout_s), f"no line within {timeout_s} s"
+    return process.stdout.readline()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")  # a zombie: dead, not yet reaped
+    except OSError:
+        return True
+
+
+def test_the_library_s_process_ends_with_the_party_that_started_it(tmp_path):
+    """A party killed outright (SIGKILL: no handler runs) while its library works takes
+    the library's process, which holds the ids, with it (not 60 s later)."""
+    party = subprocess.Popen([sys.executable, "-c", _PARTY_WITH_LIBRARY, str(tmp_path)], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        pid = int(_line(party, timeout_s=60))
+        assert not _gone(pid)
+    finally:
+        party.kill()
+        party.wait()
+    deadline = time.monotonic() + 5
+    while not _gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(pid)
+
+
+_PARTY_WITH_A_HELPER = textwrap.dedent("""
+    import sys, time
+    from petlab.data.psi import LibraryProcess
+    library = LibraryProcess(work_dir=sys.argv[1], argv=[sys.executable, "-c", sys.argv[2]])
+    library.wait_ready(timeout_s=60)
+    library.send_job({})
+    print(library.pid, flush=True)
+    time.sleep(600)
+""")
+
+_LIBRARY_WITH_A_HELPER = textwrap.dedent("""
+    import os, subprocess, sys, time
+    from petlab.data import psi_library
+
+    def server(conn, **_):
+        conn.recv_bytes()
+        helper = subprocess.Popen(["sleep", "600"], close_fds=False)  # as the library's `sort`
+        fds = sorted(os.listdir(f"/proc/{helper.pid}/fd"), key=int)
+        links = [os.readlink(f"/proc/{helper.pid}/fd/{fd}") for fd in fds]
+        with open("helper.json", "w") as fh:
+            import json
+            json.dump({"pid": helper.pid, "fds": links}, fh)
+        time.sleep(600)
+
+    os._exit(psi_library.main(sys.argv[1:], loader=lambda: (None, None), server=server))
+""")
+
+
+def test_what_the_library_starts_ends_with_the_party_and_holds_no_socket_of_it(tmp_path):
+    """The library's own children (its ``sort``) neither inherit the party's socket nor
+    outlive the party: the library watches the party and kills its own process group."""
+    import json
+
+    party = subprocess.Popen([sys.executable, "-c", _PARTY_WITH_A_HELPER, str(tmp_path), _LIBRARY_WITH_A_HELPER],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(_line(party, timeout_s=60))
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "helper.json").is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        helper = json.loads((tmp_path / "helper.json").read_text())
+        assert not [link for link in helper["fds"] if link.startswith("socket:")], helper["fds"]
+    finally:
+        party.kill()
+        party.wait()
+    deadline = time.monotonic() + 5
+    while not (_gone(pid) and _gone(helper["pid"])) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(pid) and _gone(helper["pid"])
+
+
+def test_a_psi_log_that_is_a_link_is_refused_in_one_line(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not the library's")
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "psi.log").symlink_to(victim)
+    with pytest.raises(PsiError) as err:
+        LibraryProcess(work_dir=tmp_path / "work")
+    assert str(err.value).startswith(f"cannot start the PSI library's process in {tmp_path / 'work'}: ")
+    assert len(str(err.value).splitlines()) == 1 and victim.read_text() == "not the library's"
+
+
+def test_a_missing_psi_library_is_one_line(tmp_path):
+    script = textwrap.dedent("""
+        import os, sys
+        from petlab.data import psi_library
+
+        def missing():
+            raise ImportError("No module named 'spu'")
+
+        os._exit(psi_library.main(sys.argv[1:], loader=missing))
+    """)
+    with pytest.raises(PsiError) as err:
+        private_intersection(ids=["a"], role="gateway", endpoints=_endpoints(), tls=None, work_dir=tmp_path,
+                             library=LibraryProcess(work_dir=tmp_path, argv=[sys.executable, "-c", script]))
+    assert str(err.value) == ("SecretFlow's PSI is not installed (No module named 'spu'): "
+                              "`make venv` installs spu 0.9.5")
 
 
 def test_the_psi_port_holds_a_bounded_number_of_connections(tmp_path):

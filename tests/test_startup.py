@@ -80,8 +80,8 @@ _refuse_psi_library_loaded()
 maps = open("/proc/self/maps").read()
 before = {"modules": sorted(m for m in sys.modules if m.split(".")[0] == "spu"),
           "mapped": "libpsi" in maps or "libspu" in maps}
-from petlab.data.psi import load_library
-load_library()  # a broken variant: the zygote loading the library itself
+from petlab.data.psi_library import load
+load()  # a broken variant: the zygote loading the library itself
 try:
     _refuse_psi_library_loaded()
     refused = None

@@ -18,12 +18,15 @@ and no id is sent for it.
 
 Each party's PSI port is open from the start and relays to the library's own server, a
 unix socket only this user can reach (:class:`_Doorway`; with TLS on it drops any
-connection that does not open with a TLS handshake). The library runs in a child process
-of the party (forked, so the ids are not copied; umask 077, no core dump): its waits are
-bounded there and by the party (a peer that never connects, dies, or stalls the linked
-PSI ends the run within ``timeout_s`` with a message naming it; see :func:`_run_library`),
-its log goes to ``psi.log`` in the party's work folder, its temporary files stay in that
-folder, and the trace file it always writes to ``/tmp`` is moved there.
+connection that does not open with a TLS handshake). The library runs in its own fresh
+interpreter, a child of the party (:mod:`petlab.data.psi_library`; executed, not forked,
+so that it shares no memory with the party or with another party; umask 077, no core
+dump), which a party starts as soon as it knows it will align (:func:`start_library`),
+so that the library is loaded by the time the peer is met. Its waits are bounded there
+and by the party (a peer that never connects, dies, or stalls the linked PSI ends the
+run within ``timeout_s`` with a message naming it; see :func:`_run_library`), its log
+goes to ``psi.log`` in the party's work folder, its temporary files stay in that folder,
+and the trace file it always writes to ``/tmp`` is moved there.
 
 >>> import tempfile, threading
 >>> work = tempfile.mkdtemp()
@@ -42,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 import os
 import re
 import shutil
@@ -61,7 +65,7 @@ from petlab.net import free_port
 from petlab.parties import Party
 
 __all__ = ["PsiResult", "PsiError", "private_intersection", "free_port", "PROTOCOLS", "SECURITY_MODEL",
-           "load_library", "warm_up"]
+           "LibraryProcess", "start_library", "warm_up"]
 
 #: The protocols offered (``data.psi``): RR22 by default, ECDH on Curve25519 on request.
 PROTOCOLS = ("rr22", "ecdh")
@@ -71,12 +75,6 @@ SECURITY_MODEL = {
     "rr22": "RR22 (OPRF from VOLE), semi-honest: each party learns the intersection and the other's set size",
     "ecdh": "ECDH on Curve25519, semi-honest: each party learns the intersection and the other's set size",
 }
-
-#: Longest pause between two of the library's attempts to reach the peer (ms). The
-#: library's own defaults (1 s, then 3 s, 5 s ... per attempt) can keep a party waiting
-#: for seconds after its peer has come up.
-_RETRY_MS = 200
-
 
 class PsiError(RuntimeError):
     """The PSI peer could not be reached or was lost, or the ids cannot be aligned (one line)."""
@@ -98,30 +96,11 @@ class PsiResult:
     phases: dict = dataclasses.field(default_factory=dict)  # seconds: ids, link, protocol, result
 
 
-def load_library():
-    """Import SecretFlow's PSI (``spu.psi``, ``spu.libspu.link``); a clear error if absent.
-
-    Importing ``spu`` imports jax (about 2 s, once per process); it happens before
-    :func:`private_intersection` starts its clock. Loading only the two extension modules,
-    without the package's ``__init__``, would save that, but the library's process then
-    crashed in about one run in four where the process it was forked from had run parallel
-    torch work (measured); with the whole package it did not. Once per process, in the
-    party's own process: never before a fork that makes two parties (whatever the library
-    sets up when it loads, a generator seeded then for instance, would be the same in both).
-    """
-    try:
-        import spu.libspu.link as link
-        import spu.psi as psi
-    except ImportError as err:
-        raise PsiError(f"SecretFlow's PSI is not installed ({err}): `make venv` installs spu 0.9.5") from None
-    warm_up()
-    return psi, link
-
-
 def warm_up() -> None:
-    """What the party's side of the PSI uses besides the library (pyarrow's text kernels,
-    petlab's generator module), imported and initialised: public code, no secret and no
-    generator state, so the zygote (:mod:`petlab.mpc.zygote`) does it once for all roles."""
+    """What the party's side of the PSI uses (pyarrow's text kernels, petlab's generator
+    module), imported and initialised: public code, no secret and no generator state, so
+    the zygote (:mod:`petlab.mpc.zygote`) does it once for all roles. The library itself
+    runs in its own interpreter (:func:`start_library`)."""
     import pyarrow.compute  # noqa: F401 - so that the clock measures the alignment, not imports
     import pyarrow.csv  # noqa: F401
 
@@ -132,6 +111,164 @@ def warm_up() -> None:
 
 # ---------------------------------------------------------------------------------------
 # the party's side: check the ids, write them, start the library, read the result
+
+
+class LibraryProcess:
+    """SecretFlow's PSI library in its own fresh interpreter, for one PSI
+    (:mod:`petlab.data.psi_library`): a child of this process, which starts loading the
+    library at once. Its standard output and error are ``psi.log`` in ``work_dir``.
+
+    Args:
+        work_dir: the party's PSI work folder (made if missing): the PSI that uses this
+            process must be given the same.
+        argv: the program to run (default ``python -m petlab.data.psi_library``); the file
+            descriptor it reports on and this process's pid are appended.
+    """
+
+    def __init__(self, *, work_dir, argv=None):
+        import subprocess
+        from multiprocessing.connection import Connection
+
+        import petlab
+
+        self.work_dir = Path(work_dir)
+        self.log = self.work_dir / "psi.log"
+        self.started = None  # when it was given its job: the trace file it writes is younger
+        self.log_offset = 0  # where the job's lines begin in psi.log (it is appended across runs)
+        self.ready = False
+        ours, theirs = socket.socketpair()
+        log_fd = None
+        try:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            log_fd = _open_log(self.log)
+            program = list(argv or [sys.executable, "-m", "petlab.data.psi_library"])
+            # its folder is its working directory (first on its path); petlab found where
+            # this process found it
+            root = str(Path(petlab.__file__).resolve().parents[1])
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+                [root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+            self.process = subprocess.Popen([*program, str(theirs.fileno()), str(os.getpid())],
+                                            pass_fds=(theirs.fileno(),), cwd=self.work_dir, env=env,
+                                            start_new_session=True,  # its group: it, and what it starts
+                                            stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd)
+        except OSError as err:
+            ours.close()
+            raise PsiError(f"cannot start the PSI library's process in {self.work_dir}: {err}") from None
+        finally:
+            if log_fd is not None:
+                os.close(log_fd)
+            theirs.close()
+        self._conn = Connection(ours.detach())
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def exitcode(self):
+        return self.process.poll()
+
+    def is_alive(self) -> bool:
+        return self.process.poll() is None
+
+    def poll(self, timeout_s: float) -> bool:
+        """Whether a message (or the end of the process's messages) is waiting."""
+        try:
+            return self._conn.poll(timeout_s)
+        except OSError:
+            return True  # the end: recv says so
+
+    def recv(self) -> tuple:
+        """The next message, ``(kind, value)``; ``EOFError`` once the process has closed its
+        end, or sent what is not a message."""
+        try:
+            kind, value = json.loads(self._conn.recv_bytes())
+        except (OSError, ValueError, TypeError):
+            raise EOFError from None
+        return str(kind), value
+
+    def send_job(self, job: dict) -> None:
+        """The one job; ``EOFError`` where the process has gone."""
+        try:
+            self.log_offset = self.log.stat().st_size
+        except OSError:
+            self.log_offset = 0
+        self.started = time.time()
+        try:
+            self._conn.send_bytes(json.dumps(job).encode())
+        except OSError:
+            raise EOFError from None
+
+    def wait_ready(self, *, timeout_s: float) -> None:
+        """Until the library is loaded; ``PsiError`` (one line) if it cannot be."""
+        deadline = time.monotonic() + timeout_s
+        while not self.ready:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise PsiError(f"SecretFlow's PSI library did not load within {timeout_s:g} s; see {self.log}")
+            if not self.poll(min(left, 1.0)):
+                continue
+            try:
+                kind, value = self.recv()
+            except EOFError:
+                self.join(5)
+                raise PsiError(f"the PSI library's process ended while loading (exit code {self.exitcode}); "
+                               f"see {self.log}") from None
+            if kind == "error":
+                value = str(value)
+                raise PsiError(value[len("petlab:"):].strip() if value.startswith("petlab:") else
+                               f"the PSI library failed to load: {(value.splitlines() or [''])[0][:300]} "
+                               f"(see {self.log})")
+            self.ready = kind == "ready"
+
+    def kill(self) -> None:
+        """SIGKILL to the process and whatever it started (its own process group)."""
+        import signal
+
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def join(self, timeout_s: float) -> None:
+        import subprocess
+
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def close(self) -> None:
+        """Stop the process if it still runs (its one job done or never given) and reap it."""
+        self._conn.close()
+        self.join(_GOODBYE_S)
+        self.kill()  # also what it started, if anything of it is left
+        self.join(5)
+
+    def __enter__(self) -> "LibraryProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _open_log(path: Path) -> int:
+    """``psi.log`` for appending: a regular file of this user's, 0600, never through a link
+    (the library writes what the peer sends into it)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+        os.close(fd)
+        raise OSError(errno.EPERM, f"{path} is not a regular file of this user's")
+    os.fchmod(fd, 0o600)
+    return fd
+
+
+def start_library(*, work_dir) -> LibraryProcess:
+    """Start SecretFlow's PSI library in its own process for a PSI to come in ``work_dir``
+    (:class:`LibraryProcess`): a party starts it as soon as it knows it will align, and
+    passes it to :func:`private_intersection`."""
+    return LibraryProcess(work_dir=work_dir)
 
 
 def _as_strings(ids):
@@ -397,7 +534,8 @@ def _endpoint(value) -> tuple[str, int]:
 
 
 def private_intersection(*, ids, role: str, endpoints: dict, tls: TlsIdentity | None, work_dir,
-                         protocol: str = "rr22", timeout_s: float = 120.0, progress: bool = False) -> PsiResult:
+                         protocol: str = "rr22", timeout_s: float = 120.0, progress: bool = False,
+                         library: LibraryProcess | None = None) -> PsiResult:
     """Run PSI with the peer; return this party's intersecting ids in the shared order.
 
     Args:
@@ -415,64 +553,67 @@ def private_intersection(*, ids, role: str, endpoints: dict, tls: TlsIdentity | 
             for the linked PSI to move; a linked PSI ends at the latest after
             10 x ``timeout_s`` plus 120 s a million ids of the larger set.
         progress: show the library's progress as a bar (tqdm).
+        library: the library's process, started ahead for ``work_dir``
+            (:func:`start_library`); by default one is started here. It serves this PSI
+            only and has ended when this returns.
 
     Raises:
         PsiError: bad ids, a port in use, a peer that never connects or is lost, a
-            refused certificate (one line each).
-
-    The library runs in a fork of this process and uses OpenMP through ``libgomp.so.1``,
-    which, where torch was imported first, is torch's own copy. Best call this before
-    torch has computed with more than one thread in this process, as a party process
-    does (its PSI comes before any training, and the launcher sets ``OMP_NUM_THREADS``):
-    with the library's extension modules loaded alone, a fork of such a process crashed
-    the library in 5 of 20 runs (with the whole package, as :func:`load_library` loads
-    it, in none of 20).
+            refused certificate, no library (one line each).
     """
     import pyarrow as pa
 
-    if protocol not in PROTOCOLS:
-        raise PsiError(f"unknown PSI protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
-    me = Party.parse(role)
-    peer = next(p for p in Party if p != me)
-    try:
-        ends = {p: _endpoint(endpoints[str(p)]) for p in Party}
-    except (KeyError, TypeError, ValueError):
-        raise PsiError("endpoints must give (host, port) for the gateway and the wallet") from None
-    psi_lib, link_lib = load_library()  # before the clock: once per process, not part of the PSI
-    t0 = time.perf_counter()
-    own = _as_strings(ids)
     work = Path(work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    paths = {"input": work / "psi_input.csv", "output": work / "psi_output.csv", "log": work / "psi.log",
-             "tmp": work / "psi_tmp", "trace": work / "psi.trace"}
-    _sweep(paths)  # what a run that crashed here may have left: the ids, the intersection
-    paths["tmp"].mkdir(mode=0o700)  # the library's temporary files, and the unix socket of its server
-    paths["inner"] = _inner_socket(paths["tmp"])
-    doorway = _Doorway(host=ends[me][0], port=ends[me][1], inner=str(paths["inner"]), tls=tls is not None,
-                       timeout_s=timeout_s)
-    deadline = time.monotonic() + timeout_s
     try:
-        _write_ids(own, paths["input"])
-        t_ids = time.perf_counter()
-        where = f"the {peer} at {ends[peer][0]}:{ends[peer][1]}"
-        _wait_for_peer(host=ends[peer][0], port=ends[peer][1], deadline=deadline, where=where, timeout_s=timeout_s)
-        report = _run_library(psi_lib=psi_lib, link_lib=link_lib, me=me, peer=peer, ends=ends, tls=tls,
-                              protocol=protocol, n=len(own), paths=paths, timeout_s=timeout_s, progress=progress,
-                              deadline=deadline)
-        report["bytes_sent"] += doorway.sent  # the peer's connection to this party's port
-        report["bytes_received"] += doorway.received
-        t_library = time.perf_counter()
-        shared = _read_intersection(paths["output"]) if report["intersection"] else pa.array([], pa.string())
-        if len(shared) != report["intersection"]:
-            raise PsiError(f"the PSI library wrote {len(shared):,} ids but reported {report['intersection']:,}")
-        shared, rows = _aligned(own, shared)
-        found = shared.to_pylist()
+        if protocol not in PROTOCOLS:
+            raise PsiError(f"unknown PSI protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+        if library is not None and library.work_dir.resolve() != work.resolve():
+            raise ValueError(f"the PSI library was started for {library.work_dir}, not for {work}")
+        me = Party.parse(role)
+        peer = next(p for p in Party if p != me)
+        try:
+            ends = {p: _endpoint(endpoints[str(p)]) for p in Party}
+        except (KeyError, TypeError, ValueError):
+            raise PsiError("endpoints must give (host, port) for the gateway and the wallet") from None
+        own = _as_strings(ids)
+        library = library or LibraryProcess(work_dir=work)
+        t_load = time.perf_counter()
+        library.wait_ready(timeout_s=max(timeout_s, 60.0))  # started ahead, it is loaded by now
+        t0 = time.perf_counter()
+        paths = {"input": work / "psi_input.csv", "output": work / "psi_output.csv", "log": library.log,
+                 "tmp": work / "psi_tmp", "trace": work / "psi.trace"}
+        _sweep(paths)  # what a run that crashed here may have left: the ids, the intersection
+        paths["tmp"].mkdir(mode=0o700)  # the library's temporary files, and the unix socket of its server
+        paths["inner"] = _inner_socket(paths["tmp"])
+        doorway = _Doorway(host=ends[me][0], port=ends[me][1], inner=str(paths["inner"]), tls=tls is not None,
+                           timeout_s=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        try:
+            _write_ids(own, paths["input"])
+            t_ids = time.perf_counter()
+            where = f"the {peer} at {ends[peer][0]}:{ends[peer][1]}"
+            _wait_for_peer(host=ends[peer][0], port=ends[peer][1], deadline=deadline, where=where,
+                           timeout_s=timeout_s)
+            report = _run_library(library=library, me=me, peer=peer, ends=ends, tls=tls, protocol=protocol,
+                                  n=len(own), paths=paths, timeout_s=timeout_s, progress=progress,
+                                  deadline=deadline)
+            report["bytes_sent"] += doorway.sent  # the peer's connection to this party's port
+            report["bytes_received"] += doorway.received
+            t_library = time.perf_counter()
+            shared = _read_intersection(paths["output"]) if report["intersection"] else pa.array([], pa.string())
+            if len(shared) != report["intersection"]:
+                raise PsiError(f"the PSI library wrote {len(shared):,} ids but reported {report['intersection']:,}")
+            shared, rows = _aligned(own, shared)
+            found = shared.to_pylist()
+        finally:
+            doorway.close()
+            _tidy(paths)
     finally:
-        doorway.close()
-        _tidy(paths)
+        if library is not None:
+            library.close()
     t_end = time.perf_counter()
-    phases = {"ids": t_ids - t0, "link": report["link_seconds"], "protocol": report["protocol_seconds"],
-              "library": t_library - t_ids, "result": t_end - t_library}
+    phases = {"load": t0 - t_load, "ids": t_ids - t0, "link": report["link_seconds"],
+              "protocol": report["protocol_seconds"], "library": t_library - t_ids, "result": t_end - t_library}
     return PsiResult(ids=found, own_set_size=len(own), other_set_size=report["other_size"],
                      seconds=t_end - t0, bytes_sent=report["bytes_sent"],
                      bytes_received=report["bytes_received"], protocol=protocol, rows=rows,
@@ -530,6 +671,7 @@ def _tidy(paths: dict) -> None:
             continue
         if (trace.parent == _TRACE_FOLDER and stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid()
                 and info.st_mtime >= started - 1):
+            paths["trace"].unlink(missing_ok=True)  # a link planted there is not followed
             shutil.move(trace, paths["trace"])
             os.chmod(paths["trace"], 0o600)
 
@@ -538,9 +680,9 @@ def _tidy(paths: dict) -> None:
 # the library's process
 
 
-def _run_library(*, psi_lib, link_lib, me: Party, peer: Party, ends: dict, tls, protocol: str, n: int,
+def _run_library(*, library: LibraryProcess, me: Party, peer: Party, ends: dict, tls, protocol: str, n: int,
                  paths: dict, timeout_s: float, progress: bool, deadline: float) -> dict:
-    """Fork the library's process, watch it, and return its report (or raise PsiError).
+    """Give the library's process its job, watch it, and return its report (or raise PsiError).
 
     Once linked, the library's own bound on each wait (``recv_timeout_ms``) starts again
     whenever *any* message arrives, so a peer that keeps sending junk could hold it
@@ -550,16 +692,11 @@ def _run_library(*, psi_lib, link_lib, me: Party, peer: Party, ends: dict, tls, 
     not), and in any
     case at :func:`_hard_cap_s` after the link is up.
     """
-    import multiprocessing as mp
-
-    ctx = mp.get_context("fork")
-    reader, writer = ctx.Pipe(duplex=False)
-    paths["started"] = time.time()  # the trace file the library writes is younger than this
-    child = ctx.Process(target=_library_process, name=f"psi-{me}", daemon=True,
-                        kwargs=dict(psi_lib=psi_lib, link_lib=link_lib, me=me, ends=ends, tls=tls,
-                                    protocol=protocol, n=n, paths=paths, timeout_s=timeout_s, pipe=writer))
-    child.start()
-    writer.close()
+    child = library
+    job = {"me": str(me), "ends": {str(p): list(ends[p]) for p in Party},
+           "tls": None if tls is None else {"cert": str(tls.cert), "key": str(tls.key), "peer_cert": str(tls.peer_cert)},
+           "protocol": protocol, "n": n, "timeout_s": timeout_s,
+           "paths": {k: str(paths[k]) for k in ("input", "output", "tmp", "inner")}}
     peer_host, peer_port = ends[peer]
     where = f"the {peer} at {peer_host}:{peer_port}"
     linked, report, failure = False, None, None
@@ -570,10 +707,16 @@ def _run_library(*, psi_lib, link_lib, me: Party, peer: Party, ends: dict, tls, 
 
         bar = tqdm(total=100, desc=f"PSI {protocol} ({me})", unit="%")
     try:
+        try:
+            child.send_job(job)
+        except EOFError:
+            child.join(5)
+            failure = _died(child, paths, where)
+        paths["started"], paths["log_offset"] = child.started, child.log_offset  # this job's trace and lines
         while report is None and failure is None:
-            if reader.poll(0.2):
+            if child.poll(0.2):
                 try:
-                    kind, value = reader.recv()
+                    kind, value = child.recv()
                 except EOFError:
                     child.join(5)
                     failure = _died(child, paths, where)
@@ -584,6 +727,7 @@ def _run_library(*, psi_lib, link_lib, me: Party, peer: Party, ends: dict, tls, 
                 elif kind == "sizes":
                     moved, cap_s = time.monotonic(), _hard_cap_s(timeout_s=timeout_s, n=max(n, value))
                 elif kind == "progress":
+                    value = tuple(value)
                     if value != last:
                         last, moved = value, time.monotonic()
                     if bar is not None:
@@ -615,16 +759,12 @@ def _run_library(*, psi_lib, link_lib, me: Party, peer: Party, ends: dict, tls, 
     finally:
         if bar is not None:
             bar.close()
-        reader.close()
-        if child.is_alive() and failure is not None:
+        if failure is not None:
             child.kill()
         # after its report it only says goodbye on the link, at once where the peer is
         # still there; where the peer has already gone, the library would retry for
         # seconds: it is stopped instead (both have their result by then)
-        child.join(_GOODBYE_S)
-        if child.is_alive():
-            child.kill()
-            child.join(5)
+        child.close()
     if failure is not None:
         raise PsiError(failure)
     return report
@@ -660,8 +800,11 @@ def _hard_cap_s(*, timeout_s: float, n: int) -> float:
 
 
 def _log_text(paths: dict) -> str:
+    """The library's lines for this job (``psi.log`` holds earlier runs' too)."""
     try:
-        return paths["log"].read_text(errors="replace")
+        with open(paths["log"], "rb") as fh:
+            fh.seek(paths.get("log_offset", 0))
+            return fh.read().decode(errors="replace")
     except OSError:
         return ""
 
@@ -704,147 +847,3 @@ def _explain(message: str, *, paths: dict, where: str, peer: Party, timeout_s: f
     if re.search(r"connect|refused|reset|closed|host is down|EOF|\[E\d+\]|ErrorCode", message, flags=re.I):
         return f"lost {where} during the PSI (the link failed: {first[:200]})"
     return f"the PSI with {where} failed: {first[:300]} (details in {paths['log']})"
-
-
-def _vm_kb(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def _link_bytes(*, peer: tuple[str, int]) -> tuple[int, int]:
-    """(sent, received) TCP payload bytes on this process's connections to the peer's PSI
-    port (Linux TCP_INFO); the peer's connections to this party pass its doorway, which
-    counts them."""
-    try:
-        peer_ip = socket.gethostbyname(peer[0])
-    except OSError:
-        peer_ip = peer[0]
-    sent = received = 0
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
-                continue
-            sock = socket.socket(fileno=os.dup(int(name)))
-        except OSError:
-            continue
-        with sock:
-            try:
-                if sock.type != socket.SOCK_STREAM or sock.family != socket.AF_INET:
-                    continue
-                remote = sock.getpeername()
-            except OSError:  # a listening socket, or one already closed
-                continue
-            if (remote[0], remote[1]) != (peer_ip, peer[1]):
-                continue
-            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 232)
-            if len(info) >= 136:
-                acked, got = struct.unpack_from("QQ", info, 120)  # tcpi_bytes_acked, tcpi_bytes_received
-                sent, received = sent + acked, received + got
-    return sent, received
-
-
-def _desc(*, link_lib, me: Party, ends: dict, inner: Path, tls, timeout_s: float):
-    desc = link_lib.Desc()
-    desc.id = "petlab-psi"
-    for party in sorted(Party, key=lambda p: p.rank):  # this party's own server: behind its doorway
-        desc.add_party(str(party), f"unix:{inner}" if party == me else "{}:{}".format(*ends[party]))
-    timeout_ms = int(timeout_s * 1000)
-    desc.recv_timeout_ms = timeout_ms  # the bound on every wait for a message
-    desc.http_timeout_ms = min(timeout_ms, 60_000)  # one message's delivery
-    desc.connect_retry_interval_ms = _RETRY_MS
-    desc.connect_retry_times = max(10, int(timeout_s * 1000 / _RETRY_MS))  # the party stops it at timeout_s
-    desc.retry_opts.retry_interval_ms = _RETRY_MS
-    desc.retry_opts.retry_interval_incr_ms = _RETRY_MS
-    desc.retry_opts.max_retry_interval_ms = 5 * _RETRY_MS
-    if tls is not None:
-        desc.enable_ssl = True
-        for options in (desc.client_ssl_opts, desc.server_ssl_opts):
-            options.cert.certificate_path = tls.cert
-            options.cert.private_key_path = tls.key
-            options.verify.ca_file_path = tls.peer_cert  # the one certificate trusted
-            options.verify.verify_depth = 1  # > 0: the peer must present a certificate, and it is checked
-    return desc
-
-
-def _library_process(*, psi_lib, link_lib, me: Party, ends: dict, tls, protocol: str, n: int, paths: dict,
-                     timeout_s: float, pipe) -> None:
-    """In the forked process: the link, the size exchange, the protocol, the byte counts."""
-    try:
-        _private_process()
-        log_fd = os.open(paths["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.dup2(log_fd, 1)  # the library logs to stdout and stderr: into psi.log, not the party's log
-        os.dup2(log_fd, 2)
-        os.environ["TMPDIR"] = str(paths["tmp"])  # its temporary folders, and sort's
-        start_kb = _vm_kb("VmRSS")
-        desc = _desc(link_lib=link_lib, me=me, ends=ends, inner=paths["inner"], tls=tls, timeout_s=timeout_s)
-        t_start = time.perf_counter()
-        lctx = link_lib.create_brpc(desc, me.rank)
-        t_linked = time.perf_counter()
-        pipe.send(("linked", None))
-        sizes = [int(s) for s in lctx.all_gather(str(n))]  # revealed by the protocol anyway
-        other = sizes[1 - me.rank]
-        pipe.send(("sizes", other))
-        psi = psi_lib
-        config = psi.PsiExecuteConfig(
-            protocol_conf=psi.PsiProtocolConfig(
-                protocol=psi.PsiProtocol.PROTOCOL_RR22 if protocol == "rr22" else psi.PsiProtocol.PROTOCOL_ECDH,
-                receiver_rank=Party.GATEWAY.rank, broadcast_result=True,
-                ecdh_params=psi.EcdhParams(curve=psi.EllipticCurveType.CURVE_25519)),
-            input_params=psi.InputParams(path=str(paths["input"]), selected_keys=["id"], keys_unique=True),
-            output_params=psi.OutputParams(path=str(paths["output"]), disable_alignment=False))
-
-        def hook(data) -> None:
-            pipe.send(("progress", (int(data.percentage), int(data.finished), int(data.running))))
-
-        report = psi.psi_execute(config, lctx, psi.ProgressParams(hook=hook, interval_ms=1000))
-        t_done = time.perf_counter()
-        sent, received = _link_bytes(peer=ends[next(p for p in Party if p != me)])
-        lctx.all_gather("done")  # both have their result: from here on neither needs the other
-        pipe.send(("done", {"other_size": other, "intersection": int(report.intersection_count),
-                            "bytes_sent": sent, "bytes_received": received,
-                            "link_seconds": t_linked - t_start, "protocol_seconds": t_done - t_linked,
-                            "peak_rss_mb": max(0, _vm_kb("VmHWM") - start_kb) / 1024}))
-        code = 0
-        try:  # the peer may already be gone: the last acknowledgement can fail, harmlessly
-            lctx.stop_link()
-        except Exception:  # noqa: BLE001
-            pass
-    except BaseException as err:  # noqa: BLE001 - reported to the party, which raises PsiError
-        try:
-            pipe.send(("error", f"{type(err).__name__}: {err}"))
-        except OSError:
-            pass
-        code = 1
-    try:
-        pipe.close()
-        _flush_std()
-    finally:
-        os._exit(code)  # never the party's exit handlers: this is a fork of it
-
-
-def _private_process() -> None:
-    """Keep what the library's process holds (the ids, the pair's keys) to this user: the
-    files it writes are readable by this user only, and it leaves no core dump."""
-    import ctypes
-    import resource
-
-    os.umask(0o077)
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    pr_set_dumpable = 4
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_dumpable, 0, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the core limit still holds
-        pass
-
-
-def _flush_std() -> None:
-    import sys
-
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass

@@ -298,46 +298,53 @@ def _key_share(greeting: dict, *, peer: Party) -> bytes:
 def _run_data_party(*, crypten, job: Job, me: Party, device, out: Path, timeline: Timeline) -> None:
     import crypten.communicator as comm
 
-    from petlab.data.psi import private_intersection
+    from petlab.data.psi import private_intersection, start_library
     from petlab.data.validation import IntersectionError, TableOptions, check_intersection, load_party_table
 
     cfg = job.config
-    label_party = Party.parse(cfg.data.label_party)
-    holds_label = me == label_party
-    source = job.tables[str(me)]  # this party's own table, and nothing else
-    table_path = Path(source["path"])
-    label_column = source.get("label_column") if holds_label else None
-    own = load_party_table(table_path, party=str(me), id_column=source["id_column"], label_column=label_column,
-                           options=TableOptions.from_config(cfg.data))  # every problem at once, or a typed table
-    table, table_record, id_shape = own.table, own.record(), own.id_shape
-    _write_json(out / "table.json", table_record)  # this party's own record of its table (never sent)
-    notes = logging.getLogger("petlab.data")
-    notes.setLevel(logging.INFO)  # a party states its table's columns in its own log
-    for line in own.summary.lines():
-        notes.info(line)
-    for warning in own.summary.warnings:
-        notes.warning(warning)
-    del own  # the table lives on as `table` only (memory at scale)
-    # -- meet the peer: roles, versions and shared configuration must agree -----------
-    peer = next(p for p in Party if p != me)
-    timeline.mark("table_checked")
-    if me.rank == 0:  # the gateway's host is the rendezvous: both ports must be free there
-        check_port_free(address=job.address, port=job.port, what="MPC rendezvous")
-    if cfg.data.alignment == "psi":  # each data party listens for the PSI link on its own host
-        host, port = job.psi_endpoints()[str(me)]
-        check_port_free(address=host, port=port, what="PSI")
-    exchange = KeyExchange()  # the two parties' key: agreed inside the (TLS-authenticated) greeting
-    greeting = greet_peer(role=str(me), peer=str(peer), listen=(me.rank == 0), address=job.address,
-                          port=job.psi_port, timeout_s=cfg.mpc.peer_timeout_s, shared=job.shared_dict(),
-                          tls=job.tls_identity(role=str(me)), key_share=exchange.public)
-    agree_pair_key(exchange=exchange, peer_public=_key_share(greeting, peer=peer), my_role=str(me),
-                   peer_role=str(peer), config_digest=config_digest(job))
-    timeline.mark("greeted")
+    # the PSI library loads in its own process meanwhile, ready when the peer has been met
+    library = start_library(work_dir=out / "psi") if cfg.data.alignment == "psi" else None
+    try:
+        label_party = Party.parse(cfg.data.label_party)
+        holds_label = me == label_party
+        source = job.tables[str(me)]  # this party's own table, and nothing else
+        table_path = Path(source["path"])
+        label_column = source.get("label_column") if holds_label else None
+        own = load_party_table(table_path, party=str(me), id_column=source["id_column"], label_column=label_column,
+                               options=TableOptions.from_config(cfg.data))  # every problem at once, or a typed table
+        table, table_record, id_shape = own.table, own.record(), own.id_shape
+        _write_json(out / "table.json", table_record)  # this party's own record of its table (never sent)
+        notes = logging.getLogger("petlab.data")
+        notes.setLevel(logging.INFO)  # a party states its table's columns in its own log
+        for line in own.summary.lines():
+            notes.info(line)
+        for warning in own.summary.warnings:
+            notes.warning(warning)
+        del own  # the table lives on as `table` only (memory at scale)
+        # -- meet the peer: roles, versions and shared configuration must agree -----------
+        peer = next(p for p in Party if p != me)
+        timeline.mark("table_checked")
+        if me.rank == 0:  # the gateway's host is the rendezvous: both ports must be free there
+            check_port_free(address=job.address, port=job.port, what="MPC rendezvous")
+        if cfg.data.alignment == "psi":  # each data party listens for the PSI link on its own host
+            host, port = job.psi_endpoints()[str(me)]
+            check_port_free(address=host, port=port, what="PSI")
+        exchange = KeyExchange()  # the two parties' key: agreed inside the (TLS-authenticated) greeting
+        greeting = greet_peer(role=str(me), peer=str(peer), listen=(me.rank == 0), address=job.address,
+                              port=job.psi_port, timeout_s=cfg.mpc.peer_timeout_s, shared=job.shared_dict(),
+                              tls=job.tls_identity(role=str(me)), key_share=exchange.public)
+        agree_pair_key(exchange=exchange, peer_public=_key_share(greeting, peer=peer), my_role=str(me),
+                       peer_role=str(peer), config_digest=config_digest(job))
+        timeline.mark("greeted")
+    except BaseException:
+        if library is not None:
+            library.close()
+        raise
     # -- private set intersection with the peer: only the shared customers go on -------
     if cfg.data.alignment == "psi":  # each party listens on its own end of the PSI link
         psi = private_intersection(ids=table[source["id_column"]], role=str(me), endpoints=job.psi_endpoints(),
                                    protocol=cfg.data.psi, tls=job.tls_identity(role=str(me)),
-                                   timeout_s=cfg.mpc.peer_timeout_s, work_dir=out / "psi")
+                                   timeout_s=cfg.mpc.peer_timeout_s, work_dir=out / "psi", library=library)
     else:  # "given": the tables hold the same customers; the handshake compares id-set digests
         from petlab.data.psi import PsiResult
 

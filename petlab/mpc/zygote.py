@@ -30,7 +30,8 @@ __all__ = ["main", "PRELOAD"]
 #: What every role imports before it does anything of its own (not scikit-learn, about a
 #: second: only the label holder needs it, for its metrics, after training), and pyarrow's
 #: kernels for the PSI's ids (:func:`petlab.data.psi.warm_up`). SecretFlow's PSI library
-#: is not loaded here: each role loads it after the fork (:func:`petlab.data.psi.load_library`).
+#: is not loaded here: each data role runs it in its own fresh interpreter
+#: (:func:`petlab.data.psi.start_library`).
 PRELOAD = ("petlab.cli", "petlab.mpc.party", "petlab.mpc.lean", "petlab.mpc.channel", "petlab.mpc.dealer",
            "petlab.data.psi", "petlab.data.validation", "petlab.data.features", "petlab.audit.transcript")
 
@@ -45,7 +46,7 @@ def _preload() -> None:
         importlib.import_module(name)
     from petlab.data.psi import warm_up
 
-    warm_up()  # pyarrow's kernels for the PSI's ids; SecretFlow's library each role loads itself, after the fork
+    warm_up()  # pyarrow's kernels for the PSI's ids; SecretFlow's library each role runs in its own interpreter
 
 
 def _fresh_public_generators() -> None:
@@ -63,7 +64,7 @@ def _fresh_public_generators() -> None:
 
 def _refuse_psi_library_loaded() -> None:
     """Refuse to fork where SecretFlow's library was loaded: whatever it sets up when it
-    loads would be the same in every role (each role loads it itself, after the fork)."""
+    loads would be the same in every role (each role runs it in its own interpreter)."""
     loaded = sorted(m for m in sys.modules if m == "spu" or m.startswith("spu."))
     if loaded:
         raise RuntimeError(f"the zygote imported SecretFlow's library before forking the roles: {', '.join(loaded)}")
