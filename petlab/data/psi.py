@@ -51,7 +51,6 @@ import re
 import shutil
 import socket
 import stat
-import struct
 import tempfile
 import threading
 import sys
@@ -694,7 +693,8 @@ def _run_library(*, library: LibraryProcess, me: Party, peer: Party, ends: dict,
     """
     child = library
     job = {"me": str(me), "ends": {str(p): list(ends[p]) for p in Party},
-           "tls": None if tls is None else {"cert": str(tls.cert), "key": str(tls.key), "peer_cert": str(tls.peer_cert)},
+           "tls": None if tls is None else {"cert": str(tls.cert), "key": str(tls.key),
+                                            "peer_cert": str(tls.peer_cert)},
            "protocol": protocol, "n": n, "timeout_s": timeout_s,
            "paths": {k: str(paths[k]) for k in ("input", "output", "tmp", "inner")}}
     peer_host, peer_port = ends[peer]
