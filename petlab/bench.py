@@ -32,9 +32,10 @@ def _psi_side(role, path, endpoints, protocol, work, barrier, queue):
 
     import pyarrow.parquet as pq
 
-    from petlab.data.psi import private_intersection, start_library
+    from petlab.data.psi import private_intersection, start_library, warm_up
 
     library = start_library(work_dir=work)  # as a party does at its start: loaded before the clock
+    warm_up()  # as the roles' interpreter does (pyarrow's kernels), before the clock
     library.wait_ready(timeout_s=120)
     barrier.wait()
     t0 = time.perf_counter()

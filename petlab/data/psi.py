@@ -574,6 +574,7 @@ def private_intersection(*, ids, role: str, endpoints: dict, tls: TlsIdentity | 
             ends = {p: _endpoint(endpoints[str(p)]) for p in Party}
         except (KeyError, TypeError, ValueError):
             raise PsiError("endpoints must give (host, port) for the gateway and the wallet") from None
+        warm_up()  # once per process (pyarrow's kernels), before the clock: not part of the PSI
         own = _as_strings(ids)
         library = library or LibraryProcess(work_dir=work)
         t_load = time.perf_counter()
