@@ -215,9 +215,8 @@ class LibraryProcess:
                                f"see {self.log}") from None
             if kind == "error":
                 value = str(value)
-                raise PsiError(value[len("petlab:"):].strip() if value.startswith("petlab:") else
-                               f"the PSI library failed to load: {(value.splitlines() or [''])[0][:300]} "
-                               f"(see {self.log})")
+                raise PsiError(_own_message(value) or f"the PSI library failed to load: "
+                                                      f"{(value.splitlines() or [''])[0][:300]} (see {self.log})")
             self.ready = kind == "ready"
 
     def kill(self) -> None:
@@ -243,12 +242,6 @@ class LibraryProcess:
         self.join(_GOODBYE_S)
         self.kill()  # also what it started, if anything of it is left
         self.join(5)
-
-    def __enter__(self) -> "LibraryProcess":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _open_log(path: Path) -> int:
@@ -609,6 +602,9 @@ def private_intersection(*, ids, role: str, endpoints: dict, tls: TlsIdentity | 
             doorway.close()
             _tidy(paths)
     finally:
+        # after its report the library only says goodbye on the link, at once where the
+        # peer is still there; where the peer has already gone it would retry for seconds:
+        # it is stopped instead (both have their result by then)
         if library is not None:
             library.close()
     t_end = time.perf_counter()
@@ -692,7 +688,6 @@ def _run_library(*, library: LibraryProcess, me: Party, peer: Party, ends: dict,
     not), and in any
     case at :func:`_hard_cap_s` after the link is up.
     """
-    child = library
     job = {"me": str(me), "ends": {str(p): list(ends[p]) for p in Party},
            "tls": None if tls is None else {"cert": str(tls.cert), "key": str(tls.key),
                                             "peer_cert": str(tls.peer_cert)},
@@ -709,21 +704,21 @@ def _run_library(*, library: LibraryProcess, me: Party, peer: Party, ends: dict,
         bar = tqdm(total=100, desc=f"PSI {protocol} ({me})", unit="%")
     try:
         try:
-            child.send_job(job)
+            library.send_job(job)
         except EOFError:
-            child.join(5)
-            failure = _died(child, paths, where)
-        paths["started"], paths["log_offset"] = child.started, child.log_offset  # this job's trace and lines
+            library.join(5)
+            failure = _died(library, paths, where)
+        paths["started"], paths["log_offset"] = library.started, library.log_offset  # this job's trace and lines
         while report is None and failure is None:
-            if child.poll(0.2):
+            if library.poll(0.2):
                 try:
-                    kind, value = child.recv()
+                    kind, value = library.recv()
                 except EOFError:
-                    child.join(5)
-                    failure = _died(child, paths, where)
+                    library.join(5)
+                    failure = _died(library, paths, where)
                     break
                 if kind == "linked":
-                    linked, linked_at, moved, worked = True, time.monotonic(), time.monotonic(), _cpu_s(child.pid)
+                    linked, linked_at, moved, worked = True, time.monotonic(), time.monotonic(), _cpu_s(library.pid)
                     cap_s = _hard_cap_s(timeout_s=timeout_s, n=n)
                 elif kind == "sizes":
                     moved, cap_s = time.monotonic(), _hard_cap_s(timeout_s=timeout_s, n=max(n, value))
@@ -737,13 +732,13 @@ def _run_library(*, library: LibraryProcess, me: Party, peer: Party, ends: dict,
                     report = value
                 elif kind == "error":
                     failure = _explain(value, paths=paths, where=where, peer=peer, timeout_s=timeout_s)
-            elif not child.is_alive():
-                failure = _died(child, paths, where)
+            elif not library.is_alive():
+                failure = _died(library, paths, where)
             if report is not None or failure is not None:
                 break
             now = time.monotonic()
-            if linked and _cpu_s(child.pid) - worked >= _WORK_SHARE * timeout_s:
-                moved, worked = now, _cpu_s(child.pid)
+            if linked and _cpu_s(library.pid) - worked >= _WORK_SHARE * timeout_s:
+                moved, worked = now, _cpu_s(library.pid)
             if linked and now - moved > timeout_s:
                 failure = f"lost {where} during the PSI: no progress within {timeout_s:g} s"
             elif linked and now - linked_at > cap_s:
@@ -761,11 +756,7 @@ def _run_library(*, library: LibraryProcess, me: Party, peer: Party, ends: dict,
         if bar is not None:
             bar.close()
         if failure is not None:
-            child.kill()
-        # after its report it only says goodbye on the link, at once where the peer is
-        # still there; where the peer has already gone, the library would retry for
-        # seconds: it is stopped instead (both have their result by then)
-        child.close()
+            library.kill()  # the caller closes it
     if failure is not None:
         raise PsiError(failure)
     return report
@@ -838,11 +829,16 @@ def _not_linked(*, paths: dict, where: str, peer: Party, timeout_s: float, tls) 
     return f"{where} did not connect for the PSI within {timeout_s:g} s (is it started, with this address and port?)"
 
 
+def _own_message(message: str) -> str | None:
+    """The one line the library's process wrote itself (``petlab: ...``), if it is one."""
+    return message[len("petlab:"):].strip() if message.startswith("petlab:") else None
+
+
 def _explain(message: str, *, paths: dict, where: str, peer: Party, timeout_s: float) -> str:
     """One line for an error the library raised."""
     first = message.strip().splitlines()[0] if message.strip() else "no message"
-    if message.startswith("petlab:"):
-        return message[len("petlab:"):].strip()
+    if _own_message(message):
+        return _own_message(message)
     if re.search(r"timeout|timed out", message, flags=re.I):
         return f"lost {where} during the PSI: no message from it within {timeout_s:g} s"
     if re.search(r"connect|refused|reset|closed|host is down|EOF|\[E\d+\]|ErrorCode", message, flags=re.I):
